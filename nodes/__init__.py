@@ -1,0 +1,1 @@
+"""trio services of V-Stack: storage node (and, later, metadata, uploader, client)."""

@@ -1,0 +1,156 @@
+"""A pipelining trio client for the storage nodes' binary protocol.
+
+One reader task per connection matches responses to requests by request id,
+so many requests can be in flight on one connection (as the uploader and the
+smart client do). Sends share one lock. Every response payload is checked
+against its CRC32C by the codec; a GET whose bytes do not match raises
+instead of returning damaged data.
+
+Use it as ``async with open_frame_client(host, port) as client: ...``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.frames import (
+    DEFAULT_MAX_PAYLOAD,
+    NEED_DATA,
+    ChecksumMismatch,
+    ChunkInfo,
+    Frame,
+    FrameConnection,
+    Opcode,
+    encode_range,
+)
+
+__all__ = ["FrameClient", "open_frame_client"]
+
+
+class _Slot:
+    __slots__ = ("done", "error", "frame")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.frame: Frame | None = None
+        self.error: BaseException | None = None
+
+
+class FrameClient:
+    def __init__(self, stream: trio.SocketStream, *, max_payload: int) -> None:
+        self._stream = stream
+        self._conn = FrameConnection(max_payload=max_payload)
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._slots: dict[int, _Slot] = {}
+        self._closed: BaseException | None = None
+
+    async def _reader(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                try:
+                    event = conn.next_event()
+                except ChecksumMismatch as exc:
+                    self._finish(exc.frame.request_id, error=exc)
+                    continue
+                if event is NEED_DATA:
+                    data = await self._stream.receive_some(max(65536, conn.pending_payload))
+                    if not data:
+                        raise trio.BrokenResourceError("server closed the connection")
+                    conn.receive_data(data)
+                    continue
+                assert isinstance(event, Frame)
+                if event.request_id == 0 and event.status >= 400:
+                    raise ProtocolError(f"server closed the connection: {event.message}",
+                                        event.status)
+                self._finish(event.request_id, frame=event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
+            self._fail_all(exc)
+
+    def _finish(self, request_id: int, *, frame: Frame | None = None,
+                error: BaseException | None = None) -> None:
+        slot = self._slots.pop(request_id, None)
+        if slot is not None:
+            slot.frame, slot.error = frame, error
+            slot.done.set()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._closed = exc
+        for slot in self._slots.values():
+            slot.error = exc
+            slot.done.set()
+        self._slots.clear()
+
+    async def request(self, opcode: Opcode, key: bytes = b"", payload: bytes = b"") -> Frame:
+        """Send one request and wait for its response frame."""
+        if self._closed is not None:
+            raise trio.BrokenResourceError("connection closed") from self._closed
+        rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        slot = self._slots[rid] = _Slot()
+        frame = Frame(opcode=opcode, request_id=rid, key=key, payload=payload)
+        data = self._conn.send(frame)
+        async with self._send_lock:
+            await self._stream.send_all(data)
+        await slot.done.wait()
+        if slot.error is not None:
+            if isinstance(slot.error, ProtocolError):
+                raise slot.error
+            raise trio.BrokenResourceError(str(slot.error)) from slot.error
+        assert slot.frame is not None
+        return slot.frame
+
+    @staticmethod
+    def _check(frame: Frame) -> Frame:
+        if frame.status >= 400:
+            raise ProtocolError(frame.message, frame.status)
+        return frame
+
+    async def ping(self) -> None:
+        self._check(await self.request(Opcode.PING))
+
+    async def put(self, chunk_id: str, data: bytes) -> tuple[int, ChunkInfo]:
+        """Store a chunk; returns (201 new | 200 same bytes already there, info)."""
+        frame = self._check(await self.request(Opcode.PUT, chunk_id.encode(), data))
+        return frame.status, ChunkInfo.decode(frame.payload)
+
+    async def get(self, chunk_id: str, offset: int = 0, length: int = 0) -> bytes:
+        """A chunk's bytes (or a range), verified against the CRC32C sent."""
+        payload = encode_range(offset, length) if (offset or length) else b""
+        return self._check(await self.request(Opcode.GET, chunk_id.encode(), payload)).payload
+
+    async def head(self, chunk_id: str) -> ChunkInfo:
+        frame = self._check(await self.request(Opcode.HEAD, chunk_id.encode()))
+        return ChunkInfo.decode(frame.payload)
+
+    async def delete(self, chunk_id: str) -> None:
+        self._check(await self.request(Opcode.DELETE, chunk_id.encode()))
+
+    async def stat(self) -> dict[str, Any]:
+        frame = self._check(await self.request(Opcode.STAT))
+        try:
+            result: dict[str, Any] = json.loads(frame.payload)
+        except ValueError as exc:
+            raise RemoteProtocolError("STAT payload is not JSON", 502) from exc
+        return result
+
+
+@asynccontextmanager
+async def open_frame_client(
+    host: str, port: int, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> AsyncIterator[FrameClient]:
+    stream = await trio.open_tcp_stream(host, port)
+    client = FrameClient(stream, max_payload=max_payload)
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(client._reader)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,146 @@
+"""The storage node's HTTP endpoints (the contract's section 2), over h11.
+
+``PUT/GET/HEAD/DELETE /chunk/{id}``, ``HEAD/GET /ping`` and ``GET /health``.
+GET bodies of checked chunks leave with ``os.sendfile``. ``ETag`` is the
+SHA-256 recorded at write time (a reader can verify what it got);
+``X-Chunk-CRC32C`` is the CRC32C the node checks its copy against.
+GET honours a single ``Range: bytes=a-b``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import trio
+
+from protocol.errors import ProtocolError
+from protocol.http import FileRange, Request, Response, Router, json_response
+
+from .http_server import Body, Handler, HttpLimits, serve_http
+from .storage_node import StorageNode, chunk_key, parse_checksum
+
+__all__ = ["build_router", "serve"]
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def build_router(node: StorageNode) -> Router[Handler]:
+    router: Router[Handler] = Router()
+
+    async def put_chunk(req: Request, body: Body) -> Response:
+        chunk_id = req.params["chunk_id"]
+        chunk_key(chunk_id, for_write=True)
+        if "chunked" in (req.header("transfer-encoding") or "").lower() or not req.content_length:
+            raise ProtocolError("Content-Length header required", 400)
+        if req.content_length > node.settings.max_chunk_bytes:
+            raise ProtocolError(
+                f"Chunk of {req.content_length} bytes exceeds the limit of "
+                f"{node.settings.max_chunk_bytes}", 413)
+        checksum = req.header("x-chunk-checksum") or req.header("x-checksum")
+        if checksum is not None:
+            parse_checksum(checksum)  # a malformed value is refused before the body is read
+        size_hdr = req.header("x-chunk-size")
+        if size_hdr is not None and size_hdr.strip() != str(req.content_length):
+            raise ProtocolError("X-Chunk-Size does not match Content-Length", 400)
+        data = await body.read(node.settings.max_chunk_bytes)
+        status, loc = await node.put(chunk_id, data, checksum=checksum)
+        headers = [("Location", f"/chunk/{chunk_id}"), ("ETag", loc.etag),
+                   ("X-Chunk-Size", str(loc.size))]
+        return Response(status=status, headers=headers)
+
+    def chunk_headers(loc_size: int, etag: str, crc: int, sb: int) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/octet-stream"), ("ETag", etag),
+                ("X-Chunk-Size", str(loc_size)), ("X-Chunk-CRC32C", f"{crc:08x}"),
+                ("X-Superblock-ID", str(sb)), ("Accept-Ranges", "bytes")]
+
+    async def get_chunk(req: Request, body: Body) -> Response:
+        chunk_id = req.params["chunk_id"]
+        loc = node.head(chunk_id)
+        start, length, status = 0, None, 200
+        rng = req.header("range")
+        if rng:
+            start, length = _parse_range(rng, loc.size)
+            status = 206
+        read = await node.open_read(chunk_id, start, length)
+        headers = chunk_headers(read.loc.size, read.loc.etag, read.loc.crc, read.loc.sb)
+        if status == 206:
+            end = read.start + read.length - 1
+            headers.append(("Content-Range", f"bytes {read.start}-{end}/{read.loc.size}"))
+        payload: bytes | FileRange
+        if read.data is not None:
+            payload = read.data
+            read.close()
+            return Response(status=status, headers=headers, body=payload)
+        return Response(status=status, headers=headers,
+                        body=FileRange(read.fd, read.offset, read.length), after=read.close)
+
+    async def head_chunk(req: Request, body: Body) -> Response:
+        loc = node.head(req.params["chunk_id"])
+        headers = chunk_headers(loc.size, loc.etag, loc.crc, loc.sb)
+        headers.append(("Content-Length", str(loc.size)))
+        return Response(status=200, headers=headers)
+
+    async def delete_chunk(req: Request, body: Body) -> Response:
+        await node.delete(req.params["chunk_id"])
+        return Response(status=204)
+
+    async def ping(req: Request, body: Body) -> Response:
+        t0 = time.perf_counter()
+        usage = node.disk_usage_percent()
+        count = node.chunk_count()
+        return Response(status=200, headers=[
+            ("X-Node-ID", node.node_id),
+            ("X-Disk-Usage-Percent", f"{usage:.2f}"),
+            ("X-Chunk-Count", str(count)),
+            ("X-Response-Time", f"{(time.perf_counter() - t0) * 1e3:.3f}"),
+            ("Cache-Control", "no-cache"),
+        ])
+
+    async def health(req: Request, body: Body) -> Response:
+        info = node.health()
+        status = 503 if info["status"] == "critical" else 200
+        return json_response(status, info, [("Cache-Control", "no-cache")])
+
+    router.add("PUT", "/chunk/{chunk_id}", put_chunk)
+    router.add("GET", "/chunk/{chunk_id}", get_chunk)
+    router.add("HEAD", "/chunk/{chunk_id}", head_chunk)
+    router.add("DELETE", "/chunk/{chunk_id}", delete_chunk)
+    router.add("GET", "/ping", ping)
+    router.add("HEAD", "/ping", ping)
+    router.add("GET", "/health", health)
+    return router
+
+
+def _parse_range(value: str, size: int) -> tuple[int, int]:
+    m = _RANGE.match(value.strip())
+    if m is None or (not m.group(1) and not m.group(2)):
+        raise ProtocolError("Only a single 'bytes=a-b' range is supported", 416)
+    a, b = m.group(1), m.group(2)
+    if not a:  # suffix: the last b bytes
+        n = min(int(b), size)
+        return size - n, n
+    start = int(a)
+    end = min(int(b), size - 1) if b else size - 1
+    if start >= size or end < start:
+        raise ProtocolError("Requested range not satisfiable", 416)
+    return start, end - start + 1
+
+
+async def serve(node: StorageNode, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    s = node.settings
+    origin = s.allowed_origin
+
+    def default_headers() -> list[tuple[str, str]]:
+        return [
+            ("X-Request-ID", str(time.time_ns())),
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Methods", "GET, PUT, DELETE, HEAD, OPTIONS"),
+            ("Access-Control-Allow-Headers", "Content-Type, X-Chunk-Checksum, Range"),
+        ]
+
+    await serve_http(
+        build_router(node), host=s.host, port=s.port,
+        limits=HttpLimits(read_timeout=s.read_timeout, idle_timeout=s.idle_timeout),
+        default_headers=default_headers, task_status=task_status,
+    )

@@ -1,0 +1,355 @@
+"""The storage node: one trio process serving a superblock store.
+
+:class:`StorageNode` holds the store and implements the operations both wire
+protocols share (put, read, delete, stat) plus the write pipeline: every
+write is ``pwritev``'d in a worker thread, then a single committer task
+fsyncs whatever finished since its last round (group commit) and publishes
+it to the index, waking the writers. A PUT is acknowledged only after that.
+
+:func:`serve_storage_node` opens the store, starts the HTTP and binary
+listeners and the background jobs (committer, checkpointer, compactor,
+scrubber, registration/heartbeats) in one nursery, and checkpoints the index
+when it is cancelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from protocol.errors import ProtocolError
+from protocol.frames import crc32c
+from vstack.settings import CHUNK_ID_RE, StorageSettings
+from vstack.store import Busy, Location, PendingWrite, SuperblockStore
+
+__all__ = ["ChunkRead", "NodePorts", "StorageNode", "parse_checksum", "serve_storage_node"]
+
+log = logging.getLogger("vstack.storage")
+
+VERSION = "1.0.0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodePorts:
+    http: int
+    binary: int
+
+
+@dataclass(eq=False)
+class ChunkRead:
+    """An open read of (part of) a chunk. Call :meth:`close` when sent.
+
+    Either ``data`` holds the bytes, or they are ``length`` bytes of ``fd``
+    from ``offset`` to be sent with ``sendfile``.
+    """
+
+    loc: Location
+    start: int
+    length: int
+    fd: int = -1
+    offset: int = 0
+    data: bytes | None = None
+    _store: SuperblockStore | None = None
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.release(self.loc)
+            self._store = None
+
+
+def parse_checksum(value: str) -> str:
+    """A SHA-256 given as bare hex or ``sha256:<hex>``, as lowercase hex."""
+    v = value.strip().strip('"')
+    if v.lower().startswith("sha256:"):
+        v = v[7:]
+    if len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v):
+        raise ProtocolError("Checksum must be a SHA-256: 64 hex digits, optionally 'sha256:'", 400)
+    return v.lower()
+
+
+def chunk_key(chunk_id: str, *, for_write: bool = False) -> bytes:
+    """The store key of ``chunk_id``; 400 (on writes) or 404 if the id breaks the rule."""
+    if not CHUNK_ID_RE.match(chunk_id):
+        if for_write:
+            raise ProtocolError("Invalid chunk ID format", 400)
+        raise ProtocolError("Chunk not found", 404)
+    return chunk_id.encode("ascii")
+
+
+def _digests(data: bytes) -> tuple[bytes, int]:
+    return hashlib.sha256(data).digest(), crc32c(data)
+
+
+class StorageNode:
+    """The operations of a storage node over an open :class:`SuperblockStore`."""
+
+    def __init__(self, settings: StorageSettings, store: SuperblockStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.node_id = settings.effective_node_id
+        self.started = time.monotonic()
+        self.ports = NodePorts(http=0, binary=0)
+        self._dirty = trio.Event()
+        self.changes = 0  # published writes, for the checkpointer
+        self.checkpoint_lock = trio.Lock()
+        self.index_save_failures = 0
+        self.fsync_batches = 0
+        self.fsync_writes = 0
+
+    # -- writes ---------------------------------------------------------------
+
+    async def put(self, chunk_id: str, data: bytes, *, checksum: str | None = None) -> tuple[int, Location]:
+        """Store ``data`` under ``chunk_id``.
+
+        Returns:
+            ``(201, location)`` for a new chunk, ``(200, location)`` when the
+            same bytes are already stored.
+
+        Raises:
+            ProtocolError: 400 bad id, empty body or checksum mismatch; 409
+                other bytes under this id; 413 too large; 507 out of space.
+        """
+        key = chunk_key(chunk_id, for_write=True)
+        if not data:
+            raise ProtocolError("Empty chunk data", 400)
+        if len(data) > self.settings.max_chunk_bytes:
+            raise ProtocolError(f"Chunk larger than {self.settings.max_chunk_bytes} bytes", 413)
+        sha, crc = await trio.to_thread.run_sync(_digests, data)
+        if checksum is not None and parse_checksum(checksum) != sha.hex():
+            raise ProtocolError("Checksum mismatch", 400)
+        while True:
+            loc = self.store.lookup(key)
+            if loc is not None and not loc.quarantined:
+                if loc.sha256 == sha:
+                    return 200, loc
+                raise ProtocolError("Chunk already exists with different content", 409)
+            self._check_space(len(data))
+            try:
+                pw = self.store.reserve_put(key, data, sha=sha, crc=crc)
+            except Busy as busy:
+                await busy.pending.waiter.wait()
+                continue
+            await self.commit(pw)
+            if pw.error is not None:
+                raise _write_error(pw.error)
+            loc = self.store.lookup(key)
+            assert loc is not None
+            return 201, loc
+
+    async def delete(self, chunk_id: str) -> None:
+        """Append a tombstone for ``chunk_id``; 404 if it is not stored."""
+        key = chunk_key(chunk_id)
+        while True:
+            loc = self.store.lookup(key)
+            if loc is None:
+                raise ProtocolError("Chunk not found", 404)
+            try:
+                pw = self.store.reserve_delete(loc)
+            except Busy as busy:
+                await busy.pending.waiter.wait()
+                continue
+            await self.commit(pw)
+            if pw.error is not None:
+                raise _write_error(pw.error)
+            return
+
+    async def commit(self, pw: PendingWrite) -> None:
+        """Write a reserved record and wait until it is durable and published.
+
+        The write itself is shielded: once reserved, a record must be written,
+        or every write behind it in its superblock would wait forever. The
+        wait for the fsync is not: a cancelled PUT was never acknowledged.
+        """
+        pw.waiter = trio.Event()
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(self.store.write, pw)
+                self.store.mark_written(pw)
+            except OSError as exc:
+                log.error("write of %s failed: %s", pw.key.decode(errors="replace"), exc)
+                self.store.mark_written(pw, exc)
+            self._dirty.set()
+        await pw.waiter.wait()
+
+    async def run_committer(self) -> None:
+        """Group commit: fsync whatever finished writing, publish, wake writers."""
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            batch = self.store.sync_batch()
+            if batch is None:
+                continue
+            error: OSError | None = None
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(self.store.fsync_batch, batch)
+                except OSError as exc:
+                    log.error("fsync failed: %s", exc)
+                    error = exc
+                done = self.store.publish(batch, error)
+            self.fsync_batches += 1
+            self.fsync_writes += len(done)
+            self.changes += len(done)
+            for pw in done:
+                pw.waiter.set()
+
+    def _check_space(self, size: int) -> None:
+        s = self.settings
+        if s.capacity_bytes is not None and self.store.file_bytes() + size > s.capacity_bytes:
+            raise ProtocolError("Insufficient storage space", 507)
+        st = os.statvfs(self.store.root)
+        free = st.f_bavail * st.f_frsize
+        if free < size + (1 << 20) or self.fs_usage_percent(st) > s.max_disk_usage_percent:
+            raise ProtocolError("Insufficient storage space", 507)
+
+    # -- reads ----------------------------------------------------------------
+
+    def head(self, chunk_id: str) -> Location:
+        loc = self.store.lookup(chunk_key(chunk_id))
+        if loc is None:
+            raise ProtocolError("Chunk not found", 404)
+        if loc.quarantined:
+            raise ProtocolError("Chunk corruption detected", 500)
+        return loc
+
+    async def open_read(self, chunk_id: str, start: int = 0, length: int | None = None,
+                        *, want_bytes: bool = False) -> ChunkRead:
+        """Open a chunk for sending; the caller must :meth:`ChunkRead.close` it.
+
+        A chunk not yet checked since this process started is read and checked
+        against its CRC32C first (and quarantined if it fails); checked chunks
+        are served zero-copy. ``want_bytes`` forces the bytes into memory.
+
+        Raises:
+            ProtocolError: 404 unknown, 416 bad range, 500 corrupt.
+        """
+        for _ in range(3):
+            loc = self.head(chunk_id)
+            if start < 0 or start > loc.size or (start == loc.size and loc.size):
+                raise ProtocolError("Requested range not satisfiable", 416)
+            n = loc.size - start if length is None else min(length, loc.size - start)
+            try:
+                fd = self.store.acquire(loc)
+            except ProtocolError as exc:
+                if exc.status == 503:
+                    continue  # moved by compaction between lookup and acquire
+                raise
+            read = ChunkRead(loc=loc, start=start, length=n, _store=self.store)
+            try:
+                if loc.verified and not want_bytes:
+                    read.fd, read.offset = fd, loc.data_offset + start
+                    return read
+                data = await trio.to_thread.run_sync(self.store.read_verified, fd, loc)
+                if data is None:
+                    self.store.quarantine(loc, "CRC32C mismatch on read")
+                    raise ProtocolError("Chunk corruption detected", 500)
+                self.store.mark_verified(loc)
+                read.data = data[start : start + n] if (start or n != loc.size) else data
+                return read
+            except BaseException:
+                read.close()
+                raise
+        raise ProtocolError("Chunk is being moved; retry", 503)
+
+    # -- introspection ----------------------------------------------------------
+
+    @staticmethod
+    def fs_usage_percent(st: os.statvfs_result) -> float:
+        if not st.f_blocks:
+            return 0.0
+        return 100.0 * (st.f_blocks - st.f_bfree) / st.f_blocks
+
+    def disk_usage_percent(self) -> float:
+        cap = self.settings.capacity_bytes
+        if cap:
+            return min(100.0, 100.0 * self.store.file_bytes() / cap)
+        return self.fs_usage_percent(os.statvfs(self.store.root))
+
+    def chunk_count(self) -> int:
+        return len(self.store.index) - len(self.store.quarantined)
+
+    def health(self) -> dict[str, Any]:
+        usage = self.disk_usage_percent()
+        stats = self.store.statistics()
+        status = "healthy"
+        if usage > 85 or self.index_save_failures or stats.quarantined:
+            status = "warning"
+        if usage > 95 or self.index_save_failures > 5:
+            status = "critical"
+        st = os.statvfs(self.store.root)
+        return {
+            "status": status,
+            "disk_usage": round(usage, 2),
+            "chunk_count": stats.chunk_count,
+            "uptime": int(time.monotonic() - self.started),
+            "node_id": self.node_id,
+            "version": VERSION,
+            "free_bytes": st.f_bavail * st.f_frsize,
+            "stored_bytes": stats.stored_bytes,
+            "superblocks": stats.superblocks,
+            "superblock_bytes": stats.file_bytes,
+            "garbage_bytes": stats.garbage_bytes,
+            "quarantined_count": stats.quarantined,
+            "quarantined": sorted(self.store.quarantined)[:100],
+            "pending_writes": stats.pending_writes,
+            "index_bytes": stats.index_bytes,
+            "index_save_failures": self.index_save_failures,
+            "binary_port": self.ports.binary,
+            "recovery": self.store.recovery,
+        }
+
+    async def checkpoint(self) -> None:
+        """Write the index checkpoint (one at a time)."""
+        async with self.checkpoint_lock:
+            snapshot = self.store.checkpoint_snapshot()
+            changes = self.changes
+            try:
+                await trio.to_thread.run_sync(self.store.write_checkpoint, snapshot)
+            except OSError as exc:
+                self.index_save_failures += 1
+                log.error("index checkpoint failed: %s", exc)
+                return
+            self.index_save_failures = 0
+            self.changes -= changes
+            log.debug("index checkpoint written (%d chunks)", len(self.store.index))
+
+
+def _write_error(exc: BaseException) -> ProtocolError:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ProtocolError("Insufficient storage space", 507)
+    return ProtocolError("Internal storage error", 500)
+
+
+async def serve_storage_node(
+    settings: StorageSettings, *, task_status: trio.TaskStatus[StorageNode] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run a storage node until cancelled; reports the :class:`StorageNode` when listening."""
+    from . import frame_server, storage_http, storage_jobs
+
+    store = await trio.to_thread.run_sync(
+        lambda: SuperblockStore.open(settings.data_dir, max_superblock_size=settings.max_superblock_size)
+    )
+    node = StorageNode(settings, store)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.run_committer)
+            http_port = await nursery.start(storage_http.serve, node)
+            binary_port = await nursery.start(frame_server.serve, node)
+            node.ports = NodePorts(http=http_port, binary=binary_port)
+            storage_jobs.start_all(nursery, node)
+            log.info("storage node %s ready: HTTP %d, binary %d, data %s",
+                     node.node_id, http_port, binary_port, settings.data_dir)
+            task_status.started(node)
+    finally:
+        with trio.move_on_after(30) as cs:
+            cs.shield = True
+            await node.checkpoint()
+        store.close()
+        log.info("storage node %s stopped", node.node_id)

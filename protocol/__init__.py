@@ -1,0 +1,1 @@
+"""Sans-IO codecs of V-Stack: binary frames and HTTP helpers. No sockets, no trio."""

@@ -1,0 +1,52 @@
+"""The one error hierarchy of V-Stack.
+
+Every error a peer or a user can cause carries a wire status (an HTTP-style
+code), as h11 and wsproto carry one with every error: the layer that catches
+it can answer the peer without guessing.
+
+    VStackError
+     +-- ProtocolError(msg, status)
+          +-- LocalProtocolError    we were asked to do something invalid
+          +-- RemoteProtocolError   the peer sent something invalid
+
+OS and trio errors are translated into these once, at the I/O boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "VStackError",
+]
+
+
+class VStackError(Exception):
+    """Base class of every error V-Stack raises on purpose."""
+
+
+class ProtocolError(VStackError):
+    """An error with a wire status.
+
+    Args:
+        msg: a one-line, human-readable explanation (sent to the peer).
+        status: the HTTP-style status code that describes the error (400,
+            404, 409, 413, 507, ...). Binary frames carry the same code.
+    """
+
+    def __init__(self, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.msg!r}, status={self.status})"
+
+
+class LocalProtocolError(ProtocolError):
+    """We (or our caller) tried to do something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes or a request that the protocol forbids."""

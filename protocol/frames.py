@@ -1,0 +1,357 @@
+"""The binary wire protocol of the storage nodes: a sans-IO frame codec.
+
+Theory of operation
+-------------------
+Every message, request or response, is one *frame*: a fixed 24-byte header,
+then ``key_length`` bytes of key (a chunk id, ASCII), then ``payload_length``
+bytes of payload. The header carries the CRC32C of the payload, so a receiver
+can tell a damaged payload from a good one without trusting the sender's
+storage. ``protocol/README.md`` gives the byte layout as a table.
+
+:class:`FrameConnection` has the surface of ``h11.Connection``: feed it bytes
+with :meth:`~FrameConnection.receive_data`, pull :class:`Frame` events with
+:meth:`~FrameConnection.next_event` (which returns :data:`NEED_DATA` until a
+whole frame is buffered), and turn frames into bytes with
+:meth:`~FrameConnection.send`. :meth:`~FrameConnection.send_header` encodes
+only the header and key, so an I/O layer can stream the payload itself (for
+example with ``os.sendfile`` straight out of a superblock file).
+
+Limits are checked on the header *before* any payload is buffered, so a peer
+cannot make us allocate more than ``max_payload`` (+ one header) per
+connection, whatever it sends. A malformed header poisons the connection: the
+I/O layer answers with an error frame and closes. A payload whose CRC32C does
+not match is reported as :class:`ChecksumMismatch` *after* the frame has been
+consumed: framing is intact, so the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+import crc32c as _crc32c
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "CHUNK_INFO",
+    "DEFAULT_MAX_PAYLOAD",
+    "FLAG_RESPONSE",
+    "HEADER",
+    "MAGIC",
+    "MAX_KEY_LENGTH",
+    "NEED_DATA",
+    "RANGE",
+    "VERSION",
+    "ChecksumMismatch",
+    "ChunkInfo",
+    "Frame",
+    "FrameConnection",
+    "NeedData",
+    "Opcode",
+    "crc32c",
+    "decode_range",
+    "encode_range",
+]
+
+MAGIC: Final = b"VS"
+VERSION: Final = 1
+#: magic, version, opcode, flags, status, request id, key length, (pad),
+#: payload length, payload CRC32C. Network byte order.
+HEADER: Final = struct.Struct("!2sBBHHIH2xII")
+assert HEADER.size == 24
+MAX_KEY_LENGTH: Final = 255
+#: The default payload limit: 8 MiB of chunk plus room for a range header.
+DEFAULT_MAX_PAYLOAD: Final = 8 * 1024 * 1024 + 64
+#: Absolute ceiling for any configured limit (payload_length is a u32 anyway).
+HARD_MAX_PAYLOAD: Final = 1 << 30
+#: Set in every response; clear in every request.
+FLAG_RESPONSE: Final = 0x0001
+_KNOWN_FLAGS: Final = FLAG_RESPONSE
+
+#: Payload of a ranged GET request: offset, length (0 = to the end).
+RANGE: Final = struct.Struct("!QQ")
+#: Payload of PUT and HEAD responses: size, CRC32C, SHA-256 of the chunk.
+CHUNK_INFO: Final = struct.Struct("!QI32s")
+
+
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC32C (Castagnoli) of ``data``, continuing from ``value``."""
+    return int(_crc32c.crc32c(data, value))
+
+
+class Opcode(enum.IntEnum):
+    PING = 1
+    PUT = 2
+    GET = 3
+    HEAD = 4
+    DELETE = 5
+    STAT = 6
+
+
+class NeedData:
+    """Sentinel: the buffer does not hold a whole frame yet."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Frame:
+    """One request or response.
+
+    ``status`` is 0 in requests and an HTTP-style code in responses; error
+    responses carry a UTF-8 message as payload.
+    """
+
+    opcode: Opcode
+    request_id: int
+    key: bytes = b""
+    payload: bytes = b""
+    status: int = 0
+    flags: int = 0
+    crc: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.opcode, Opcode):
+            raise LocalProtocolError(f"unknown opcode {self.opcode!r}")
+        if not 0 <= self.request_id < 1 << 32:
+            raise LocalProtocolError("request_id must fit in 32 bits")
+        if len(self.key) > MAX_KEY_LENGTH:
+            raise LocalProtocolError(f"key longer than {MAX_KEY_LENGTH} bytes")
+        if not 0 <= self.status < 1 << 16:
+            raise LocalProtocolError("status must fit in 16 bits")
+        if self.flags & ~_KNOWN_FLAGS:
+            raise LocalProtocolError(f"unknown flags {self.flags:#x}")
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & FLAG_RESPONSE)
+
+    @property
+    def message(self) -> str:
+        """The error message of an error response."""
+        return self.payload.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChunkInfo:
+    """What a node knows of a stored chunk (PUT and HEAD responses)."""
+
+    size: int
+    crc: int
+    sha256: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != 32:
+            raise LocalProtocolError("sha256 must be 32 bytes")
+
+    def encode(self) -> bytes:
+        return CHUNK_INFO.pack(self.size, self.crc, self.sha256)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ChunkInfo:
+        if len(payload) != CHUNK_INFO.size:
+            raise RemoteProtocolError("malformed chunk info payload")
+        size, crc, sha = CHUNK_INFO.unpack(payload)
+        return cls(size=size, crc=crc, sha256=sha)
+
+
+class ChecksumMismatch(RemoteProtocolError):
+    """A whole frame arrived but its payload does not match its CRC32C.
+
+    The frame has been consumed; the connection is still usable.
+    """
+
+    def __init__(self, frame: Frame) -> None:
+        super().__init__("payload CRC32C mismatch", 400)
+        self.frame = frame
+
+
+def encode_range(offset: int, length: int) -> bytes:
+    """The payload of a ranged GET (``length`` 0 reads to the end)."""
+    if offset < 0 or length < 0:
+        raise LocalProtocolError("range offset and length must be >= 0")
+    return RANGE.pack(offset, length)
+
+
+def decode_range(payload: bytes) -> tuple[int, int] | None:
+    """``(offset, length)`` of a GET request, or ``None`` for a whole read."""
+    if not payload:
+        return None
+    if len(payload) != RANGE.size:
+        raise RemoteProtocolError("GET payload must be empty or a 16-byte range")
+    offset, length = RANGE.unpack(payload)
+    return int(offset), int(length)
+
+
+class FrameConnection:
+    """Bytes in, frames out; frames in, bytes out. No I/O.
+
+    Args:
+        max_payload: the largest payload this side accepts; checked on the
+            header, before the payload is buffered.
+    """
+
+    def __init__(self, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if not 0 < max_payload <= HARD_MAX_PAYLOAD:
+            raise LocalProtocolError("max_payload out of range")
+        self.max_payload = max_payload
+        self._buf = bytearray()
+        self._pos = 0
+        self._header: tuple[int, int, int, int, int, int, int] | None = None
+        self._error: RemoteProtocolError | None = None
+        self.their_eof = False
+
+    # -- receiving ---------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed received bytes; ``b""`` means the peer closed."""
+        if data:
+            if self.their_eof:
+                raise LocalProtocolError("received data after EOF")
+            if self._error is None:  # a poisoned connection buffers nothing more
+                self._buf += data
+        else:
+            self.their_eof = True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into frames."""
+        return len(self._buf) - self._pos
+
+    @property
+    def pending_payload(self) -> int:
+        """Payload bytes still missing for the frame being received."""
+        if self._header is None:
+            return 0
+        need = self._header[5] + self._header[6]
+        return max(0, need - self.buffered)
+
+    def next_event(self) -> Frame | NeedData:
+        """The next whole frame, or :data:`NEED_DATA`.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (the connection is
+                poisoned; every later call raises the same error), or it
+                closed in the middle of a frame.
+            ChecksumMismatch: a frame's payload failed its CRC32C (the frame
+                is consumed; the connection remains usable).
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except ChecksumMismatch:
+            raise
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> Frame | NeedData:
+        if self._header is None:
+            if self.buffered < HEADER.size:
+                return self._need_data()
+            self._header = self._parse_header()
+        opcode, flags, status, request_id, key_len, payload_len, crc = self._header
+        if self.buffered < key_len + payload_len:
+            return self._need_data()
+        start = self._pos
+        key = bytes(self._buf[start : start + key_len])
+        payload = bytes(self._buf[start + key_len : start + key_len + payload_len])
+        self._pos += key_len + payload_len
+        self._header = None
+        self._compact()
+        frame = Frame(
+            opcode=Opcode(opcode),
+            request_id=request_id,
+            key=key,
+            payload=payload,
+            status=status,
+            flags=flags,
+            crc=crc,
+        )
+        if crc32c(payload) != crc:
+            raise ChecksumMismatch(frame)
+        return frame
+
+    def _need_data(self) -> NeedData:
+        if self.their_eof and self.buffered:
+            raise RemoteProtocolError("connection closed in the middle of a frame")
+        return NEED_DATA
+
+    def _parse_header(self) -> tuple[int, int, int, int, int, int, int]:
+        (magic, version, opcode, flags, status, request_id, key_len, payload_len, crc) = (
+            HEADER.unpack_from(self._buf, self._pos)
+        )
+        if magic != MAGIC:
+            raise RemoteProtocolError("bad magic: not a V-Stack frame")
+        if version != VERSION:
+            raise RemoteProtocolError(f"unsupported protocol version {version}", 505)
+        if opcode not in Opcode._value2member_map_:
+            raise RemoteProtocolError(f"unknown opcode {opcode}")
+        if flags & ~_KNOWN_FLAGS:
+            raise RemoteProtocolError(f"unknown flags {flags:#x}")
+        if key_len > MAX_KEY_LENGTH:
+            raise RemoteProtocolError(f"key longer than {MAX_KEY_LENGTH} bytes")
+        if payload_len > self.max_payload:
+            raise RemoteProtocolError(
+                f"payload of {payload_len} bytes exceeds the limit of {self.max_payload}", 413
+            )
+        self._pos += HEADER.size
+        return opcode, flags, status, request_id, key_len, payload_len, crc
+
+    def _compact(self) -> None:
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 65536:
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, frame: Frame) -> bytes:
+        """The bytes of ``frame``: header, key, payload."""
+        return self.send_header(frame, len(frame.payload), crc32c(frame.payload)) + frame.payload
+
+    def send_header(self, frame: Frame, payload_length: int, crc: int) -> bytes:
+        """Header and key only, for a payload the caller streams itself.
+
+        ``frame.payload`` is ignored; ``payload_length`` bytes whose CRC32C is
+        ``crc`` must follow on the wire.
+        """
+        if not 0 <= payload_length < 1 << 32:
+            raise LocalProtocolError("payload_length must fit in 32 bits")
+        header = HEADER.pack(
+            MAGIC,
+            VERSION,
+            int(frame.opcode),
+            frame.flags,
+            frame.status,
+            frame.request_id,
+            len(frame.key),
+            payload_length,
+            crc & 0xFFFFFFFF,
+        )
+        return header + frame.key
+
+
+def response(request: Frame, status: int, payload: bytes = b"") -> Frame:
+    """The response frame to ``request`` with ``status``."""
+    return Frame(
+        opcode=request.opcode,
+        request_id=request.request_id,
+        key=request.key,
+        payload=payload,
+        status=status,
+        flags=FLAG_RESPONSE,
+    )
+
+
+__all__ += ["response"]

@@ -1,0 +1,127 @@
+"""Shared fixtures: real storage nodes on 127.0.0.1, in-process or as processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from nodes.storage_node import StorageNode, serve_storage_node
+from vstack.settings import StorageSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Virtual time that jumps ahead whenever every task has been idle 20 ms.
+
+    Real sockets need a small positive threshold: the kernel, not trio,
+    decides when bytes arrive.
+    """
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+def settings_for(tmp_path: Path, **overrides: Any) -> StorageSettings:
+    base = StorageSettings(
+        data_dir=tmp_path / "node", port=0, binary_port=0, host="127.0.0.1",
+        node_id="test-node", scrub_rate_bytes=0, checkpoint_interval=3600,
+        compaction_interval=3600,
+    )
+    return replace(base, **overrides)
+
+
+@pytest.fixture
+async def start_node(
+    nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_node(**settings)`` runs a node in this test's nursery.
+
+    Returns ``(node, cancel_scope)``; cancel the scope to stop that node.
+    """
+
+    async def start(**overrides: Any) -> tuple[StorageNode, trio.CancelScope]:
+        settings = settings_for(tmp_path, **overrides)
+        scope = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[StorageNode] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await serve_storage_node(settings, task_status=task_status)
+
+        node: StorageNode = await nursery.start(run)
+        return node, scope
+
+    return start
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class NodeProcess:
+    """``vstack-node storage`` in a child process, configured by environment."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.binary_port = free_port()
+        self.env = {
+            **os.environ, "PORT": str(self.port), "BINARY_PORT": str(self.binary_port),
+            "HOST": "127.0.0.1", "DATA_DIR": str(data_dir), "NODE_ID": "proc-node",
+            "SCRUB_RATE": "0", "LOG_LEVEL": "WARNING", **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.node_cli", "storage"], env=self.env, cwd=ROOT,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", self.binary_port), timeout=0.2):
+                    pass
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("node did not start")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    made: list[NodeProcess] = []
+
+    def make(**env: str) -> NodeProcess:
+        p = NodeProcess(tmp_path / "proc-node", **env)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        if p.proc is not None and p.proc.poll() is None:
+            p.kill()

@@ -1,0 +1,165 @@
+"""The superblock store: durability, recovery, tombstones, compaction helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vstack.records import ALIGN, HEADER_SIZE, record_length
+from vstack.store import Busy, PendingWrite, SuperblockStore
+
+
+def commit(store: SuperblockStore, *pws: PendingWrite) -> None:
+    for pw in pws:
+        store.write(pw)
+        store.mark_written(pw)
+    batch = store.sync_batch()
+    assert batch is not None
+    store.fsync_batch(batch)
+    store.publish(batch)
+
+
+def put(store: SuperblockStore, key: bytes, data: bytes) -> None:
+    commit(store, store.reserve_put(key, data))
+
+
+def read(store: SuperblockStore, key: bytes) -> bytes | None:
+    loc = store.lookup(key)
+    if loc is None or loc.quarantined:
+        return None
+    with store.reading(loc) as fd:
+        return store.read_verified(fd, loc)
+
+
+def test_put_read_delete_and_recover(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
+    blobs = {f"c{i}".encode(): os.urandom(1000 * i + 1) for i in range(20)}
+    for k, v in blobs.items():
+        put(store, k, v)
+    loc = store.lookup(b"c3")
+    assert loc is not None
+    commit(store, store.reserve_delete(loc))
+    del blobs[b"c3"]
+    assert all(read(store, k) == v for k, v in blobs.items())
+    assert store.lookup(b"c3") is None
+    store.close()
+    for checkpoint in (False, True):
+        again = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
+        assert again.recovery["checkpoint_loaded"] is checkpoint
+        assert all(read(again, k) == v for k, v in blobs.items())
+        assert again.lookup(b"c3") is None
+        again.checkpoint()
+        again.close()
+
+
+def test_superblocks_rotate_at_the_size_limit(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=64 * 1024)
+    for i in range(10):
+        put(store, f"k{i}".encode(), b"x" * 20_000)
+    files = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert len(files) >= 4
+    assert all(p.stat().st_size <= 64 * 1024 for p in (tmp_path / "data").iterdir())
+
+
+def test_torn_tail_is_cut_and_unacknowledged_write_invisible(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=1 << 30)
+    put(store, b"good", b"g" * 5000)
+    pw = store.reserve_put(b"torn", b"t" * 5000)
+    store.write(pw)  # written but never fsynced/acknowledged; now tear it
+    path = tmp_path / "data" / "superblock_0.dat"
+    store.close()
+    with open(path, "r+b") as f:
+        f.truncate(pw.offset + HEADER_SIZE + 100)
+    again = SuperblockStore.open(tmp_path, max_superblock_size=1 << 30)
+    assert read(again, b"good") == b"g" * 5000
+    assert again.lookup(b"torn") is None
+    assert path.stat().st_size == record_length(5000)  # the torn tail is gone
+    put(again, b"after", b"a" * 10)
+    assert read(again, b"after") == b"a" * 10
+
+
+def test_a_torn_record_does_not_hide_the_records_after_it(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=1 << 30)
+    first = store.reserve_put(b"first", b"1" * 3000)
+    second = store.reserve_put(b"second", b"2" * 3000)
+    # Group commit: "second" may not be acknowledged while "first" is unwritten.
+    store.write(second)
+    store.mark_written(second)
+    assert store.sync_batch() is None
+    store.write(first)
+    store.mark_written(first)
+    batch = store.sync_batch()
+    assert batch is not None
+    assert [p.key for p in batch.writes[0]] == [b"first", b"second"]
+    store.fsync_batch(batch)
+    store.publish(batch)
+    store.close()
+    # Damage "first" in place: the scan must resynchronise and keep "second".
+    path = tmp_path / "data" / "superblock_0.dat"
+    with open(path, "r+b") as f:
+        f.seek(first.offset + HEADER_SIZE + 10)
+        f.write(b"X")
+    again = SuperblockStore.open(tmp_path, max_superblock_size=1 << 30)
+    assert again.lookup(b"first") is None
+    assert read(again, b"second") == b"2" * 3000
+    assert again.recovery["bytes_skipped"] == first.length
+
+
+def test_writes_of_the_same_key_are_serialised(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=1 << 30)
+    pw = store.reserve_put(b"k", b"v")
+    with pytest.raises(Busy) as info:
+        store.reserve_put(b"k", b"v")
+    assert info.value.pending is pw
+
+
+def test_flipped_byte_is_detected_on_verified_read(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=1 << 30)
+    put(store, b"k", b"abc" * 1000)
+    loc = store.lookup(b"k")
+    assert loc is not None
+    with open(tmp_path / "data" / "superblock_0.dat", "r+b") as f:
+        f.seek(loc.data_offset + 1234)
+        f.write(b"\xff")
+    with store.reading(loc) as fd:
+        assert store.read_verified(fd, loc) is None
+    store.quarantine(loc, "test")
+    assert "k" in store.quarantined
+    assert b"k" not in store
+    # A fresh PUT of the right bytes heals it.
+    put(store, b"k", b"abc" * 1000)
+    assert read(store, b"k") == b"abc" * 1000
+    assert "k" not in store.quarantined
+
+
+def test_delete_then_put_again_and_recover_in_order(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=8 * ALIGN)
+    put(store, b"k", b"old")
+    loc = store.lookup(b"k")
+    assert loc is not None
+    commit(store, store.reserve_delete(loc))
+    put(store, b"k", b"new")
+    store.close()
+    again = SuperblockStore.open(tmp_path, max_superblock_size=8 * ALIGN)
+    assert read(again, b"k") == b"new"
+
+
+def test_compaction_helpers_keep_needed_tombstones(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=4 * ALIGN)
+    put(store, b"a", b"a" * 100)  # superblock 0
+    put(store, b"b", b"b" * 100)
+    loc = store.lookup(b"a")
+    assert loc is not None
+    commit(store, store.reserve_delete(loc))  # tombstone in sb 0 targets sb 0: not needed
+    put(store, b"c", b"c" * 100)
+    put(store, b"d", b"d" * 100)  # rotates
+    locc = store.lookup(b"c")
+    assert locc is not None
+    commit(store, store.reserve_delete(locc))
+    by_sb = {u[0]: u for u in store.superblock_usage()}
+    assert len(by_sb) >= 2
+    fd, size = store.superblock_fd(locc.sb + 1)
+    carried = store.tombstones_to_carry(fd, locc.sb + 1, size)
+    assert [t.key for t in carried] == [b"c"]

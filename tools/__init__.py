@@ -1,0 +1,1 @@
+"""Entry points of V-Stack: the click CLIs."""
