@@ -148,9 +148,16 @@ async def open_frame_client(
 ) -> AsyncIterator[FrameClient]:
     stream = await trio.open_tcp_stream(host, port)
     client = FrameClient(stream, max_payload=max_payload)
-    async with stream, trio.open_nursery() as nursery:
-        nursery.start_soon(client._reader)
-        try:
-            yield client
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(client._reader)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The reader never raises, so a group holds just the caller's own
+        # exception: give it back as it was raised.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

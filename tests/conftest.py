@@ -48,19 +48,27 @@ async def start_node(
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await start_node(**settings)`` runs a node in this test's nursery.
 
-    Returns ``(node, cancel_scope)``; cancel the scope to stop that node.
+    Returns ``(node, stop)``; ``await stop()`` shuts that node down cleanly.
     """
 
-    async def start(**overrides: Any) -> tuple[StorageNode, trio.CancelScope]:
+    async def start(**overrides: Any) -> tuple[StorageNode, Callable[[], Any]]:
         settings = settings_for(tmp_path, **overrides)
         scope = trio.CancelScope()
+        stopped = trio.Event()
 
         async def run(task_status: trio.TaskStatus[StorageNode] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await serve_storage_node(settings, task_status=task_status)
+            try:
+                with scope:
+                    await serve_storage_node(settings, task_status=task_status)
+            finally:
+                stopped.set()
+
+        async def stop() -> None:
+            scope.cancel()
+            await stopped.wait()
 
         node: StorageNode = await nursery.start(run)
-        return node, scope
+        return node, stop
 
     return start
 
@@ -87,14 +95,16 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.node_cli", "storage"], env=self.env, cwd=ROOT,
-            stderr=subprocess.PIPE,
-        )
+        self.log = self.data_dir.parent / "node-process.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tools.node_cli", "storage"], env=self.env, cwd=ROOT,
+                stderr=log,
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+                raise RuntimeError(f"node exited: {self.log.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.binary_port), timeout=0.2):
                     pass
@@ -108,8 +118,6 @@ class NodeProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
         self.proc.wait(timeout=30)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
 
 
 @pytest.fixture

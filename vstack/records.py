@@ -43,7 +43,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from protocol.frames import crc32c
@@ -164,6 +164,8 @@ class ScanResult:
 
     end: int = 0
     skipped_bytes: int = 0
+    #: Keys of records whose header was sound but whose data failed its CRC.
+    damaged: list[bytes] = field(default_factory=list)
 
 
 def scan(
@@ -182,9 +184,11 @@ def scan(
     while off + HEADER_SIZE <= file_size:
         raw = os.pread(fd, HEADER_SIZE, off)
         rec = parse_header(raw, sb_id, off)
-        if rec is None or off + HEADER_SIZE + rec.size > file_size or (
-            verify and rec.size and not _data_ok(fd, rec)
-        ):
+        if rec is None or off + HEADER_SIZE + rec.size > file_size:
+            off += ALIGN
+            continue
+        if verify and rec.size and not _data_ok(fd, rec):
+            result.damaged.append(rec.key)
             off += ALIGN
             continue
         result.skipped_bytes += off - result.end

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from protocol.errors import LocalProtocolError, ProtocolError
+from protocol.errors import LocalProtocolError, ProtocolError, VStackError
 from protocol.frames import crc32c
 
 from .index import FLAG_QUARANTINED, FLAG_VERIFIED, ChunkIndex, key_hash
@@ -78,6 +79,7 @@ __all__ = [
     "Busy",
     "Location",
     "PendingWrite",
+    "StoreInUse",
     "StoreStatistics",
     "SuperblockStore",
     "SyncBatch",
@@ -89,6 +91,10 @@ log = logging.getLogger("vstack.store")
 _SB_NAME: Final = re.compile(r"^superblock_(\d+)\.dat$")
 CHECKPOINT_NAME: Final = "checkpoint.npz"
 _PAD: Final = bytes(ALIGN)
+
+
+class StoreInUse(VStackError):
+    """Another process holds this data directory."""
 
 
 class Busy(LocalProtocolError):
@@ -209,6 +215,7 @@ class SuperblockStore:
         self.quarantined: dict[str, str] = {}
         self.recovery: dict[str, Any] = {}
         self._retired: dict[int, Superblock] = {}
+        self._lock_fd = -1
         self.closed = False
 
     # -- opening and recovery (blocking) ----------------------------------------
@@ -218,7 +225,17 @@ class SuperblockStore:
         self = cls(Path(root), max_superblock_size=max_superblock_size)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        self._recover()
+        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreInUse(f"{self.root} is in use by another storage node") from None
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _recover(self) -> None:
@@ -250,6 +267,7 @@ class SuperblockStore:
             self._next_sb = max(self._next_sb, sb_id + 1)
         tombstones: dict[bytes, int] = {}
         scanned = skipped = 0
+        damaged: list[str] = []
         for sb_id in ids:
             sb = self._sbs[sb_id]
             file_size = sb.size
@@ -260,6 +278,10 @@ class SuperblockStore:
                 self._next_seq = max(self._next_seq, rec.seq + 1)
                 scanned += 1
             skipped += result.skipped_bytes
+            for key in result.damaged:
+                log.warning("superblock %d: record of chunk %s failed its CRC during recovery "
+                            "(torn write or damage); not restored", sb_id, key.decode(errors="replace"))
+                damaged.append(key.decode(errors="replace"))
             if result.end < file_size:
                 log.warning("superblock %d: cut %d bytes of torn tail", sb_id, file_size - result.end)
                 os.ftruncate(sb.fd, result.end)
@@ -272,6 +294,7 @@ class SuperblockStore:
             "checkpoint_loaded": loaded,
             "records_scanned": scanned,
             "bytes_skipped": skipped,
+            "damaged_records": damaged[:100],
             "chunks": len(self.index),
         }
         log.info(
@@ -725,11 +748,15 @@ class SuperblockStore:
 
     def close(self) -> None:
         self.closed = True
-        for sb in self._sbs.values():
+        for sb in [*self._sbs.values(), *self._retired.values()]:
             if sb.fd >= 0:
                 os.close(sb.fd)
                 sb.fd = -1
         self._sbs.clear()
+        self._retired.clear()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
 
 
 def _advance(bufs: list[bytes | memoryview], n: int) -> list[bytes | memoryview]:
