@@ -31,6 +31,8 @@ from protocol.frames import (
     encode_range,
 )
 
+from .zerocopy import receive_frame_bytes
+
 __all__ = ["FrameClient", "open_frame_client"]
 
 
@@ -62,10 +64,8 @@ class FrameClient:
                     self._finish(exc.frame.request_id, error=exc)
                     continue
                 if event is NEED_DATA:
-                    data = await self._stream.receive_some(max(65536, conn.pending_payload))
-                    if not data:
+                    if not await receive_frame_bytes(self._stream, conn):
                         raise trio.BrokenResourceError("server closed the connection")
-                    conn.receive_data(data)
                     continue
                 assert isinstance(event, Frame)
                 if event.request_id == 0 and event.status >= 400:

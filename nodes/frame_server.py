@@ -35,7 +35,7 @@ from protocol.frames import (
 )
 
 from .storage_node import StorageNode
-from .zerocopy import sendfile
+from .zerocopy import receive_frame_bytes, sendfile
 
 __all__ = ["MAX_IN_FLIGHT", "serve"]
 
@@ -93,7 +93,7 @@ class _Session:
             return
         chunk_id = req.key.decode("ascii", "replace")
         if op is Opcode.PUT:
-            status, loc = await node.put(chunk_id, req.payload)
+            status, loc = await node.put(chunk_id, req.payload, crc=req.crc)
             info = ChunkInfo(size=loc.size, crc=loc.crc, sha256=loc.sha256)
             await self.send(response(req, status, info.encode()), conn)
         elif op is Opcode.HEAD:
@@ -154,9 +154,7 @@ async def _serve_connection(node: StorageNode, stream: trio.SocketStream) -> Non
                 if event is NEED_DATA:
                     timeout = s.read_timeout if conn.buffered else s.idle_timeout
                     with trio.move_on_after(timeout):
-                        data = await stream.receive_some(max(65536, conn.pending_payload))
-                        conn.receive_data(data)
-                        if not data and not conn.buffered:
+                        if not await receive_frame_bytes(stream, conn) and not conn.buffered:
                             break
                         continue
                     break  # timed out
@@ -168,8 +166,6 @@ async def _serve_connection(node: StorageNode, stream: trio.SocketStream) -> Non
                     break
                 await slots.acquire()
                 nursery.start_soon(run, event)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
     finally:
         with trio.move_on_after(1) as cs:
             cs.shield = True
@@ -182,4 +178,14 @@ async def serve(node: StorageNode, *, task_status: trio.TaskStatus[int] = trio.T
     bound = listeners[0].socket.getsockname()[1]
     log.info("binary protocol listening on %s:%d", s.host, bound)
     task_status.started(bound)
-    await trio.serve_listeners(partial(_serve_connection, node), listeners)
+    await trio.serve_listeners(partial(_handle_connection, node), listeners)
+
+
+async def _handle_connection(node: StorageNode, stream: trio.SocketStream) -> None:
+    """One connection's whole life; nothing it does can take the node down."""
+    try:
+        await _serve_connection(node, stream)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the peer went away
+    except* Exception as group:
+        log.error("binary connection failed", exc_info=group)

@@ -83,8 +83,9 @@ def chunk_key(chunk_id: str, *, for_write: bool = False) -> bytes:
     return chunk_id.encode("ascii")
 
 
-def _digests(data: bytes) -> tuple[bytes, int]:
-    return hashlib.sha256(data).digest(), crc32c(data)
+def _digests(data: bytes, crc: int | None) -> tuple[bytes, int]:
+    """SHA-256 and CRC32C of ``data`` (``crc`` when the caller has checked it already)."""
+    return hashlib.sha256(data).digest(), crc32c(data) if crc is None else crc
 
 
 class StorageNode:
@@ -105,7 +106,8 @@ class StorageNode:
 
     # -- writes ---------------------------------------------------------------
 
-    async def put(self, chunk_id: str, data: bytes, *, checksum: str | None = None) -> tuple[int, Location]:
+    async def put(self, chunk_id: str, data: bytes, *, checksum: str | None = None,
+                  crc: int | None = None) -> tuple[int, Location]:
         """Store ``data`` under ``chunk_id``.
 
         Returns:
@@ -121,7 +123,7 @@ class StorageNode:
             raise ProtocolError("Empty chunk data", 400)
         if len(data) > self.settings.max_chunk_bytes:
             raise ProtocolError(f"Chunk larger than {self.settings.max_chunk_bytes} bytes", 413)
-        sha, crc = await trio.to_thread.run_sync(_digests, data)
+        sha, crc = await trio.to_thread.run_sync(_digests, data, crc)
         if checksum is not None and parse_checksum(checksum) != sha.hex():
             raise ProtocolError("Checksum mismatch", 400)
         while True:

@@ -14,7 +14,9 @@ import os
 
 import trio
 
-__all__ = ["TruncatedFile", "sendfile"]
+from protocol.frames import FrameConnection
+
+__all__ = ["TruncatedFile", "receive_frame_bytes", "sendfile"]
 
 # Loopback moves a 2 MiB chunk in one or two calls; cap a call so one big send
 # cannot starve the other tasks.
@@ -49,6 +51,29 @@ async def sendfile(stream: trio.abc.Stream, fd: int, offset: int, count: int) ->
         offset += n
         count -= n
         await trio.lowlevel.checkpoint()
+
+
+async def receive_frame_bytes(stream: trio.abc.ReceiveStream, conn: FrameConnection) -> bool:
+    """Receive the next bytes for ``conn``; ``False`` once the peer has closed.
+
+    While a large payload is arriving, the bytes go straight from the kernel
+    into the payload's own buffer (``recv_into``), with no copy in between.
+    """
+    window = conn.payload_window()
+    sock = getattr(stream, "socket", None)
+    if window is not None and sock is not None:
+        try:
+            n = await sock.recv_into(window)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+        if n:
+            conn.payload_received(n)
+            return True
+        conn.receive_data(b"")
+        return False
+    data = await stream.receive_some(max(65536, min(conn.pending_payload, 1 << 20)))
+    conn.receive_data(data)
+    return bool(data)
 
 
 async def _copy(stream: trio.abc.Stream, fd: int, offset: int, count: int) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "FLAG_RESPONSE",
     "HEADER",
+    "LARGE_PAYLOAD",
     "MAGIC",
     "MAX_KEY_LENGTH",
     "NEED_DATA",
@@ -67,6 +68,8 @@ MAX_KEY_LENGTH: Final = 255
 DEFAULT_MAX_PAYLOAD: Final = 8 * 1024 * 1024 + 64
 #: Absolute ceiling for any configured limit (payload_length is a u32 anyway).
 HARD_MAX_PAYLOAD: Final = 1 << 30
+#: Payloads at least this large are assembled in place (see ``payload_window``).
+LARGE_PAYLOAD: Final = 64 * 1024
 #: Set in every response; clear in every request.
 FLAG_RESPONSE: Final = 0x0001
 _KNOWN_FLAGS: Final = FLAG_RESPONSE
@@ -112,7 +115,7 @@ class Frame:
     opcode: Opcode
     request_id: int
     key: bytes = b""
-    payload: bytes = b""
+    payload: bytes | bytearray = b""
     status: int = 0
     flags: int = 0
     crc: int | None = field(default=None, compare=False)
@@ -205,6 +208,9 @@ class FrameConnection:
         self._buf = bytearray()
         self._pos = 0
         self._header: tuple[int, int, int, int, int, int, int] | None = None
+        self._key: bytes | None = None
+        self._large: bytearray | None = None  # the payload being assembled in place
+        self._fill = 0
         self._error: RemoteProtocolError | None = None
         self.their_eof = False
 
@@ -215,23 +221,49 @@ class FrameConnection:
         if data:
             if self.their_eof:
                 raise LocalProtocolError("received data after EOF")
-            if self._error is None:  # a poisoned connection buffers nothing more
-                self._buf += data
+            if self._error is not None:  # a poisoned connection buffers nothing more
+                return
+            if self._large is not None and self._fill < len(self._large):
+                n = min(len(data), len(self._large) - self._fill)
+                self._large[self._fill : self._fill + n] = memoryview(data)[:n]
+                self._fill += n
+                data = data[n:]
+            self._buf += data
         else:
             self.their_eof = True
+
+    def payload_window(self) -> memoryview | None:
+        """The unfilled part of a large payload, for ``recv_into``; else ``None``.
+
+        Large payloads (at least :data:`LARGE_PAYLOAD` bytes) are assembled in
+        one buffer of their exact size; an I/O layer that receives straight
+        into this window (then calls :meth:`payload_received`) saves every
+        intermediate copy.
+        """
+        if self._large is None or self._fill == len(self._large):
+            return None
+        return memoryview(self._large)[self._fill :]
+
+    def payload_received(self, n: int) -> None:
+        """``n`` bytes were written into :meth:`payload_window`."""
+        if self._large is None or not 0 <= n <= len(self._large) - self._fill:
+            raise LocalProtocolError("payload_received out of range")
+        self._fill += n
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into frames."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._fill
 
     @property
     def pending_payload(self) -> int:
         """Payload bytes still missing for the frame being received."""
         if self._header is None:
             return 0
-        need = self._header[5] + self._header[6]
-        return max(0, need - self.buffered)
+        if self._large is not None:
+            return len(self._large) - self._fill
+        need = self._header[5] + (0 if self._key is not None else self._header[4])
+        return max(0, need - (len(self._buf) - self._pos))
 
     def next_event(self) -> Frame | NeedData:
         """The next whole frame, or :data:`NEED_DATA`.
@@ -254,18 +286,39 @@ class FrameConnection:
             raise
 
     def _next_event(self) -> Frame | NeedData:
+        avail = len(self._buf) - self._pos
         if self._header is None:
-            if self.buffered < HEADER.size:
+            if avail < HEADER.size:
                 return self._need_data()
             self._header = self._parse_header()
+            avail -= HEADER.size
         opcode, flags, status, request_id, key_len, payload_len, crc = self._header
-        if self.buffered < key_len + payload_len:
-            return self._need_data()
-        start = self._pos
-        key = bytes(self._buf[start : start + key_len])
-        payload = bytes(self._buf[start + key_len : start + key_len + payload_len])
-        self._pos += key_len + payload_len
-        self._header = None
+        if self._key is None:
+            if avail < key_len:
+                return self._need_data()
+            self._key = bytes(self._buf[self._pos : self._pos + key_len])
+            self._pos += key_len
+            avail -= key_len
+        payload: bytes | bytearray
+        if self._large is None and payload_len >= LARGE_PAYLOAD and avail < payload_len:
+            # Assemble in place from now on: no growing buffer, no final copy.
+            self._large = bytearray(payload_len)
+            self._large[:avail] = memoryview(self._buf)[self._pos :]
+            self._fill = avail
+            self._pos = len(self._buf)
+            self._compact()
+        if self._large is not None:
+            if self._fill < payload_len:
+                return self._need_data()
+            payload, self._large, self._fill = self._large, None, 0
+        else:
+            if avail < payload_len:
+                return self._need_data()
+            view = memoryview(self._buf)
+            payload = bytes(view[self._pos : self._pos + payload_len])
+            view.release()
+            self._pos += payload_len
+        key, self._key, self._header = self._key, None, None
         self._compact()
         frame = Frame(
             opcode=Opcode(opcode),
@@ -281,7 +334,7 @@ class FrameConnection:
         return frame
 
     def _need_data(self) -> NeedData:
-        if self.their_eof and self.buffered:
+        if self.their_eof and (self.buffered or self._header is not None):
             raise RemoteProtocolError("connection closed in the middle of a frame")
         return NEED_DATA
 

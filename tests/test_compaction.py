@@ -19,7 +19,7 @@ from vstack.records import ALIGN
 async def test_compaction_under_concurrent_reads_loses_nothing(
     start_node: Callable[..., Any],
 ) -> None:
-    node, stop = await start_node(max_superblock_size=400 * ALIGN)
+    node, stop = await start_node(max_superblock_size=60 * ALIGN)
     keep = {f"keep-{i:03d}": os.urandom(20_000 + i) for i in range(40)}
     drop = {f"drop-{i:03d}": os.urandom(20_000 + i) for i in range(60)}
     async with open_frame_client("127.0.0.1", node.ports.binary) as client:
@@ -79,7 +79,7 @@ async def test_compaction_under_concurrent_reads_loses_nothing(
     for wipe_checkpoint in (False, True):
         if wipe_checkpoint:
             os.unlink(node.settings.data_dir / "index" / "checkpoint.npz")
-        node2, stop2 = await start_node(max_superblock_size=400 * ALIGN)
+        node2, stop2 = await start_node(max_superblock_size=60 * ALIGN)
         async with open_frame_client("127.0.0.1", node2.ports.binary) as client:
             for k, v in keep.items():
                 assert await client.get(k) == v

@@ -132,3 +132,25 @@ async def _read_frames(stream: trio.SocketStream, codec: FrameConnection, n: int
                 assert isinstance(ev, Frame)
                 out.append(ev)
     return out
+
+
+async def test_connection_reset_mid_request_does_not_hurt_the_node(
+    start_node: Callable[..., Any],
+) -> None:
+    import socket as _socket
+    import struct
+
+    node, _ = await start_node()
+    for _ in range(3):
+        stream = await trio.open_tcp_stream("127.0.0.1", node.ports.binary)
+        wire = FrameConnection().send(Frame(opcode=Opcode.PUT, request_id=1, key=b"r", payload=b"q" * 5000))
+        await stream.send_all(wire[:3000])
+        stream.socket.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()  # RST
+    with trio.fail_after(10):
+        async with open_frame_client("127.0.0.1", node.ports.binary) as client:
+            await client.ping()
+            with pytest.raises(ProtocolError):
+                await client.head("r")
+    res = await request("GET", f"http://127.0.0.1:{node.ports.http}/ping")
+    assert res.status == 200

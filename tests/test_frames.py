@@ -13,6 +13,7 @@ from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolErr
 from protocol.frames import (
     FLAG_RESPONSE,
     HEADER,
+    LARGE_PAYLOAD,
     NEED_DATA,
     ChecksumMismatch,
     ChunkInfo,
@@ -207,3 +208,42 @@ def test_valid_frame_followed_by_junk(frame: Frame, junk: bytes) -> None:
 def test_header_struct_is_network_order() -> None:
     raw = HEADER.pack(b"VS", 1, 1, 0, 0, 0x01020304, 0, 0, 0)
     assert raw[8:12] == struct.pack(">I", 0x01020304)
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(LARGE_PAYLOAD - 1, 3 * LARGE_PAYLOAD), cut=st.integers(1000, 200_000),
+       use_window=st.booleans())
+def test_large_payloads_assemble_in_place(size: int, cut: int, use_window: bool) -> None:
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    first = Frame(opcode=Opcode.PUT, request_id=1, key=b"big", payload=payload)
+    second = Frame(opcode=Opcode.PING, request_id=2)
+    wire = FrameConnection().send(first) + FrameConnection().send(second)
+    conn = FrameConnection()
+    got: list[Frame] = []
+    pos = 0
+    while pos < len(wire):
+        window = conn.payload_window()
+        if use_window and window is not None:
+            n = min(len(window), cut, len(wire) - pos)
+            window[:n] = wire[pos : pos + n]
+            conn.payload_received(n)
+        else:
+            n = min(cut, len(wire) - pos)
+            conn.receive_data(wire[pos : pos + n])
+        pos += n
+        while (ev := conn.next_event()) is not NEED_DATA:
+            assert isinstance(ev, Frame)
+            got.append(ev)
+    assert got == [first, second]
+    assert conn.buffered == 0
+
+
+def test_eof_during_a_large_payload_is_an_error() -> None:
+    conn = FrameConnection()
+    wire = FrameConnection().send(Frame(opcode=Opcode.PUT, request_id=1, payload=b"z" * 200_000))
+    conn.receive_data(wire[:100_000])
+    assert conn.next_event() is NEED_DATA
+    assert conn.pending_payload == len(wire) - 100_000
+    conn.receive_data(b"")
+    with pytest.raises(RemoteProtocolError):
+        conn.next_event()

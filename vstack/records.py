@@ -64,7 +64,7 @@ __all__ = [
 
 MAGIC: Final = b"VSR1"
 VERSION: Final = 1
-ALIGN: Final = 512
+ALIGN: Final = 4096  # a page: a record never shares a page with the one before
 MAX_KEY: Final = 64
 FLAG_TOMBSTONE: Final = 0x01
 HEADER: Final = struct.Struct("<4sBBBxQIIQQII32s64s")
