@@ -121,7 +121,7 @@ class FrameClient:
         frame = self._check(await self.request(Opcode.PUT, chunk_id.encode(), data))
         return frame.status, ChunkInfo.decode(frame.payload)
 
-    async def get(self, chunk_id: str, offset: int = 0, length: int = 0) -> bytes:
+    async def get(self, chunk_id: str, offset: int = 0, length: int = 0) -> bytes | bytearray:
         """A chunk's bytes (or a range), verified against the CRC32C sent."""
         payload = encode_range(offset, length) if (offset or length) else b""
         return self._check(await self.request(Opcode.GET, chunk_id.encode(), payload)).payload

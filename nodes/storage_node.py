@@ -83,7 +83,7 @@ def chunk_key(chunk_id: str, *, for_write: bool = False) -> bytes:
     return chunk_id.encode("ascii")
 
 
-def _digests(data: bytes, crc: int | None) -> tuple[bytes, int]:
+def _digests(data: bytes | bytearray, crc: int | None) -> tuple[bytes, int]:
     """SHA-256 and CRC32C of ``data`` (``crc`` when the caller has checked it already)."""
     return hashlib.sha256(data).digest(), crc32c(data) if crc is None else crc
 
@@ -106,7 +106,7 @@ class StorageNode:
 
     # -- writes ---------------------------------------------------------------
 
-    async def put(self, chunk_id: str, data: bytes, *, checksum: str | None = None,
+    async def put(self, chunk_id: str, data: bytes | bytearray, *, checksum: str | None = None,
                   crc: int | None = None) -> tuple[int, Location]:
         """Store ``data`` under ``chunk_id``.
 

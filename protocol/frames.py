@@ -158,7 +158,7 @@ class ChunkInfo:
         return CHUNK_INFO.pack(self.size, self.crc, self.sha256)
 
     @classmethod
-    def decode(cls, payload: bytes) -> ChunkInfo:
+    def decode(cls, payload: bytes | bytearray) -> ChunkInfo:
         if len(payload) != CHUNK_INFO.size:
             raise RemoteProtocolError("malformed chunk info payload")
         size, crc, sha = CHUNK_INFO.unpack(payload)
@@ -183,7 +183,7 @@ def encode_range(offset: int, length: int) -> bytes:
     return RANGE.pack(offset, length)
 
 
-def decode_range(payload: bytes) -> tuple[int, int] | None:
+def decode_range(payload: bytes | bytearray) -> tuple[int, int] | None:
     """``(offset, length)`` of a GET request, or ``None`` for a whole read."""
     if not payload:
         return None
@@ -216,7 +216,7 @@ class FrameConnection:
 
     # -- receiving ---------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed received bytes; ``b""`` means the peer closed."""
         if data:
             if self.their_eof:

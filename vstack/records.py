@@ -154,7 +154,7 @@ def parse_header(raw: bytes | bytearray | memoryview, sb_id: int, offset: int) -
     )
 
 
-def sha256(data: bytes | memoryview) -> bytes:
+def sha256(data: bytes | bytearray | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 

@@ -145,7 +145,7 @@ class PendingWrite:
     offset: int
     length: int
     header: bytes
-    data: bytes = b""
+    data: bytes | bytearray = b""
     size: int = 0
     crc: int = 0
     sha: bytes = b""
@@ -454,7 +454,7 @@ class SuperblockStore:
 
     # -- writing (event-loop thread) ---------------------------------------------
 
-    def reserve_put(self, key: bytes, data: bytes, *, sha: bytes | None = None,
+    def reserve_put(self, key: bytes, data: bytes | bytearray, *, sha: bytes | None = None,
                     crc: int | None = None) -> PendingWrite:
         """Reserve room for a new chunk. The caller checked it is not stored.
 
@@ -495,7 +495,7 @@ class SuperblockStore:
         self._next_seq += 1
         return seq
 
-    def _reserve(self, kind: WriteKind, key: bytes, *, seq: int, data: bytes = b"", size: int = 0,
+    def _reserve(self, kind: WriteKind, key: bytes, *, seq: int, data: bytes | bytearray = b"", size: int = 0,
                  crc: int = 0, sha: bytes = bytes(32), target_sb: int = 0,
                  source: tuple[int, int] | None = None, target_row_seq: int = 0,
                  track: bool = True) -> PendingWrite:
@@ -533,7 +533,7 @@ class SuperblockStore:
         """Blocking: put the record's bytes in place (no fsync)."""
         sb = self._sbs[pw.sb]
         pad = pw.length - HEADER_SIZE - pw.size
-        bufs: list[bytes | memoryview] = [pw.header]
+        bufs: list[bytes | bytearray | memoryview] = [pw.header]
         if pw.size:
             bufs.append(pw.data)
         if pad:
@@ -759,8 +759,10 @@ class SuperblockStore:
             self._lock_fd = -1
 
 
-def _advance(bufs: list[bytes | memoryview], n: int) -> list[bytes | memoryview]:
-    out: list[bytes | memoryview] = []
+def _advance(
+    bufs: list[bytes | bytearray | memoryview], n: int
+) -> list[bytes | bytearray | memoryview]:
+    out: list[bytes | bytearray | memoryview] = []
     for b in bufs:
         if n >= len(b):
             n -= len(b)
