@@ -163,3 +163,32 @@ def test_compaction_helpers_keep_needed_tombstones(tmp_path: Path) -> None:
     fd, size = store.superblock_fd(locc.sb + 1)
     carried = store.tombstones_to_carry(fd, locc.sb + 1, size)
     assert [t.key for t in carried] == [b"c"]
+
+
+@pytest.mark.parametrize("checkpoint_before_crash", [False, True])
+def test_crash_in_the_middle_of_compaction(tmp_path: Path, checkpoint_before_crash: bool) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=4 * ALIGN)
+    for k in (b"a", b"b", b"c"):
+        put(store, k, k * 500)
+    loc_b = store.lookup(b"b")
+    assert loc_b is not None
+    commit(store, store.reserve_delete(loc_b))
+    put(store, b"d", b"d" * 500)
+    old_sb = store.lookup(b"a").sb  # type: ignore[union-attr]
+    # Compaction copies the live records forward, then "crashes" before the
+    # old superblock is retired and unlinked.
+    for loc in store.live_records(old_sb):
+        rec = store.header(loc)
+        with store.reading(loc) as fd:
+            data = store.read_verified(fd, loc)
+        assert rec is not None
+        assert data is not None
+        commit(store, store.reserve_copy(rec, data))
+    assert {store.lookup(k).sb for k in (b"a", b"c")} != {old_sb}  # type: ignore[union-attr]
+    if checkpoint_before_crash:
+        store.checkpoint()
+    store.close()
+    again = SuperblockStore.open(tmp_path, max_superblock_size=4 * ALIGN)
+    assert {k: read(again, k) for k in (b"a", b"b", b"c", b"d")} == {
+        b"a": b"a" * 500, b"b": None, b"c": b"c" * 500, b"d": b"d" * 500}
+    assert len(again.index) == 3

@@ -125,6 +125,13 @@ def all_services(data_dir: Path, host: str, node_count: int) -> None:
         )
         for i in range(1, node_count + 1)
     ]
+    click.echo(
+        f"V-Stack local cluster: {node_count} storage nodes on ports 8081-{8080 + node_count} "
+        f"(binary 8181-{8180 + node_count}), data under {data_dir}.\n"
+        "The metadata service (8080) and the uploader (8084) are not part of V-Stack yet; "
+        "Ctrl-C stops the cluster.",
+        err=True,
+    )
     trio.run(_run_until_signal, *services)
 
 
