@@ -64,9 +64,10 @@ class _Session:
             if self.broken:
                 raise trio.BrokenResourceError("connection broken")
             try:
-                await self.stream.send_all(data)
                 if file is not None:
-                    await sendfile(self.stream, *file)
+                    await sendfile(self.stream, *file, head=data)
+                else:
+                    await self.stream.send_all(data)
             except BaseException:
                 self.broken = True
                 raise

@@ -120,21 +120,24 @@ class _Connection:
         headers = [*resp.header_pairs(), *((k.encode(), v.encode()) for k, v in extra)]
         if not any(k.lower() == b"content-length" for k, _ in headers):
             headers.append((b"content-length", str(len(body)).encode()))
-        await self.send(
+        head = self.conn.send(
             h11.Response(status_code=resp.status, headers=headers,
                          reason=REASONS.get(resp.status, b""))
-        )
+        ) or b""
         if len(body) and self.conn.our_state is h11.SEND_BODY and not self.head_request:
             if isinstance(body, FileRange):
                 event = h11.Data(data=body)  # type: ignore[arg-type]
                 for piece in self.conn.send_with_data_passthrough(event) or []:
                     if isinstance(piece, FileRange):
-                        await sendfile(self.stream, piece.fd, piece.offset, piece.length)
+                        await sendfile(self.stream, piece.fd, piece.offset, piece.length, head=head)
+                        head = b""
                     else:
-                        await self.stream.send_all(piece)
+                        head += piece
             else:
-                await self.send(h11.Data(data=body))
-        await self.send(h11.EndOfMessage())
+                head += self.conn.send(h11.Data(data=body)) or b""
+        head += self.conn.send(h11.EndOfMessage()) or b""
+        if head:
+            await self.stream.send_all(head)
 
 
 async def serve_http(
