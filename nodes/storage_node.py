@@ -15,10 +15,12 @@ when it is cancelled.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,14 +135,8 @@ class StorageNode:
                     return 200, loc
                 raise ProtocolError("Chunk already exists with different content", 409)
             self._check_space(len(data))
-            try:
-                pw = self.store.reserve_put(key, data, sha=sha, crc=crc)
-            except Busy as busy:
-                await busy.pending.waiter.wait()
+            if not await self._write(lambda: self.store.reserve_put(key, data, sha=sha, crc=crc)):
                 continue
-            await self.commit(pw)
-            if pw.error is not None:
-                raise _write_error(pw.error)
             loc = self.store.lookup(key)
             assert loc is not None
             return 201, loc
@@ -152,15 +148,25 @@ class StorageNode:
             loc = self.store.lookup(key)
             if loc is None:
                 raise ProtocolError("Chunk not found", 404)
-            try:
-                pw = self.store.reserve_delete(loc)
-            except Busy as busy:
-                await busy.pending.waiter.wait()
-                continue
-            await self.commit(pw)
-            if pw.error is not None:
-                raise _write_error(pw.error)
-            return
+            if await self._write(functools.partial(self.store.reserve_delete, loc)):
+                return
+
+    async def _write(self, reserve: Callable[[], PendingWrite]) -> bool:
+        """Reserve and commit one record; ``False`` if another write of the
+        same chunk was in flight (it has finished now: look again).
+
+        Raises:
+            ProtocolError: 507 or 500 if the write failed.
+        """
+        try:
+            pw = reserve()
+        except Busy as busy:
+            await busy.pending.waiter.wait()
+            return False
+        await self.commit(pw)
+        if pw.error is not None:
+            raise _write_error(pw.error)
+        return True
 
     async def commit(self, pw: PendingWrite) -> None:
         """Write a reserved record and wait until it is durable and published.

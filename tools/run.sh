@@ -3,10 +3,5 @@
 # default ports, in the foreground; Ctrl-C stops it cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+bash tools/setup.sh
 exec .venv/bin/vstack-node all "$@"

@@ -3,12 +3,7 @@
 # every check: ruff, mypy, then the whole pytest suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+bash tools/setup.sh test
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
