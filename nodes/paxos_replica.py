@@ -1,0 +1,393 @@
+"""A metadata replica's consensus engine: CASPaxos rounds driven by trio.
+
+The roles are pure (:mod:`vstack.paxos`); this module carries their messages
+and owns time. Messages are small dicts:
+
+* ``{"t": "prepare", "k": key, "b": ballot}`` -> ``{"ok", "p", "a", "v"}``
+* ``{"t": "accept", "k": key, "b": ballot, "v": value}`` -> ``{"ok", "p", "a"}``
+* ``{"t": "commit", "k": key, "b": ballot, "v": value}`` -> ``{"ok"}``
+
+**Batching.** Messages to one peer are queued and sent together, one batch in
+flight per peer: under load, one request carries many rounds' messages. An
+acceptor answers a batch only after the slots it changed are durable, and
+every change made while a transaction is being written waits for the next
+one: concurrent rounds share one SQLite commit (group commit).
+
+**Rounds.** :meth:`PaxosReplica.change` runs prepare / adopt / apply / accept
+/ commit for one key, retrying with a higher ballot after a randomized
+back-off when another proposer wins, and failing with :class:`NoQuorum` if
+no quorum answers before the deadline: never with a wrong answer. The
+highest round a replica may use is persisted (in blocks) before use.
+
+The transport and the way blocking work runs are injected, so the
+deterministic simulation in the tests runs this very code on an in-memory
+network under trio's MockClock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from protocol.errors import ProtocolError
+from vstack.metadata_db import MetadataDB
+from vstack.paxos import (
+    Acceptor,
+    Ballot,
+    ChangeRejected,
+    Proposal,
+    Reply,
+    Slot,
+    Value,
+    apply_op,
+)
+
+__all__ = ["NoQuorum", "PaxosReplica", "ReplicaStopped", "Transport"]
+
+log = logging.getLogger("vstack.paxos")
+
+T = TypeVar("T")
+Msg = dict[str, Any]
+RunBlocking = Callable[[Callable[[], T]], Awaitable[T]]
+
+ROUND_BLOCK = 1000  # rounds reserved per persisted ceiling
+
+
+class NoQuorum(ProtocolError):
+    """No quorum of replicas answered in time; nothing was decided."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no quorum of metadata replicas reachable to decide {key}", 503)
+
+
+class ReplicaStopped(ProtocolError):
+    """This replica is shutting down."""
+
+    def __init__(self) -> None:
+        super().__init__("metadata replica is stopping", 503)
+
+
+class Transport(Protocol):
+    async def call(self, peer: int, batch: list[Msg]) -> list[Msg]:
+        """Deliver a batch to ``peer``; its replies, in order. Raises OSError on failure."""
+        ...
+
+
+@dataclass(eq=False)
+class _Pending:
+    msg: Msg
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Msg | None = None
+
+
+async def _run_in_thread(fn: Callable[[], T]) -> T:
+    return await trio.to_thread.run_sync(fn)
+
+
+class PaxosReplica:
+    """Proposer, acceptor and learner for every register key, on one replica."""
+
+    def __init__(
+        self,
+        replica_id: int,
+        replicas: int,
+        db: MetadataDB,
+        transport: Transport,
+        *,
+        run_blocking: RunBlocking[Any] | None = None,
+        rng: random.Random | None = None,
+        phase_timeout: float = 1.0,
+        deadline: float = 8.0,
+        commit_wait: float = 0.1,
+        on_learn: Callable[[str, Value], None] | None = None,
+    ) -> None:
+        if not 0 <= replica_id < replicas:
+            raise ValueError("replica_id must index the peer list")
+        self.id = replica_id
+        self.n = replicas
+        self.db = db
+        self.transport = transport
+        self.run_blocking: RunBlocking[Any] = run_blocking or _run_in_thread
+        self.rng = rng or random.Random()
+        self.phase_timeout = phase_timeout
+        self.deadline = deadline
+        self.commit_wait = commit_wait
+        self.on_learn = on_learn
+        self.acceptor = self.make_acceptor(db.load_slots())
+        self._round = int(db.get_meta("round_ceiling", "0") or 0)
+        self._ceiling = self._round
+        self._db_lock = trio.Lock()
+        # group commit of acceptor state
+        self._dirty: dict[str, Slot] = {}
+        self._learned: list[tuple[str, Value]] = []
+        self._gen = 0
+        self._flushed_gen = 0
+        self._flushed = trio.Event()
+        self._wake_flusher = trio.Event()
+        # outgoing batches
+        self._outbox: dict[int, list[_Pending]] = {p: [] for p in range(replicas)}
+        self._wake_sender = {p: trio.Event() for p in range(replicas)}
+        self._ops = itertools.count()
+        self.stopped = False
+        self.stats = {"rounds": 0, "retries": 0, "batches_sent": 0, "messages_sent": 0,
+                      "flushes": 0, "slots_flushed": 0}
+
+    def make_acceptor(self, slots: dict[str, Slot]) -> Acceptor:
+        return Acceptor(slots)
+
+    def make_proposal(self, key: str, ballot: Ballot,
+                      change: Callable[[Value | None], Value | None]) -> Proposal:
+        return Proposal(key=key, ballot=ballot, change=change, replicas=self.n)
+
+    # -- background tasks ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The flusher and one sender per peer; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flusher)
+            for peer in range(self.n):
+                nursery.start_soon(self._sender, peer)
+            task_status.started()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wake_flusher.wait()
+            self._wake_flusher = trio.Event()
+            if not self._dirty and not self._learned:
+                continue
+            dirty, learned, gen = self._dirty, self._learned, self._gen
+            self._dirty, self._learned = {}, []
+            async with self._db_lock:
+                await self.run_blocking(lambda: self.db.persist(dirty, learned))
+            self.stats["flushes"] += 1
+            self.stats["slots_flushed"] += len(dirty)
+            self._flushed_gen = gen
+            self._flushed.set()
+            self._flushed = trio.Event()
+            for key, value in learned:
+                if self.on_learn is not None:
+                    self.on_learn(key, value)
+
+    async def _durable(self) -> None:
+        """Wait until every acceptor change made so far is on disk."""
+        target = self._gen
+        while self._flushed_gen < target:
+            self._wake_flusher.set()
+            await self._flushed.wait()
+
+    def _changed(self, key: str, slot: Slot | None) -> None:
+        if slot is not None:
+            self._dirty[key] = slot
+            self._gen += 1
+
+    async def _sender(self, peer: int) -> None:
+        while True:
+            await self._wake_sender[peer].wait()
+            self._wake_sender[peer] = trio.Event()
+            batch, self._outbox[peer] = self._outbox[peer], []
+            if not batch:
+                continue
+            self.stats["batches_sent"] += 1
+            self.stats["messages_sent"] += len(batch)
+            replies: list[Msg] | None = None
+            try:
+                with trio.move_on_after(self.phase_timeout):
+                    if peer == self.id:
+                        replies = await self.handle_batch([p.msg for p in batch])
+                    else:
+                        replies = await self.transport.call(peer, [p.msg for p in batch])
+            except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
+                log.debug("batch to replica %d failed: %s", peer, exc)
+            if replies is None:
+                continue  # lost or late: the waiting rounds time out and retry
+            for pending, reply in zip(batch, replies, strict=False):
+                pending.reply = reply
+                pending.done.set()
+
+    def _send(self, peer: int, msg: Msg) -> _Pending:
+        pending = _Pending(msg)
+        self._outbox[peer].append(pending)
+        self._wake_sender[peer].set()
+        return pending
+
+    # -- acceptor and learner -----------------------------------------------------------
+
+    async def handle_batch(self, batch: list[Msg]) -> list[Msg]:
+        """Answer a batch of messages; replies leave only once durable."""
+        replies: list[Msg] = []
+        for msg in batch:
+            try:
+                replies.append(self._handle(msg))
+            except (KeyError, TypeError, ValueError):
+                replies.append({"ok": False, "error": "malformed message"})
+        await self._durable()
+        return replies
+
+    def _handle(self, msg: Msg) -> Msg:
+        kind, key, ballot = msg["t"], str(msg["k"]), Ballot.from_int(int(msg["b"]))
+        if kind == "prepare":
+            reply, slot = self.acceptor.prepare(key, ballot)
+            self._changed(key, slot)
+            return _encode_reply(reply, with_value=True)
+        if kind == "accept":
+            reply, slot = self.acceptor.accept(key, ballot, msg["v"])
+            self._changed(key, slot)
+            return _encode_reply(reply, with_value=False)
+        if kind == "commit":
+            self._learn(key, ballot, msg["v"])
+            return {"ok": True}
+        raise ValueError(kind)
+
+    def _learn(self, key: str, ballot: Ballot, value: Value) -> None:
+        slot = self.acceptor.learn(key, ballot, value)
+        if slot is not None:
+            self._changed(key, slot)
+            self._learned.append((key, value))
+
+    # -- proposer ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Refuse new rounds (the process is going away)."""
+        self.stopped = True
+
+    async def _next_ballot(self, at_least: Ballot) -> Ballot:
+        if self.stopped:
+            raise ReplicaStopped
+        rnd = self._round = max(self._round, at_least.round) + 1
+        while rnd > self._ceiling:  # persist a new ceiling before using rounds below it
+            ceiling = rnd + ROUND_BLOCK
+            async with self._db_lock:
+                if ceiling > self._ceiling:
+                    await self.run_blocking(lambda: self.db.set_meta("round_ceiling", str(ceiling)))
+                    self._ceiling = ceiling
+        return Ballot(rnd, self.id)
+
+    async def change(self, key: str, change: Callable[[Value | None], Value | None],
+                     *, op: str | None = None) -> Value | None:
+        """Apply ``change`` to register ``key`` by consensus; returns the chosen value.
+
+        ``change`` gets the current value (``None`` if never set) without its
+        bookkeeping fields and returns the new one (``None``: leave it; the
+        call then acts as a linearizable read). It may raise
+        :class:`~vstack.paxos.ChangeRejected`, which is passed on.
+
+        Raises:
+            NoQuorum: no quorum answered before the deadline.
+            ChangeRejected: ``change`` refused.
+        """
+        op = op or f"{self.id}:{self._round}:{next(self._ops)}:{self.rng.getrandbits(32):x}"
+        wrapped = apply_op(change, op)
+        seen = Ballot(0, 0)
+        delay = 0.005
+        with trio.move_on_after(self.deadline):
+            while True:
+                self.stats["rounds"] += 1
+                proposal = self.make_proposal(key, await self._next_ballot(seen), wrapped)
+                outcome = await self._round_trip(proposal)
+                if outcome == "chosen":
+                    return _strip(proposal.value)
+                if proposal.error is not None:
+                    raise proposal.error
+                seen = max(seen, proposal.highest_seen)
+                self.stats["retries"] += 1
+                await trio.sleep(self.rng.uniform(0, delay))
+                delay = min(delay * 2, 0.5)
+        raise NoQuorum(key)
+
+    async def _round_trip(self, proposal: Proposal) -> str:
+        b = proposal.ballot.to_int()
+        outcome = await self._phase(
+            proposal, {"t": "prepare", "k": proposal.key, "b": b}, proposal.on_promise)
+        if outcome == "chosen":  # nothing was ever written and nothing to write
+            return outcome
+        if outcome != "accept":
+            return "failed"
+        outcome = await self._phase(
+            proposal, {"t": "accept", "k": proposal.key, "b": b, "v": proposal.value},
+            proposal.on_accepted)
+        if outcome != "chosen":
+            return "failed"
+        assert proposal.value is not None
+        # Learn locally first (durable before we acknowledge), then tell the others.
+        self._learn(proposal.key, proposal.ballot, proposal.value)
+        commit = {"t": "commit", "k": proposal.key, "b": b, "v": proposal.value}
+        sent = [self._send(peer, commit) for peer in range(self.n) if peer != self.id]
+        await self._durable()
+        # Give the other learners a moment, so a read at any live replica right
+        # after our answer sees the change; a slow or dead one catches up later.
+        with trio.move_on_after(self.commit_wait):
+            for pending in sent:
+                await pending.done.wait()
+        return "chosen"
+
+    async def _phase(self, proposal: Proposal, msg: Msg,
+                     feed: Callable[[int, Reply], str | None]) -> str | None:
+        pendings = {peer: self._send(peer, msg) for peer in range(self.n)}
+        result: str | None = None
+        done = trio.Event()
+
+        async def wait_one(peer: int, pending: _Pending) -> None:
+            nonlocal result
+            await pending.done.wait()
+            if pending.reply is None or "p" not in pending.reply or done.is_set():
+                return
+            outcome = feed(peer, _decode_reply(pending.reply))
+            if outcome is not None:
+                result = outcome
+                done.set()
+
+        async with trio.open_nursery() as nursery:
+            for peer, pending in pendings.items():
+                nursery.start_soon(wait_one, peer, pending)
+            with trio.move_on_after(self.phase_timeout):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        return result
+
+    # -- catch-up --------------------------------------------------------------------------
+
+    def committed_since(self, after: str, limit: int) -> list[Msg]:
+        """Committed registers with keys after ``after``, for a peer catching up."""
+        out = []
+        for key in sorted(k for k in self.acceptor.slots if k > after):
+            slot = self.acceptor.slots[key]
+            if slot.phase.value == "committed" and slot.value is not None:
+                out.append({"k": key, "b": slot.accepted.to_int(), "v": slot.value})
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def absorb(self, entries: list[Msg]) -> int:
+        """Learn committed registers fetched from a peer; returns how many were new."""
+        before = self._gen
+        for e in entries:
+            self._learn(str(e["k"]), Ballot.from_int(int(e["b"])), e["v"])
+        await self._durable()
+        return self._gen - before
+
+
+def _encode_reply(reply: Reply, *, with_value: bool) -> Msg:
+    out: Msg = {"ok": reply.ok, "p": reply.promised.to_int(), "a": reply.accepted.to_int()}
+    if with_value:
+        out["v"] = reply.value
+    return out
+
+
+def _decode_reply(msg: Msg) -> Reply:
+    return Reply(ok=bool(msg["ok"]), promised=Ballot.from_int(int(msg["p"])),
+                 accepted=Ballot.from_int(int(msg.get("a", 0))), value=msg.get("v"))
+
+
+def _strip(value: Value | None) -> Value | None:
+    if value is None:
+        return None
+    return {k: v for k, v in value.items() if k not in ("v", "op")}
+
+
+__all__ += ["ChangeRejected"]
