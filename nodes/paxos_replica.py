@@ -26,6 +26,7 @@ network under trio's MockClock.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -164,7 +165,7 @@ class PaxosReplica:
             dirty, learned, gen = self._dirty, self._learned, self._gen
             self._dirty, self._learned = {}, []
             async with self._db_lock:
-                await self.run_blocking(lambda: self.db.persist(dirty, learned))
+                await self.run_blocking(functools.partial(self.db.persist, dirty, learned))
             self.stats["flushes"] += 1
             self.stats["slots_flushed"] += len(dirty)
             self._flushed_gen = gen
@@ -264,7 +265,8 @@ class PaxosReplica:
             ceiling = rnd + ROUND_BLOCK
             async with self._db_lock:
                 if ceiling > self._ceiling:
-                    await self.run_blocking(lambda: self.db.set_meta("round_ceiling", str(ceiling)))
+                    await self.run_blocking(
+                        functools.partial(self.db.set_meta, "round_ceiling", str(ceiling)))
                     self._ceiling = ceiling
         return Ballot(rnd, self.id)
 

@@ -180,7 +180,7 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
                     net.trace.append((net.now(), f"crash {victim}"))
                     cluster.crash(victim)
                 elif roll < 0.7 and len(alive) < N:
-                    dead = [i for i in range(N) if i not in alive][0]
+                    dead = next(i for i in range(N) if i not in alive)
                     net.trace.append((net.now(), f"restart {dead}"))
                     await cluster.start(dead)
                 elif roll < 0.85:
