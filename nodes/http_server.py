@@ -206,7 +206,7 @@ async def _serve_connection(
             )
             response = await handler(request, body)
         except ProtocolError as exc:
-            response = error_response(exc.status, exc.msg)
+            response = error_response(exc.status, exc.msg, getattr(exc, "problems", None))
         except _Timeout:
             response = error_response(408, "timed out reading the request")
         except h11.RemoteProtocolError as exc:

@@ -122,8 +122,12 @@ def json_response(
 
 
 def error_response(status: int, error: str, detail: Any = None) -> Response:
-    """The JSON error every service answers: ``{"error": ..., "detail": ...}``."""
-    return json_response(status, {"error": error, "detail": detail})
+    """The JSON error every service answers: ``{"error": ..., "detail": ...}``.
+
+    ``detail`` defaults to the message itself, which is where clients of the
+    original (FastAPI) services look for it.
+    """
+    return json_response(status, {"error": error, "detail": error if detail is None else detail})
 
 
 def parse_target(target: bytes) -> tuple[str, dict[str, str]]:

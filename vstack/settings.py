@@ -65,3 +65,48 @@ class StorageSettings:
     @property
     def effective_binary_port(self) -> int:
         return binary_port_for(self.port) if self.binary_port is None else self.binary_port
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetadataSettings:
+    """Everything a metadata replica needs to know at start-up."""
+
+    database: Path
+    port: int = 8080
+    host: str = "0.0.0.0"
+    peers: tuple[str, ...] = ()  # every replica's base URL, the same list everywhere
+    replica_id: int = 0
+    heartbeat_interval: float = 10.0
+    node_timeout: float = 30.0
+    popularity_threshold: int = 1000
+    storage_nodes: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()  # (name, URL reachable by callers)
+    sqlite_synchronous: str = "FULL"
+    probe_timeout: float = 2.0
+    read_timeout: float = 30.0
+    idle_timeout: float = 75.0
+
+    def __post_init__(self) -> None:
+        if self.peers and not 0 <= self.replica_id < len(self.peers):
+            raise ValueError("METADATA_ID must index METADATA_PEERS")
+        if self.node_timeout <= 0 or self.heartbeat_interval <= 0:
+            raise ValueError("intervals must be positive")
+
+    @property
+    def replicas(self) -> int:
+        return max(1, len(self.peers))
+
+
+def parse_database_url(value: str) -> Path:
+    """``DATABASE_URL`` as the guide writes it: a path, or ``sqlite:///relative``
+    / ``sqlite:////absolute`` (SQLAlchemy's spelling)."""
+    if value.startswith("sqlite:///"):
+        value = value[len("sqlite:///"):]
+    elif value.startswith("file:"):
+        value = value[len("file:"):]
+    if not value:
+        raise ValueError("DATABASE_URL names no file")
+    return Path(value)
+
+
+__all__ += ["MetadataSettings", "parse_database_url"]
