@@ -81,9 +81,9 @@ class Validator:
             value = None
         elif isinstance(raw, int):
             value = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
-        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
+        elif (isinstance(raw, float) and raw.is_integer()) or (
+            isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw)
+        ):
             value = int(raw)
         if value is None:
             self._fail(name, "int_parsing", "Input should be a valid integer", raw)

@@ -133,3 +133,20 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     for p in made:
         if p.proc is not None and p.proc.poll() is None:
             p.kill()
+
+
+@pytest.fixture
+async def start_metadata(
+    nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_metadata(**settings)`` runs a metadata replica in this test's nursery."""
+    from nodes.metadata_service import MetadataService, serve_metadata
+    from vstack.settings import MetadataSettings
+
+    async def start(**overrides: Any) -> MetadataService:
+        base = MetadataSettings(database=tmp_path / "meta" / "metadata.db", port=0,
+                                host="127.0.0.1", sqlite_synchronous="OFF")
+        svc: MetadataService = await nursery.start(serve_metadata, replace(base, **overrides))
+        return svc
+
+    yield start

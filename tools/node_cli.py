@@ -15,8 +15,15 @@ from pathlib import Path
 import click
 import trio
 
+from nodes.metadata_service import MetadataService, serve_metadata
 from nodes.storage_node import StorageNode, serve_storage_node
-from vstack.settings import DEFAULT_MAX_CHUNK_BYTES, StorageSettings
+from vstack.node_urls import parse_aliases
+from vstack.settings import (
+    DEFAULT_MAX_CHUNK_BYTES,
+    MetadataSettings,
+    StorageSettings,
+    parse_database_url,
+)
 
 __all__ = ["main"]
 
@@ -44,9 +51,14 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(u.strip().rstrip("/") for u in (value or "").split(",") if u.strip())
 
 
-async def _run_until_signal(*services: StorageSettings) -> None:
+async def _run_until_signal(*services: StorageSettings | MetadataSettings) -> None:
     async with trio.open_nursery() as nursery:
         for settings in services:
+            if isinstance(settings, MetadataSettings):
+                meta: MetadataService = await nursery.start(serve_metadata, settings)
+                click.echo(f"metadata replica {settings.replica_id}: http://127.0.0.1:{meta.port}"
+                           f" (database {settings.database})", err=True)
+                continue
             node: StorageNode = await nursery.start(serve_storage_node, settings)
             click.echo(
                 f"storage node {node.node_id}: http://127.0.0.1:{node.ports.http} "
@@ -106,6 +118,47 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
     trio.run(_run_until_signal, settings)
 
 
+@main.command()
+@click.option("--port", envvar="PORT", default=8080, type=click.IntRange(0, 65535),
+              help="HTTP port [env PORT].")
+@click.option("--host", envvar="HOST", default="0.0.0.0", help="Address to listen on [env HOST].")
+@click.option("--database", envvar="DATABASE_URL", default="./data/metadata.db",
+              help="SQLite file: a path or sqlite:///path [env DATABASE_URL].")
+@click.option("--peers", envvar="METADATA_PEERS", default="",
+              help="Every replica's base URL, comma-separated, the same list on each replica; "
+                   "empty for a single replica [env METADATA_PEERS].")
+@click.option("--id", "replica_id", envvar="METADATA_ID", default=0, type=click.IntRange(0, 63),
+              help="This replica's index in --peers [env METADATA_ID].")
+@click.option("--heartbeat-interval", envvar="HEARTBEAT_INTERVAL", default=10.0,
+              type=click.FloatRange(0.1), help="Seconds between node heartbeats and probes "
+              "[env HEARTBEAT_INTERVAL].")
+@click.option("--node-timeout", envvar="NODE_TIMEOUT", default=30.0, type=click.FloatRange(0.1),
+              help="A node silent this long is down [env NODE_TIMEOUT].")
+@click.option("--popularity-threshold", envvar="POPULARITY_THRESHOLD", default=1000,
+              type=click.IntRange(0), help="Views above which a video is kept as 3 replicas "
+              "rather than erasure-coded [env POPULARITY_THRESHOLD].")
+@click.option("--storage-nodes", envvar="STORAGE_NODES", default="",
+              help="Storage node URLs to probe, comma-separated; a node that answers counts as "
+                   "heartbeating [env STORAGE_NODES].")
+@click.option("--aliases", envvar="NODE_ALIASES", default="",
+              help="name=url pairs, comma-separated: how callers' node names map to reachable "
+                   "URLs, e.g. http://storage-node-1:8081=http://localhost:8081 [env NODE_ALIASES].")
+def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
+             heartbeat_interval: float, node_timeout: float, popularity_threshold: int,
+             storage_nodes: str, aliases: str) -> None:
+    """Run one metadata replica: videos, chunk placements and nodes, agreed by Paxos."""
+    try:
+        settings = MetadataSettings(
+            database=parse_database_url(database), port=port, host=host, peers=_split(peers),
+            replica_id=replica_id, heartbeat_interval=heartbeat_interval,
+            node_timeout=node_timeout, popularity_threshold=popularity_threshold,
+            storage_nodes=_split(storage_nodes), aliases=parse_aliases(aliases),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    trio.run(_run_until_signal, settings)
+
+
 @main.command(name="all")
 @click.option("--data-dir", envvar="DATA_DIR", default="./vstack-data",
               type=click.Path(path_type=Path), help="Root of every service's data [env DATA_DIR].")
@@ -118,18 +171,24 @@ def all_services(data_dir: Path, host: str, node_count: int) -> None:
     Today that is the storage nodes (8081-8083, binary 8181-8183); the
     metadata service (8080) and uploader (8084) join as they land.
     """
-    services = [
+    meta_url = f"http://{host}:8080"
+    services: list[StorageSettings | MetadataSettings] = [MetadataSettings(
+        database=data_dir / "metadata" / "metadata.db", port=8080, host=host,
+        aliases=tuple((f"http://storage-node-{i}:8081", f"http://localhost:{8080 + i}")
+                      for i in range(1, node_count + 1)),
+    )]
+    services += [
         StorageSettings(
             data_dir=data_dir / f"storage-node-{i}", port=8080 + i, host=host,
             node_id=f"storage-node-{i}", node_url=f"http://{host}:{8080 + i}",
+            metadata_urls=(meta_url,),
         )
         for i in range(1, node_count + 1)
     ]
     click.echo(
-        f"V-Stack local cluster: {node_count} storage nodes on ports 8081-{8080 + node_count} "
-        f"(binary 8181-{8180 + node_count}), data under {data_dir}.\n"
-        "The metadata service (8080) and the uploader (8084) are not part of V-Stack yet; "
-        "Ctrl-C stops the cluster.",
+        f"V-Stack local cluster: metadata service on 8080, {node_count} storage nodes on ports "
+        f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), data under {data_dir}.\n"
+        "The uploader (8084) is not part of V-Stack yet; Ctrl-C stops the cluster.",
         err=True,
     )
     trio.run(_run_until_signal, *services)

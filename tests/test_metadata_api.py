@@ -1,0 +1,236 @@
+"""The metadata service's endpoints, as the contract states them, with real storage nodes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nodes.http_client import HttpResult, request
+
+
+class Api:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def __call__(self, method: str, path: str, json_body: Any = None,
+                       body: bytes = b"") -> HttpResult:
+        with trio.fail_after(20):
+            return await request(method, self.base + path, json_body=json_body, body=body)
+
+
+async def cluster(start_node: Callable[..., Any], start_metadata: Callable[..., Any],
+                  tmp_path: Path) -> tuple[Api, list[Any]]:
+    nodes = []
+    for i in (1, 2, 3):
+        node, _ = await start_node(data_dir=tmp_path / f"sn{i}", node_id=f"storage-node-{i}")
+        nodes.append(node)
+    aliases = tuple((f"http://storage-node-{i}:8081", f"http://127.0.0.1:{n.ports.http}")
+                    for i, n in enumerate(nodes, 1))
+    svc = await start_metadata(aliases=aliases)
+    return Api(svc.port), nodes
+
+
+async def put_chunk(node: Any, chunk_id: str, data: bytes) -> None:
+    res = await request("PUT", f"http://127.0.0.1:{node.ports.http}/chunk/{chunk_id}", body=data)
+    assert res.status == 201
+
+
+async def test_health_and_banner(start_metadata: Callable[..., Any]) -> None:
+    api = Api((await start_metadata()).port)
+    health = (await api("GET", "/health")).json()
+    assert health["status"] == "healthy" and health["service"] == "metadata-service"
+    assert {"healthy_nodes", "total_nodes", "database_status"} <= health.keys()
+    assert (await api("GET", "/")).json()["message"] == "V-Stack Metadata Service"
+    assert (await api("GET", "/nope")).status == 404
+    assert (await api("PUT", "/videos")).status == 405
+
+
+async def test_video_records(start_metadata: Callable[..., Any]) -> None:
+    api = Api((await start_metadata()).port)
+    ids = []
+    for title, dur in (("first", 30), ("second", "45"), ("third", 12.0)):
+        res = await api("POST", "/video", {"title": title, "duration_sec": dur,
+                                           "client_video_id": "ignored"})
+        assert res.status == 200
+        vid = res.json()["video_id"]
+        assert str(uuid.UUID(vid)) == vid and len(f"{vid}-chunk-000") <= 54
+        ids.append(vid)
+    listed = (await api("GET", "/videos")).json()
+    assert [v["video_id"] for v in listed] == ids[::-1]  # newest first
+    assert listed[0]["status"] == "uploading" and listed[0]["total_chunks"] == 0
+    assert listed[1]["duration_sec"] == 45 and listed[0]["chunk_size_bytes"] == 2097152
+
+    assert (await api("PATCH", f"/video/{ids[0]}/status", {"status": "deleted"})).status == 200
+    assert (await api("PATCH", f"/video/{ids[1]}/status", {"status": "active"})).json()[
+        "message"] == "Video status updated to active"
+    listed = (await api("GET", "/videos")).json()
+    assert [v["video_id"] for v in listed] == [ids[2], ids[1]]
+    assert (await api("GET", f"/manifest/{ids[0]}")).json()["status"] == "deleted"
+    assert [v["video_id"] for v in (await api("GET", "/videos?limit=1&offset=1")).json()] == [ids[1]]
+
+    bad = await api("PATCH", f"/video/{ids[1]}/status", {"status": "ready"})
+    assert bad.status == 400 and "Invalid status" in bad.json()["detail"]
+    missing = await api("PATCH", f"/video/{uuid.uuid4()}/status", {"status": "active"})
+    assert missing.status == 404 and missing.json()["detail"] == "Video not found"
+    for query, status in (("limit=0", 400), ("limit=1001", 400), ("offset=-1", 400),
+                          ("limit=abc", 422)):
+        assert (await api("GET", f"/videos?{query}")).status == status, query
+
+
+async def test_bad_video_input_changes_nothing(start_metadata: Callable[..., Any]) -> None:
+    api = Api((await start_metadata()).port)
+    for payload in ({"duration_sec": 3}, {"title": "", "duration_sec": 3},
+                    {"title": "x" * 256, "duration_sec": 3}, {"title": "t", "duration_sec": 0},
+                    {"title": "t", "duration_sec": "soon"}, {"title": 5, "duration_sec": 3}, [1]):
+        res = await api("POST", "/video", payload)
+        assert res.status == 422, payload
+        assert isinstance(res.json()["detail"], list)
+    res = await api("POST", "/video", body=b"{not json")
+    assert res.status == 422
+    assert (await api("GET", "/videos")).json() == []
+
+
+async def test_commit_verifies_nodes_then_decides(
+    start_node: Callable[..., Any], start_metadata: Callable[..., Any], tmp_path: Path
+) -> None:
+    api, nodes = await cluster(start_node, start_metadata, tmp_path)
+    vid = (await api("POST", "/video", {"title": "v", "duration_sec": 20})).json()["video_id"]
+    data = os.urandom(300_000)
+    sha = hashlib.sha256(data).hexdigest()
+    cid = f"{vid}-chunk-000"
+    await put_chunk(nodes[0], cid, data)
+    await put_chunk(nodes[1], cid, data)
+    urls = [f"http://storage-node-{i}:8081" for i in (1, 2, 3)]
+    commit = {"node_urls": urls, "checksum": sha, "size_bytes": len(data), "video_id": vid,
+              "sequence_num": 0, "duration_sec": 10.0, "start_sec": 0.0}
+    res = (await api("POST", f"/chunk/{cid}/commit", commit)).json()
+    assert res["success"] is True
+    assert res["committed_nodes"] == urls[:2]
+    manifest = (await api("GET", f"/manifest/{vid}")).json()
+    assert manifest["total_chunks"] == 1 and manifest["chunk_duration_sec"] == 10
+    [chunk] = manifest["chunks"]
+    assert chunk["checksum"] == f"sha256:{sha}" and chunk["sequence_num"] == 0
+    assert chunk["redundancy_mode"] == "replication" and chunk["fragments"] is None
+    assert chunk["duration_sec"] == 10.0 and chunk["start_sec"] == 0.0
+    for replica in chunk["replicas"]:  # host-reachable, and really holding the bytes
+        assert (await request("GET", f"{replica}/chunk/{cid}")).body == data
+    state = (await api("GET", f"/consensus/{cid}")).json()
+    assert state["phase"] == "committed" and state["accepted_ballot"] >= 1
+    assert state["promised_ballot"] < 2**53 and state["acceptors"][0]["phase"] == "committed"
+    assert len(eval(state["accepted_value"])) == 2  # a JSON-encoded list of node URLs
+
+    # "sha256:" checksums are accepted too; a re-commit replaces the placement.
+    await put_chunk(nodes[2], cid, data)
+    res = (await api("POST", f"/chunk/{cid}/commit", {**commit, "checksum": f"sha256:{sha}"})).json()
+    assert res["committed_nodes"] == urls
+    assert len((await api("GET", f"/manifest/{vid}")).json()["chunks"][0]["replicas"]) == 3
+
+    # Wrong bytes, or too few holders: success false, nothing recorded.
+    other = f"{vid}-chunk-001"
+    await put_chunk(nodes[0], other, data)
+    with trio.fail_after(10):
+        res = (await api("POST", f"/chunk/{other}/commit",
+                         {**commit, "sequence_num": 1, "node_urls": urls[:2]})).json()
+    assert res == {"success": False, "committed_nodes": [],
+                   "message": f"Failed to reach consensus for chunk {other}"}
+    assert (await api("GET", f"/consensus/{other}")).status == 404
+    bad_sum = await api("POST", f"/chunk/{other}/commit", {**commit, "checksum": "0" * 64,
+                                                          "node_urls": urls[:1]})
+    assert bad_sum.json()["success"] is False
+    assert (await api("GET", f"/manifest/{vid}")).json()["total_chunks"] == 1
+    invalid = await api("POST", f"/chunk/{other}/commit", {**commit, "checksum": "XYZ"})
+    assert invalid.status == 422
+
+
+async def test_delete_video_removes_record_and_chunks(
+    start_node: Callable[..., Any], start_metadata: Callable[..., Any], tmp_path: Path
+) -> None:
+    api, nodes = await cluster(start_node, start_metadata, tmp_path)
+    vid = (await api("POST", "/video", {"title": "gone", "duration_sec": 5})).json()["video_id"]
+    data = b"chunk bytes" * 1000
+    cid = f"{vid}-chunk-000"
+    for node in nodes:
+        await put_chunk(node, cid, data)
+    urls = [f"http://storage-node-{i}:8081" for i in (1, 2, 3)]
+    res = await api("POST", f"/chunk/{cid}/commit", {
+        "node_urls": urls, "checksum": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+        "video_id": vid, "sequence_num": 0})
+    assert res.json()["success"] is True
+    deleted = await api("DELETE", f"/video/{vid}")
+    assert deleted.status == 200 and deleted.json()["chunks_deleted"] == 3
+    assert (await api("GET", f"/manifest/{vid}")).status == 404
+    assert (await api("DELETE", f"/video/{vid}")).status == 404
+    for node in nodes:
+        assert (await request("GET", f"http://127.0.0.1:{node.ports.http}/chunk/{cid}")).status == 404
+    assert (await api("GET", "/stats")).json()["total_chunks"] == 0
+
+
+async def test_nodes_registration_and_heartbeats(start_metadata: Callable[..., Any]) -> None:
+    api = Api((await start_metadata()).port)
+    reg = await api("POST", "/nodes/register", {"node_url": "http://10.9.9.9:8081",
+                                                 "node_id": "n1"})
+    assert reg.json() == {"status": "registered", "node_id": "n1", "node_url": "http://10.9.9.9:8081"}
+    assert (await api("POST", "/nodes/register", {"node_url": "ftp://x", "node_id": "n2"})).status == 400
+    assert (await api("POST", "/nodes/register", {"node_id": "n2"})).status == 422
+    beat = await api("POST", "/nodes/n1/heartbeat", {"disk_usage_percent": 42.5, "chunk_count": 7})
+    assert beat.status == 200
+    assert (await api("POST", "/nodes/n9/heartbeat", {"disk_usage_percent": 1, "chunk_count": 1})
+            ).status == 404
+    assert (await api("POST", "/nodes/n1/heartbeat", {"disk_usage_percent": 101, "chunk_count": 1})
+            ).status == 422
+    [node] = (await api("GET", "/nodes/healthy")).json()
+    assert node["node_id"] == "n1" and node["disk_usage_percent"] == 42.5
+    assert node["chunk_count"] == 7 and node["status"] == "healthy"
+    assert (await api("GET", "/nodes/all")).json()["nodes"][0]["node_url"] == "http://10.9.9.9:8081"
+    assert (await api("GET", "/nodes/health-summary")).json() == {"healthy": 1, "degraded": 0,
+                                                                  "down": 0}
+    # Re-registering under a new URL replaces the old row.
+    await api("POST", "/nodes/register", {"node_url": "http://10.9.9.8:8081", "node_id": "n1"})
+    assert [n["node_url"] for n in (await api("GET", "/nodes/all")).json()["nodes"]] == [
+        "http://10.9.9.8:8081"]
+
+
+async def test_stats_overhead_popularity_and_redundancy(
+    start_node: Callable[..., Any], start_metadata: Callable[..., Any], tmp_path: Path
+) -> None:
+    api, nodes = await cluster(start_node, start_metadata, tmp_path)
+    vid = (await api("POST", "/video", {"title": "p", "duration_sec": 5})).json()["video_id"]
+    data = b"x" * 1000
+    cid = f"{vid}-chunk-000"
+    for node in nodes:
+        await put_chunk(node, cid, data)
+    await api("POST", f"/chunk/{cid}/commit", {
+        "node_urls": [f"http://storage-node-{i}:8081" for i in (1, 2, 3)],
+        "checksum": hashlib.sha256(data).hexdigest(), "size_bytes": 1000, "video_id": vid,
+        "sequence_num": 0})
+    stats = (await api("GET", "/stats")).json()
+    assert (stats["total_videos"], stats["total_chunks"], stats["total_replicas"]) == (1, 1, 3)
+    over = (await api("GET", "/storage/overhead")).json()
+    assert over["total_logical_bytes"] == 1000 and over["total_physical_bytes"] == 3000.0
+    assert over["replication_overhead_bytes"] == 2000 and over["storage_savings_percent"] == 0
+
+    for _ in range(3):
+        assert (await api("POST", f"/video/{vid}/view")).status == 200
+    assert (await api("GET", f"/video/{vid}/popularity")).json() == {"video_id": vid,
+                                                                     "view_count": 3}
+    rec = (await api("GET", f"/redundancy/recommend/{vid}")).json()
+    assert rec["recommended_mode"] == "erasure_coding" and rec["config"]["total_shards"] == 5
+    assert (await api("POST", f"/redundancy/override/{vid}?mode=replication")).status == 200
+    rec = (await api("GET", f"/redundancy/recommend/{vid}")).json()
+    assert rec["recommended_mode"] == "replication" and rec["config"]["copies"] == 3
+    assert (await api("POST", f"/redundancy/override/{vid}")).status == 422
+    assert (await api("POST", f"/redundancy/override/{vid}?mode=raid5")).status == 400
+    assert (await api("DELETE", f"/redundancy/override/{vid}")).status == 200
+    assert (await api("GET", f"/redundancy/recommend/{vid}")).json()["recommended_mode"] == (
+        "erasure_coding")
+    eff = (await api("GET", "/redundancy/efficiency")).json()
+    assert round(eff["efficiency"]["storage_savings_percent"], 2) == 44.44
+    assert (await api("GET", "/redundancy/config")).json()["erasure_total_shards"] == 5
+    assert (await api("GET", f"/chunk/{cid}/fragments")).json() == {"chunk_id": cid,
+                                                                    "fragments": []}
