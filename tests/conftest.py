@@ -149,4 +149,4 @@ async def start_metadata(
         svc: MetadataService = await nursery.start(serve_metadata, replace(base, **overrides))
         return svc
 
-    yield start
+    return start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -44,7 +45,8 @@ async def put_chunk(node: Any, chunk_id: str, data: bytes) -> None:
 async def test_health_and_banner(start_metadata: Callable[..., Any]) -> None:
     api = Api((await start_metadata()).port)
     health = (await api("GET", "/health")).json()
-    assert health["status"] == "healthy" and health["service"] == "metadata-service"
+    assert health["status"] == "healthy"
+    assert health["service"] == "metadata-service"
     assert {"healthy_nodes", "total_nodes", "database_status"} <= health.keys()
     assert (await api("GET", "/")).json()["message"] == "V-Stack Metadata Service"
     assert (await api("GET", "/nope")).status == 404
@@ -59,12 +61,15 @@ async def test_video_records(start_metadata: Callable[..., Any]) -> None:
                                            "client_video_id": "ignored"})
         assert res.status == 200
         vid = res.json()["video_id"]
-        assert str(uuid.UUID(vid)) == vid and len(f"{vid}-chunk-000") <= 54
+        assert str(uuid.UUID(vid)) == vid
+        assert len(f"{vid}-chunk-000") <= 54
         ids.append(vid)
     listed = (await api("GET", "/videos")).json()
     assert [v["video_id"] for v in listed] == ids[::-1]  # newest first
-    assert listed[0]["status"] == "uploading" and listed[0]["total_chunks"] == 0
-    assert listed[1]["duration_sec"] == 45 and listed[0]["chunk_size_bytes"] == 2097152
+    assert listed[0]["status"] == "uploading"
+    assert listed[0]["total_chunks"] == 0
+    assert listed[1]["duration_sec"] == 45
+    assert listed[0]["chunk_size_bytes"] == 2097152
 
     assert (await api("PATCH", f"/video/{ids[0]}/status", {"status": "deleted"})).status == 200
     assert (await api("PATCH", f"/video/{ids[1]}/status", {"status": "active"})).json()[
@@ -75,9 +80,11 @@ async def test_video_records(start_metadata: Callable[..., Any]) -> None:
     assert [v["video_id"] for v in (await api("GET", "/videos?limit=1&offset=1")).json()] == [ids[1]]
 
     bad = await api("PATCH", f"/video/{ids[1]}/status", {"status": "ready"})
-    assert bad.status == 400 and "Invalid status" in bad.json()["detail"]
+    assert bad.status == 400
+    assert "Invalid status" in bad.json()["detail"]
     missing = await api("PATCH", f"/video/{uuid.uuid4()}/status", {"status": "active"})
-    assert missing.status == 404 and missing.json()["detail"] == "Video not found"
+    assert missing.status == 404
+    assert missing.json()["detail"] == "Video not found"
     for query, status in (("limit=0", 400), ("limit=1001", 400), ("offset=-1", 400),
                           ("limit=abc", 422)):
         assert (await api("GET", f"/videos?{query}")).status == status, query
@@ -113,17 +120,23 @@ async def test_commit_verifies_nodes_then_decides(
     assert res["success"] is True
     assert res["committed_nodes"] == urls[:2]
     manifest = (await api("GET", f"/manifest/{vid}")).json()
-    assert manifest["total_chunks"] == 1 and manifest["chunk_duration_sec"] == 10
+    assert manifest["total_chunks"] == 1
+    assert manifest["chunk_duration_sec"] == 10
     [chunk] = manifest["chunks"]
-    assert chunk["checksum"] == f"sha256:{sha}" and chunk["sequence_num"] == 0
-    assert chunk["redundancy_mode"] == "replication" and chunk["fragments"] is None
-    assert chunk["duration_sec"] == 10.0 and chunk["start_sec"] == 0.0
+    assert chunk["checksum"] == f"sha256:{sha}"
+    assert chunk["sequence_num"] == 0
+    assert chunk["redundancy_mode"] == "replication"
+    assert chunk["fragments"] is None
+    assert chunk["duration_sec"] == 10.0
+    assert chunk["start_sec"] == 0.0
     for replica in chunk["replicas"]:  # host-reachable, and really holding the bytes
         assert (await request("GET", f"{replica}/chunk/{cid}")).body == data
     state = (await api("GET", f"/consensus/{cid}")).json()
-    assert state["phase"] == "committed" and state["accepted_ballot"] >= 1
-    assert state["promised_ballot"] < 2**53 and state["acceptors"][0]["phase"] == "committed"
-    assert len(eval(state["accepted_value"])) == 2  # a JSON-encoded list of node URLs
+    assert state["phase"] == "committed"
+    assert state["accepted_ballot"] >= 1
+    assert state["promised_ballot"] < 2**53
+    assert state["acceptors"][0]["phase"] == "committed"
+    assert len(json.loads(state["accepted_value"])) == 2  # a JSON-encoded list of node URLs
 
     # "sha256:" checksums are accepted too; a re-commit replaces the placement.
     await put_chunk(nodes[2], cid, data)
@@ -163,7 +176,8 @@ async def test_delete_video_removes_record_and_chunks(
         "video_id": vid, "sequence_num": 0})
     assert res.json()["success"] is True
     deleted = await api("DELETE", f"/video/{vid}")
-    assert deleted.status == 200 and deleted.json()["chunks_deleted"] == 3
+    assert deleted.status == 200
+    assert deleted.json()["chunks_deleted"] == 3
     assert (await api("GET", f"/manifest/{vid}")).status == 404
     assert (await api("DELETE", f"/video/{vid}")).status == 404
     for node in nodes:
@@ -185,8 +199,10 @@ async def test_nodes_registration_and_heartbeats(start_metadata: Callable[..., A
     assert (await api("POST", "/nodes/n1/heartbeat", {"disk_usage_percent": 101, "chunk_count": 1})
             ).status == 422
     [node] = (await api("GET", "/nodes/healthy")).json()
-    assert node["node_id"] == "n1" and node["disk_usage_percent"] == 42.5
-    assert node["chunk_count"] == 7 and node["status"] == "healthy"
+    assert node["node_id"] == "n1"
+    assert node["disk_usage_percent"] == 42.5
+    assert node["chunk_count"] == 7
+    assert node["status"] == "healthy"
     assert (await api("GET", "/nodes/all")).json()["nodes"][0]["node_url"] == "http://10.9.9.9:8081"
     assert (await api("GET", "/nodes/health-summary")).json() == {"healthy": 1, "degraded": 0,
                                                                   "down": 0}
@@ -212,18 +228,22 @@ async def test_stats_overhead_popularity_and_redundancy(
     stats = (await api("GET", "/stats")).json()
     assert (stats["total_videos"], stats["total_chunks"], stats["total_replicas"]) == (1, 1, 3)
     over = (await api("GET", "/storage/overhead")).json()
-    assert over["total_logical_bytes"] == 1000 and over["total_physical_bytes"] == 3000.0
-    assert over["replication_overhead_bytes"] == 2000 and over["storage_savings_percent"] == 0
+    assert over["total_logical_bytes"] == 1000
+    assert over["total_physical_bytes"] == 3000.0
+    assert over["replication_overhead_bytes"] == 2000
+    assert over["storage_savings_percent"] == 0
 
     for _ in range(3):
         assert (await api("POST", f"/video/{vid}/view")).status == 200
     assert (await api("GET", f"/video/{vid}/popularity")).json() == {"video_id": vid,
                                                                      "view_count": 3}
     rec = (await api("GET", f"/redundancy/recommend/{vid}")).json()
-    assert rec["recommended_mode"] == "erasure_coding" and rec["config"]["total_shards"] == 5
+    assert rec["recommended_mode"] == "erasure_coding"
+    assert rec["config"]["total_shards"] == 5
     assert (await api("POST", f"/redundancy/override/{vid}?mode=replication")).status == 200
     rec = (await api("GET", f"/redundancy/recommend/{vid}")).json()
-    assert rec["recommended_mode"] == "replication" and rec["config"]["copies"] == 3
+    assert rec["recommended_mode"] == "replication"
+    assert rec["config"]["copies"] == 3
     assert (await api("POST", f"/redundancy/override/{vid}")).status == 422
     assert (await api("POST", f"/redundancy/override/{vid}?mode=raid5")).status == 400
     assert (await api("DELETE", f"/redundancy/override/{vid}")).status == 200
