@@ -133,6 +133,7 @@ class PaxosReplica:
         self._wake_flusher = trio.Event()
         # outgoing batches
         self._outbox: dict[int, list[_Pending]] = {p: [] for p in range(replicas)}
+        self._peer_ok = dict.fromkeys(range(replicas), True)  # did its last batch get answered?
         self._wake_sender = {p: trio.Event() for p in range(replicas)}
         self._ops = itertools.count()
         self.stopped = False
@@ -205,6 +206,7 @@ class PaxosReplica:
                         replies = await self.transport.call(peer, [p.msg for p in batch])
             except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
                 log.debug("batch to replica %d failed: %s", peer, exc)
+            self._peer_ok[peer] = replies is not None
             if replies is None:
                 continue  # lost or late: the waiting rounds time out and retry
             for pending, reply in zip(batch, replies, strict=False):
@@ -319,13 +321,15 @@ class PaxosReplica:
         # Learn locally first (durable before we acknowledge), then tell the others.
         self._learn(proposal.key, proposal.ballot, proposal.value)
         commit = {"t": "commit", "k": proposal.key, "b": b, "v": proposal.value}
-        sent = [self._send(peer, commit) for peer in range(self.n) if peer != self.id]
+        sent = {peer: self._send(peer, commit) for peer in range(self.n) if peer != self.id}
         await self._durable()
         # Give the other learners a moment, so a read at any live replica right
-        # after our answer sees the change; a slow or dead one catches up later.
+        # after our answer sees the change; one that is down (its last batch
+        # went unanswered) is not waited for, and catches up later.
         with trio.move_on_after(self.commit_wait):
-            for pending in sent:
-                await pending.done.wait()
+            for peer, pending in sent.items():
+                if self._peer_ok[peer]:
+                    await pending.done.wait()
         return "chosen"
 
     async def _phase(self, proposal: Proposal, msg: Msg,

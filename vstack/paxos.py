@@ -147,8 +147,8 @@ class Acceptor:
 
     def learn(self, key: str, ballot: Ballot, value: Value) -> Slot | None:
         """A value was chosen at ``ballot``; mark it committed if we hold it."""
-        slot = self.slots.get(key)
-        if slot is None or slot.accepted > ballot:
+        slot = self.slots.get(key, Slot())
+        if slot.accepted > ballot:
             return None
         if slot.accepted == ballot and slot.phase is Phase.COMMITTED:
             return None

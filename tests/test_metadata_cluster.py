@@ -1,0 +1,108 @@
+"""Three real metadata replica processes on loopback: kill one mid-stream, lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from nodes.http_client import HttpResult, request
+
+from .conftest import ROOT, free_port
+
+
+class Replica:
+    def __init__(self, tmp: Path, i: int, ports: list[int]) -> None:
+        self.i, self.port, self.tmp = i, ports[i], tmp
+        self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1",
+                    "DATABASE_URL": str(tmp / f"replica-{i}" / "metadata.db"),
+                    "METADATA_PEERS": ",".join(f"http://127.0.0.1:{p}" for p in ports),
+                    "METADATA_ID": str(i), "LOG_LEVEL": "WARNING"}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.tmp / f"replica-{self.i}.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tools.node_cli", "metadata"],
+                                         env=self.env, cwd=ROOT, stderr=log)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+async def call(port: int, method: str, path: str, body: object = None) -> HttpResult:
+    with trio.fail_after(15):
+        return await request(method, f"http://127.0.0.1:{port}{path}", json_body=body)
+
+
+async def wait_up(port: int) -> None:
+    with trio.fail_after(20):
+        while True:
+            try:
+                if (await request("GET", f"http://127.0.0.1:{port}/health")).status == 200:
+                    return
+            except OSError:
+                pass
+            await trio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_sigkill_one_replica_during_commits(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(3)]
+    replicas = [Replica(tmp_path, i, ports) for i in range(3)]
+    try:
+        for r in replicas:
+            r.start()
+        for r in replicas:
+            await wait_up(r.port)
+        acked: list[str] = []
+        killed = trio.Event()
+
+        async def writer(w: int) -> None:
+            for n in range(60):
+                target = ports[(w + n) % 2]  # replicas 0 and 1 take the writes
+                res = await call(target, "POST", "/video", {"title": f"w{w}-{n}", "duration_sec": 5})
+                assert res.status == 200, res.body
+                acked.append(res.json()["video_id"])
+                if len(acked) == 40:
+                    replicas[2].kill()
+                    killed.set()
+
+        started = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for w in range(4):
+                nursery.start_soon(writer, w)
+        assert killed.is_set()
+        assert len(acked) == 240
+        elapsed = time.monotonic() - started
+        for port in ports[:2]:  # the survivors have every acknowledged video
+            listed = {v["video_id"] for v in (await call(port, "GET", "/videos?limit=1000")).json()}
+            assert set(acked) <= listed
+        # The killed replica comes back and catches up.
+        replicas[2].start()
+        await wait_up(ports[2])
+        with trio.fail_after(30):
+            while True:
+                listed = {v["video_id"] for v in
+                          (await call(ports[2], "GET", "/videos?limit=1000")).json()}
+                if set(acked) <= listed:
+                    break
+                await trio.sleep(0.2)
+        # And it takes part in new decisions.
+        res = await call(ports[2], "POST", "/video", {"title": "after", "duration_sec": 1})
+        assert res.status == 200
+        vid = res.json()["video_id"]
+        for port in ports:
+            assert (await call(port, "GET", f"/manifest/{vid}")).status == 200
+        assert elapsed < 60
+    finally:
+        for r in replicas:
+            if r.proc is not None and r.proc.poll() is None:
+                r.kill()
