@@ -90,10 +90,11 @@ class MetadataService:
         """Run a blocking call on the write connection, one at a time."""
         return await trio.to_thread.run_sync(fn, limiter=self._db_limiter)
 
-    async def decide(self, key: str, change: Callable[[Value | None], Value | None]) -> Value | None:
+    async def decide(self, key: str, change: Callable[[Value | None], Value | None], *,
+                     fresh: bool = False) -> Value | None:
         """A Paxos round; ChangeRejected becomes the HTTP error it names."""
         try:
-            return await self.replica.change(key, change)
+            return await self.replica.change(key, change, fresh=fresh)
         except ChangeRejected as exc:
             raise ProtocolError(exc.reason, exc.status) from None
 
@@ -116,7 +117,7 @@ class MetadataService:
                     "status": "uploading", "created_at": utc_now(created_ns / 1e9),
                     "created_ns": created_ns, "chunk_size_bytes": 2097152}
 
-        await self.decide(f"video/{video_id}", create)
+        await self.decide(f"video/{video_id}", create, fresh=True)
         log.info("video %s created (%r)", video_id, title)
         return video_id
 
@@ -276,6 +277,7 @@ async def serve_metadata(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.replica.run)
+            nursery.start_soon(service.replica.recover)
             service.port = await nursery.start(serve_api, service)
             nursery.start_soon(service.run_liveness_monitor)
             if settings.storage_nodes:

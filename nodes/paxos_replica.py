@@ -85,6 +85,13 @@ class _Pending:
     msg: Msg
     done: trio.Event = field(default_factory=trio.Event)
     reply: Msg | None = None
+    on_reply: Callable[[Msg], None] | None = None  # called as the reply arrives
+
+    def deliver(self, reply: Msg) -> None:
+        self.reply = reply
+        self.done.set()
+        if self.on_reply is not None:
+            self.on_reply(reply)
 
 
 async def _run_in_thread(fn: Callable[[], T]) -> T:
@@ -128,6 +135,7 @@ class PaxosReplica:
         self._dirty: dict[str, Slot] = {}
         self._learned: list[tuple[str, Value]] = []
         self._gen = 0
+        self._must_sync = False
         self._flushed_gen = 0
         self._flushed = trio.Event()
         self._wake_flusher = trio.Event()
@@ -163,10 +171,11 @@ class PaxosReplica:
             self._wake_flusher = trio.Event()
             if not self._dirty and not self._learned:
                 continue
-            dirty, learned, gen = self._dirty, self._learned, self._gen
-            self._dirty, self._learned = {}, []
+            dirty, learned, gen, sync = self._dirty, self._learned, self._gen, self._must_sync
+            self._dirty, self._learned, self._must_sync = {}, [], False
             async with self._db_lock:
-                await self.run_blocking(functools.partial(self.db.persist, dirty, learned))
+                await self.run_blocking(
+                    functools.partial(self.db.persist, dirty, learned, sync=sync))
             self.stats["flushes"] += 1
             self.stats["slots_flushed"] += len(dirty)
             self._flushed_gen = gen
@@ -183,10 +192,12 @@ class PaxosReplica:
             self._wake_flusher.set()
             await self._flushed.wait()
 
-    def _changed(self, key: str, slot: Slot | None) -> None:
+    def _changed(self, key: str, slot: Slot | None, *, promise: bool = True) -> None:
+        """Record a slot change; ``promise``: a promise or acceptance (must be fsynced)."""
         if slot is not None:
             self._dirty[key] = slot
             self._gen += 1
+            self._must_sync = self._must_sync or promise
 
     async def _sender(self, peer: int) -> None:
         while True:
@@ -210,11 +221,11 @@ class PaxosReplica:
             if replies is None:
                 continue  # lost or late: the waiting rounds time out and retry
             for pending, reply in zip(batch, replies, strict=False):
-                pending.reply = reply
-                pending.done.set()
+                pending.deliver(reply)
 
-    def _send(self, peer: int, msg: Msg) -> _Pending:
-        pending = _Pending(msg)
+    def _send(self, peer: int, msg: Msg,
+              on_reply: Callable[[Msg], None] | None = None) -> _Pending:
+        pending = _Pending(msg, on_reply=on_reply)
         self._outbox[peer].append(pending)
         self._wake_sender[peer].set()
         return pending
@@ -250,7 +261,10 @@ class PaxosReplica:
     def _learn(self, key: str, ballot: Ballot, value: Value) -> None:
         slot = self.acceptor.learn(key, ballot, value)
         if slot is not None:
-            self._changed(key, slot)
+            # What is learned is already durable on a quorum of acceptors: it is
+            # committed to the tables but need not wait for an fsync of its own.
+            # (If it is lost with the machine, recover() learns it again.)
+            self._changed(key, slot, promise=False)
             self._learned.append((key, value))
 
     # -- proposer ------------------------------------------------------------------------
@@ -262,7 +276,8 @@ class PaxosReplica:
     async def _next_ballot(self, at_least: Ballot) -> Ballot:
         if self.stopped:
             raise ReplicaStopped
-        rnd = self._round = max(self._round, at_least.round) + 1
+        # Round 1 is reserved for the fast path (see change(fresh=True)).
+        rnd = self._round = max(self._round, at_least.round, 1) + 1
         while rnd > self._ceiling:  # persist a new ceiling before using rounds below it
             ceiling = rnd + ROUND_BLOCK
             async with self._db_lock:
@@ -273,13 +288,19 @@ class PaxosReplica:
         return Ballot(rnd, self.id)
 
     async def change(self, key: str, change: Callable[[Value | None], Value | None],
-                     *, op: str | None = None) -> Value | None:
+                     *, op: str | None = None, fresh: bool = False) -> Value | None:
         """Apply ``change`` to register ``key`` by consensus; returns the chosen value.
 
         ``change`` gets the current value (``None`` if never set) without its
         bookkeeping fields and returns the new one (``None``: leave it; the
         call then acts as a linearizable read). It may raise
         :class:`~vstack.paxos.ChangeRejected`, which is passed on.
+
+        ``fresh=True`` promises that no other proposer can know ``key`` yet (it
+        was just made from a random id here): the first try then skips phase
+        1 and proposes at ballot ``(1, replica)``, the lowest any proposer of
+        this key can use, so there is nothing to adopt and it is safe (if it
+        is refused, a full round follows and adopts what was accepted).
 
         Raises:
             NoQuorum: no quorum answered before the deadline.
@@ -290,6 +311,15 @@ class PaxosReplica:
         seen = Ballot(0, 0)
         delay = 0.005
         with trio.move_on_after(self.deadline):
+            if fresh:
+                if self.stopped:
+                    raise ReplicaStopped
+                proposal = self.make_proposal(key, Ballot(1, self.id), wrapped)
+                proposal.value = wrapped(None)
+                proposal.state = "accept"
+                if proposal.value is not None and await self._accept_and_learn(proposal) == "chosen":
+                    return _strip(proposal.value)
+                seen = max(seen, proposal.highest_seen)
             while True:
                 self.stats["rounds"] += 1
                 proposal = self.make_proposal(key, await self._next_ballot(seen), wrapped)
@@ -312,13 +342,17 @@ class PaxosReplica:
             return outcome
         if outcome != "accept":
             return "failed"
+        return await self._accept_and_learn(proposal)
+
+    async def _accept_and_learn(self, proposal: Proposal) -> str:
+        b = proposal.ballot.to_int()
         outcome = await self._phase(
             proposal, {"t": "accept", "k": proposal.key, "b": b, "v": proposal.value},
             proposal.on_accepted)
         if outcome != "chosen":
             return "failed"
         assert proposal.value is not None
-        # Learn locally first (durable before we acknowledge), then tell the others.
+        # Learn locally first (in the tables before we acknowledge), then tell the others.
         self._learn(proposal.key, proposal.ballot, proposal.value)
         commit = {"t": "commit", "k": proposal.key, "b": b, "v": proposal.value}
         sent = {peer: self._send(peer, commit) for peer in range(self.n) if peer != self.id}
@@ -334,27 +368,45 @@ class PaxosReplica:
 
     async def _phase(self, proposal: Proposal, msg: Msg,
                      feed: Callable[[int, Reply], str | None]) -> str | None:
-        pendings = {peer: self._send(peer, msg) for peer in range(self.n)}
         result: str | None = None
         done = trio.Event()
 
-        async def wait_one(peer: int, pending: _Pending) -> None:
+        def on_reply(peer: int, reply: Msg) -> None:
             nonlocal result
-            await pending.done.wait()
-            if pending.reply is None or "p" not in pending.reply or done.is_set():
+            if done.is_set() or "p" not in reply:
                 return
-            outcome = feed(peer, _decode_reply(pending.reply))
+            outcome = feed(peer, _decode_reply(reply))
             if outcome is not None:
                 result = outcome
                 done.set()
 
-        async with trio.open_nursery() as nursery:
-            for peer, pending in pendings.items():
-                nursery.start_soon(wait_one, peer, pending)
-            with trio.move_on_after(self.phase_timeout):
-                await done.wait()
-            nursery.cancel_scope.cancel()
+        for peer in range(self.n):
+            self._send(peer, msg, functools.partial(on_reply, peer))
+        with trio.move_on_after(self.phase_timeout):
+            await done.wait()
         return result
+
+    async def recover(self) -> int:
+        """Settle registers left accepted-but-not-known-committed (e.g. by a crash).
+
+        A read round on each finds the chosen value (or chooses the accepted
+        one) and commits it to the tables. Retries until a quorum answers.
+        """
+        pending = sorted(k for k, s in self.acceptor.slots.items() if s.phase.value == "accept")
+        settled = 0
+        for key in pending:
+            while True:
+                try:
+                    await self.change(key, lambda cur: None)
+                    settled += 1
+                    break
+                except NoQuorum:
+                    await trio.sleep(1 + self.rng.random())
+                except ChangeRejected:
+                    break
+        if settled:
+            log.info("settled %d registers left undecided by a restart", settled)
+        return settled
 
     # -- catch-up --------------------------------------------------------------------------
 

@@ -40,8 +40,8 @@ class SimReplica(PaxosReplica):
 
     chosen_log: list[tuple[str, int, tuple[str, ...]]]
 
-    async def _round_trip(self, proposal: Proposal) -> str:
-        outcome = await super()._round_trip(proposal)
+    async def _accept_and_learn(self, proposal: Proposal) -> str:
+        outcome = await super()._accept_and_learn(proposal)
         if outcome == "chosen" and proposal.value is not None:
             v = proposal.value
             self.chosen_log.append((proposal.key, int(v["v"]), tuple(v["log"])))

@@ -126,6 +126,7 @@ class MetadataDB:
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError("synchronous must be FULL, NORMAL or OFF")
         self.path = str(path)
+        self.synchronous = synchronous
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.conn = apsw.Connection(self.path)
@@ -167,9 +168,25 @@ class MetadataDB:
                 "SELECT key, promised_ballot, accepted_ballot, accepted_value, phase FROM consensus")
         }
 
-    def persist(self, slots: dict[str, Slot], learned: Iterable[tuple[str, Value]] = ()) -> None:
-        """Write changed slots and apply learned (committed) values: one transaction."""
+    def persist(self, slots: dict[str, Slot], learned: Iterable[tuple[str, Value]] = (), *,
+                sync: bool = True) -> None:
+        """Write changed slots and apply learned (committed) values: one transaction.
+
+        ``sync=False`` (only learned values, already durable on a quorum) skips
+        the fsync: with WAL, the transaction is still atomic and ordered, and
+        the next synced one makes it durable too.
+        """
         cur = self.conn.cursor()
+        if not sync and self.synchronous == "FULL":
+            cur.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._persist(cur, slots, learned)
+        finally:
+            if not sync and self.synchronous == "FULL":
+                cur.execute("PRAGMA synchronous=FULL")
+
+    def _persist(self, cur: apsw.Cursor, slots: dict[str, Slot],
+                 learned: Iterable[tuple[str, Value]]) -> None:
         with self.conn:
             for key, slot in slots.items():
                 cur.execute(

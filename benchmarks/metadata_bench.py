@@ -1,0 +1,162 @@
+"""Metadata benchmark: consensus decisions per second, 1 and 3 replicas on loopback.
+
+Run: ``.venv/bin/python -m benchmarks.metadata_bench`` (``--quick`` for a short run).
+
+Each figure stands beside SQLite alone doing one ``synchronous=FULL`` insert
+(one transaction) per commit in a loop, in the same run: the cost of making
+one decision durable on one machine. Measured:
+
+* decisions: ``POST /video`` (one full Paxos round: prepare, accept, commit,
+  each acceptor's state fsynced) from 32 concurrent keep-alive clients;
+* chunk commits: ``POST /chunk/{id}/commit`` for chunks stored on a real
+  storage node (the service checks the node with ``HEAD`` first), same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import apsw
+import trio
+
+from nodes.http_client import KeepAliveClient, request
+
+from .harness import ROOT, Report, Row, free_port, percentile, start_node, wait_port
+
+
+def sqlite_alone(path: Path, seconds: float) -> tuple[float, list[float]]:
+    conn = apsw.Connection(str(path))
+    cur = conn.cursor()
+    for stmt in ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+                 "CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)"):
+        list(cur.execute(stmt))
+    lat, n = [], 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a = time.perf_counter()
+        with conn:
+            conn.cursor().execute("INSERT INTO t VALUES (?, ?)", (f"k{n}", "x" * 200))
+        lat.append(time.perf_counter() - a)
+        n += 1
+    rate = n / (time.perf_counter() - t0)
+    conn.close()
+    return rate, lat
+
+
+def start_replicas(work: Path, count: int, **env: str) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    ports = [free_port() for _ in range(count)]
+    procs = []
+    for i in range(count):
+        full = {**os.environ, "PORT": str(ports[i]), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING",
+                "DATABASE_URL": str(work / f"meta-{count}-{i}.db"), "METADATA_ID": str(i),
+                "METADATA_PEERS": ",".join(f"http://127.0.0.1:{p}" for p in ports) if count > 1
+                else "", **env}
+        procs.append(subprocess.Popen([sys.executable, "-m", "tools.node_cli", "metadata"],
+                                      env=full, cwd=ROOT))
+    for p in ports:
+        wait_port(p)
+    return procs, ports
+
+
+async def load(port: int, seconds: float, clients: int, make: object) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    done = 0
+    stop = trio.current_time() + seconds
+
+    async def client(c: int) -> None:
+        nonlocal done
+        http = KeepAliveClient(f"http://127.0.0.1:{port}")
+        i = 0
+        while trio.current_time() < stop:
+            path, body = make(c, i)  # type: ignore[operator]
+            a = time.perf_counter()
+            res = await http.request("POST", path, json_body=body)
+            if res.status != 200 or (b'"success":false' in res.body):
+                raise RuntimeError(f"{path}: {res.status} {res.body[:200]!r}")
+            lat.append(time.perf_counter() - a)
+            done += 1
+            i += 1
+        await http.aclose()
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for c in range(clients):
+            nursery.start_soon(client, c)
+    return done / (time.perf_counter() - t0), lat
+
+
+def video_request(c: int, i: int) -> tuple[str, dict[str, object]]:
+    return "/video", {"title": f"bench {c}-{i}", "duration_sec": 10}
+
+
+async def bench(report: Report, work: Path, seconds: float, clients: int) -> None:
+    ref_rate, ref_lat = sqlite_alone(work / "sqlite-alone.db", seconds)
+    print(f"SQLite alone: {ref_rate:.0f} commits/s, p99 {percentile(ref_lat, 99) * 1e3:.2f} ms",
+          flush=True)
+    # A storage node holding one small chunk per commit we will make.
+    node, node_http, _ = start_node(work / "node")
+    data = b"chunk"
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        for replicas in (1, 3):
+            procs, ports = start_replicas(work, replicas)
+            try:
+                rate, lat = await load(ports[0], seconds, clients, video_request)
+                report.add(Row(f"decisions (POST /video), {replicas} replica(s) (/s)", rate, "/s",
+                               "SQLite alone, 1 FULL insert each", ref_rate, target=0.5 if
+                               replicas == 3 else None,
+                               extra={"p50_ms": percentile(lat, 50) * 1e3,
+                                      "p99_ms": percentile(lat, 99) * 1e3, "clients": clients}))
+                report.add(Row(f"decisions, {replicas} replica(s), p99 latency (ms)",
+                               percentile(lat, 99) * 1e3, "ms", "SQLite alone p99",
+                               percentile(ref_lat, 99) * 1e3, higher_is_better=False,
+                               extra={"target_ms": 20.0}))
+                vid = (await request("POST", f"http://127.0.0.1:{ports[0]}/video",
+                                     json_body={"title": "c", "duration_sec": 1})).json()["video_id"]
+                tag = os.urandom(3).hex()
+                n_chunks = 3000
+                for s in range(n_chunks):
+                    await request("PUT", f"http://127.0.0.1:{node_http}/chunk/{tag}-{s}", body=data)
+
+                def commit_request(c: int, i: int, vid: str = vid, tag: str = tag
+                                   ) -> tuple[str, dict[str, object]]:
+                    seq = (c * 100_000 + i) % n_chunks
+                    return f"/chunk/{tag}-{seq}/commit", {
+                        "node_urls": [f"http://127.0.0.1:{node_http}"], "checksum": sha,
+                        "size_bytes": len(data), "video_id": vid, "sequence_num": seq}
+
+                rate, lat = await load(ports[0], seconds, clients, commit_request)
+                report.add(Row(f"chunk commits, {replicas} replica(s) (/s)", rate, "/s",
+                               "SQLite alone, 1 FULL insert each", ref_rate,
+                               extra={"p50_ms": percentile(lat, 50) * 1e3,
+                                      "p99_ms": percentile(lat, 99) * 1e3, "clients": clients}))
+            finally:
+                for p in procs:
+                    p.terminate()
+                    p.wait(10)
+    finally:
+        node.terminate()
+        node.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+    seconds = 2.0 if args.quick else 5.0
+    report = Report("metadata")
+    with tempfile.TemporaryDirectory(prefix="vstack-meta-bench-") as tmp:
+        trio.run(bench, report, Path(tmp), seconds, args.clients)
+    report.write()
+
+
+if __name__ == "__main__":
+    main()
