@@ -30,6 +30,8 @@ from nodes.http_client import KeepAliveClient, request
 
 from .harness import ROOT, Report, Row, free_port, percentile, start_node, wait_port
 
+N_CHUNKS = 3000  # distinct chunks stored for the commit benchmark
+
 
 def sqlite_alone(path: Path, seconds: float) -> tuple[float, list[float]]:
     conn = apsw.Connection(str(path))
@@ -121,13 +123,13 @@ async def bench(report: Report, work: Path, seconds: float, clients: int) -> Non
                 vid = (await request("POST", f"http://127.0.0.1:{ports[0]}/video",
                                      json_body={"title": "c", "duration_sec": 1})).json()["video_id"]
                 tag = os.urandom(3).hex()
-                n_chunks = 3000
+                n_chunks = N_CHUNKS
                 for s in range(n_chunks):
                     await request("PUT", f"http://127.0.0.1:{node_http}/chunk/{tag}-{s}", body=data)
 
                 def commit_request(c: int, i: int, vid: str = vid, tag: str = tag
                                    ) -> tuple[str, dict[str, object]]:
-                    seq = (c * 100_000 + i) % n_chunks
+                    seq = (c * 100_000 + i) % N_CHUNKS
                     return f"/chunk/{tag}-{seq}/commit", {
                         "node_urls": [f"http://127.0.0.1:{node_http}"], "checksum": sha,
                         "size_bytes": len(data), "video_id": vid, "sequence_num": seq}

@@ -517,7 +517,7 @@ async def _head_matches(svc: MetadataService, url: str, chunk_id: str, checksum:
     target = svc.aliases.resolve(url) + f"/chunk/{chunk_id}"
     try:
         with trio.fail_after(svc.settings.probe_timeout):
-            res = await request("HEAD", target, headers=[("X-Ballot-Number", "0")])
+            res = await svc.node_pool.request("HEAD", target, headers=[("X-Ballot-Number", "0")])
     except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError, ValueError):
         return False
     return res.status == 200 and res.headers.get("etag", "").strip('"').lower() == checksum

@@ -37,7 +37,7 @@ from vstack.node_urls import AliasTable, normalize_url
 from vstack.paxos import ChangeRejected, Value
 from vstack.settings import MetadataSettings
 
-from .http_client import KeepAliveClient, request
+from .http_client import ConnectionPool, KeepAliveClient, request
 from .paxos_replica import Msg, PaxosReplica
 
 __all__ = ["HttpTransport", "MetadataService", "serve_metadata"]
@@ -83,6 +83,7 @@ class MetadataService:
         self.last_seen: dict[str, float] = {}  # node_id -> trio time of last heartbeat
         self.port = 0
         self._db_limiter = trio.CapacityLimiter(1)
+        self.node_pool = ConnectionPool()  # keep-alive connections for checks on storage nodes
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -293,6 +294,7 @@ async def serve_metadata(
         with trio.move_on_after(5) as cs:
             cs.shield = True
             await service.transport.aclose()
+            await service.node_pool.aclose()
         reader.close()
         db.close()
         log.info("metadata replica %d stopped", settings.replica_id)
