@@ -74,10 +74,13 @@ def test_boundary_from_content_type() -> None:
     b"--B\r\nX" + b"y" * 20000,
 ])
 def test_malformed_bodies_are_refused(raw: bytes) -> None:
-    p = MultipartParser(b"B")
-    with pytest.raises(ProtocolError):
+    def run() -> None:
+        p = MultipartParser(b"B")
         p.feed(raw)
         p.close()
+
+    with pytest.raises(ProtocolError):
+        run()
 
 
 def test_truncated_body_is_an_error() -> None:
