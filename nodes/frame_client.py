@@ -54,6 +54,19 @@ class FrameClient:
         self._slots: dict[int, _Slot] = {}
         self._closed: BaseException | None = None
 
+    @property
+    def usable(self) -> bool:
+        return self._closed is None
+
+    async def run_reader(self) -> None:
+        """The reader task; run it in a nursery while the client is in use."""
+        await self._reader()
+
+    async def aclose(self) -> None:
+        self._fail_all(trio.ClosedResourceError("client closed"))
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+
     async def _reader(self) -> None:
         conn = self._conn
         try:

@@ -17,11 +17,13 @@ import trio
 
 from nodes.metadata_service import MetadataService, serve_metadata
 from nodes.storage_node import StorageNode, serve_storage_node
+from nodes.uploader import Uploader, serve_uploader
 from vstack.node_urls import parse_aliases
 from vstack.settings import (
     DEFAULT_MAX_CHUNK_BYTES,
     MetadataSettings,
     StorageSettings,
+    UploaderSettings,
     parse_database_url,
 )
 
@@ -51,9 +53,17 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(u.strip().rstrip("/") for u in (value or "").split(",") if u.strip())
 
 
-async def _run_until_signal(*services: StorageSettings | MetadataSettings) -> None:
+Settings = StorageSettings | MetadataSettings | UploaderSettings
+
+
+async def _run_until_signal(*services: Settings) -> None:
     async with trio.open_nursery() as nursery:
         for settings in services:
+            if isinstance(settings, UploaderSettings):
+                up: Uploader = await nursery.start(serve_uploader, settings)
+                click.echo(f"uploader: http://127.0.0.1:{up.port} (temp {settings.temp_dir})",
+                           err=True)
+                continue
             if isinstance(settings, MetadataSettings):
                 meta: MetadataService = await nursery.start(serve_metadata, settings)
                 click.echo(f"metadata replica {settings.replica_id}: http://127.0.0.1:{meta.port}"
@@ -159,6 +169,40 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
     trio.run(_run_until_signal, settings)
 
 
+@main.command()
+@click.option("--port", envvar="PORT", default=8084, type=click.IntRange(0, 65535),
+              help="HTTP port [env PORT].")
+@click.option("--host", envvar="HOST", default="0.0.0.0", help="Address to listen on [env HOST].")
+@click.option("--metadata-url", envvar="METADATA_SERVICE_URL", default="http://localhost:8080",
+              help="Metadata replica URL(s), comma-separated [env METADATA_SERVICE_URL].")
+@click.option("--temp-dir", envvar="TEMP_DIR", default="/tmp/uploads",
+              type=click.Path(path_type=Path),
+              help="Where uploads, chunks being cut and session files live [env TEMP_DIR].")
+@click.option("--chunk-size", envvar="CHUNK_SIZE", default=2 * 1024 * 1024,
+              type=click.IntRange(64 * 1024), help="Target chunk size in bytes [env CHUNK_SIZE].")
+@click.option("--chunk-duration", envvar="CHUNK_DURATION", default=10.0,
+              type=click.FloatRange(1.0), help="Target chunk duration in seconds "
+              "[env CHUNK_DURATION].")
+@click.option("--max-concurrent-uploads", envvar="MAX_CONCURRENT_UPLOADS", default=5,
+              type=click.IntRange(1), help="Videos processed at once; more wait in order "
+              "[env MAX_CONCURRENT_UPLOADS].")
+@click.option("--max-upload-bytes", envvar="MAX_UPLOAD_BYTES", default=8 * 1024**3,
+              type=click.IntRange(1), help="Largest upload accepted (413 above) "
+              "[env MAX_UPLOAD_BYTES].")
+@click.option("--ffmpeg", envvar="FFMPEG", default=None,
+              help="FFmpeg binary [env FFMPEG; default: ffmpeg on PATH, else imageio-ffmpeg's].")
+def uploader(port: int, host: str, metadata_url: str, temp_dir: Path, chunk_size: int,
+             chunk_duration: float, max_concurrent_uploads: int, max_upload_bytes: int,
+             ffmpeg: str | None) -> None:
+    """Run the uploader: video files in, ~10 s MPEG-TS chunks on the storage nodes out."""
+    settings = UploaderSettings(
+        temp_dir=temp_dir, metadata_urls=_split(metadata_url), port=port, host=host,
+        chunk_size=chunk_size, chunk_duration=chunk_duration,
+        max_concurrent_uploads=max_concurrent_uploads, max_upload_bytes=max_upload_bytes,
+        ffmpeg=ffmpeg)
+    trio.run(_run_until_signal, settings)
+
+
 @main.command(name="all")
 @click.option("--data-dir", envvar="DATA_DIR", default="./vstack-data",
               type=click.Path(path_type=Path), help="Root of every service's data [env DATA_DIR].")
@@ -168,11 +212,12 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
 def all_services(data_dir: Path, host: str, node_count: int) -> None:
     """Run the embedded local cluster on the guide's ports.
 
-    Today that is the storage nodes (8081-8083, binary 8181-8183); the
-    metadata service (8080) and uploader (8084) join as they land.
+    The metadata service (8080), three storage nodes (8081-8083, binary
+    8181-8183) and the uploader (8084); the smart client and web page join
+    as they land.
     """
     meta_url = f"http://{host}:8080"
-    services: list[StorageSettings | MetadataSettings] = [MetadataSettings(
+    services: list[Settings] = [MetadataSettings(
         database=data_dir / "metadata" / "metadata.db", port=8080, host=host,
         aliases=tuple((f"http://storage-node-{i}:8081", f"http://localhost:{8080 + i}")
                       for i in range(1, node_count + 1)),
@@ -185,10 +230,12 @@ def all_services(data_dir: Path, host: str, node_count: int) -> None:
         )
         for i in range(1, node_count + 1)
     ]
+    services.append(UploaderSettings(temp_dir=data_dir / "uploads", metadata_urls=(meta_url,),
+                                     port=8084, host=host))
     click.echo(
         f"V-Stack local cluster: metadata service on 8080, {node_count} storage nodes on ports "
-        f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), data under {data_dir}.\n"
-        "The uploader (8084) is not part of V-Stack yet; Ctrl-C stops the cluster.",
+        f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), uploader on 8084, data "
+        f"under {data_dir}. Ctrl-C stops the cluster.",
         err=True,
     )
     trio.run(_run_until_signal, *services)

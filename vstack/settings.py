@@ -110,3 +110,34 @@ def parse_database_url(value: str) -> Path:
 
 
 __all__ += ["MetadataSettings", "parse_database_url"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploaderSettings:
+    """Everything the uploader needs to know at start-up."""
+
+    temp_dir: Path
+    metadata_urls: tuple[str, ...]
+    port: int = 8084
+    host: str = "0.0.0.0"
+    chunk_size: int = 2 * 1024 * 1024
+    chunk_duration: float = 10.0
+    max_concurrent_uploads: int = 5
+    max_upload_bytes: int = 8 * 1024**3
+    max_segment_bytes: int = DEFAULT_MAX_CHUNK_BYTES - 64 * 1024  # what a node accepts
+    replicas: int = 3
+    chunks_in_flight: int = 8
+    ffmpeg: str | None = None  # None: a system ffmpeg, else the imageio-ffmpeg one
+    read_timeout: float = 60.0
+    idle_timeout: float = 75.0
+
+    def __post_init__(self) -> None:
+        if not self.metadata_urls:
+            raise ValueError("METADATA_SERVICE_URL is required")
+        if self.chunk_size < 64 * 1024 or self.chunk_duration <= 0:
+            raise ValueError("chunk size/duration out of range")
+        if self.max_concurrent_uploads < 1 or self.replicas < 1:
+            raise ValueError("limits must be positive")
+
+
+__all__ += ["UploaderSettings"]
