@@ -150,3 +150,69 @@ async def start_metadata(
         return svc
 
     return start
+
+
+@pytest.fixture
+async def start_uploader(
+    nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_uploader(metadata_urls=(...), **settings)`` runs an uploader here."""
+    from nodes.uploader import Uploader, serve_uploader
+    from vstack.settings import UploaderSettings
+
+    async def start(**overrides: Any) -> tuple[Uploader, Callable[[], Any]]:
+        settings = UploaderSettings(**{"temp_dir": tmp_path / "uploads", "port": 0,
+                                       "host": "127.0.0.1", **overrides})
+        scope = trio.CancelScope()
+        stopped = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[Uploader] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with scope:
+                    await serve_uploader(settings, task_status=task_status)
+            finally:
+                stopped.set()
+
+        async def stop() -> None:
+            scope.cancel()
+            await stopped.wait()
+
+        up: Uploader = await nursery.start(run)
+        return up, stop
+
+    return start
+
+
+FFMPEG_VIDEOS: dict[str, list[str]] = {
+    # name: encoder arguments (after the lavfi inputs)
+    "clip.mp4": ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25", "-c:a", "aac"],
+    "clip.mov": ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25", "-c:a", "aac"],
+    "clip.mkv": ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25", "-c:a", "libmp3lame"],
+    "clip.avi": ["-c:v", "mpeg4", "-q:v", "5", "-g", "25", "-c:a", "libmp3lame"],
+    "clip.flv": ["-c:v", "flv1", "-q:v", "5", "-g", "25", "-c:a", "libmp3lame", "-ar", "44100"],
+    "clip.webm": ["-c:v", "libvpx-vp9", "-b:v", "300k", "-deadline", "realtime", "-cpu-used", "8",
+                  "-g", "25", "-c:a", "libopus"],
+}
+
+
+def ffmpeg_exe() -> str:
+    from nodes.ffmpeg import find_ffmpeg
+
+    return find_ffmpeg()
+
+
+def make_video(path: Path, seconds: float, args: list[str], size: str = "320x240",
+               source: str = "testsrc") -> Path:
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
+         f"{source}=duration={seconds}:size={size}:rate=25", "-f", "lavfi", "-i",
+         f"sine=frequency=440:duration={seconds}", *args, "-shortest", str(path)],
+        check=True, timeout=120)
+    return path
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small generated videos of every accepted format (made once per test run)."""
+    root = tmp_path_factory.mktemp("media")
+    return {name: make_video(root / name, 5, args) for name, args in FFMPEG_VIDEOS.items()}
