@@ -1,0 +1,123 @@
+"""Ingest benchmark: a 10-minute 720p video, end to end, beside its unavoidable parts.
+
+Run: ``.venv/bin/python -m benchmarks.ingest_bench`` (``--quick``: 2 minutes of video).
+
+The source is FFmpeg's testsrc2 at 1280x720, ~7.6 Mbit/s, a keyframe every
+2 s (made once, cached in ``benchmarks/results/``). Measured: the time from
+the first byte sent to ``POST /upload`` to the session's ``completed``, on
+the embedded cluster (``vstack-node all``: metadata, 3 storage nodes,
+uploader). Reference, in the same run: FFmpeg alone segmenting the file with
+``-c copy`` (same segment length), plus writing the file's bytes three
+times (the redundancy factor) as 2 MiB appends with fdatasync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from nodes.ffmpeg import find_ffmpeg
+from nodes.http_client import request
+from tools.make_sample import make_sample
+from tools.put_cli import _send_multipart
+from vstack.media import ProbeResult, parse_probe, plan_segments, probe_command
+
+from .harness import RESULTS, ROOT, Report, Row, wait_port
+
+
+def source(seconds: int) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"ingest-source-{seconds}s.mp4"
+    if not path.exists():
+        print(f"generating a {seconds} s 720p test video (once) ...", flush=True)
+        make_sample(path, seconds=seconds, bitrate="7600k", preset="ultrafast")
+    return path
+
+
+def probe(path: Path) -> ProbeResult:
+    r = subprocess.run(probe_command(find_ffmpeg(), path), capture_output=True, text=True)
+    return parse_probe(r.stderr)
+
+
+def ffmpeg_alone(path: Path, segment_time: float, out: Path) -> float:
+    out.mkdir()
+    t0 = time.perf_counter()
+    subprocess.run([find_ffmpeg(), "-v", "error", "-y", "-i", str(path), "-map", "0:v:0",
+                    "-map", "0:a:0?", "-c", "copy", "-f", "segment", "-segment_time",
+                    str(segment_time), "-segment_format", "mpegts", str(out / "s%05d.ts")],
+                   check=True)
+    return time.perf_counter() - t0
+
+
+def write_three_times(path: Path, out: Path) -> float:
+    data = path.read_bytes()
+    t0 = time.perf_counter()
+    for copy in range(3):
+        fd = os.open(out / f"copy-{copy}.dat", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for i in range(0, len(data), 2 << 20):
+            os.write(fd, data[i : i + (2 << 20)])
+            os.fdatasync(fd)
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+async def ingest(path: Path) -> tuple[float, dict[str, object]]:
+    t0 = time.perf_counter()
+    answer = await _send_multipart("http://localhost:8084", path, "ingest benchmark", lambda n: None)
+    session = answer["upload_session_id"]
+    while True:
+        state = (await request("GET", f"http://localhost:8084/upload/status/{session}")).json()
+        if state["status"] in ("completed", "failed"):
+            break
+        await trio.sleep(0.05)
+    return time.perf_counter() - t0, state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 minutes of video, not 10")
+    args = parser.parse_args()
+    seconds = 120 if args.quick else 600
+    src = source(seconds)
+    info = probe(src)
+    size = src.stat().st_size
+    plan = plan_segments(info, size, chunk_size=2 << 20, chunk_duration=10.0)
+    report = Report("ingest")
+    with tempfile.TemporaryDirectory(prefix="vstack-ingest-") as tmp:
+        work = Path(tmp)
+        ref_ffmpeg = ffmpeg_alone(src, plan.segment_time, work / "ffmpeg-alone")
+        ref_write = write_three_times(src, work)
+        print(f"source: {size / 1e6:.0f} MB, {info.duration:.0f} s; segment {plan.segment_time} s; "
+              f"ffmpeg alone {ref_ffmpeg:.2f} s, 3x append+fsync {ref_write:.2f} s", flush=True)
+        env = {**os.environ, "LOG_LEVEL": "WARNING"}
+        cluster = subprocess.Popen([sys.executable, "-m", "tools.node_cli", "all", "--data-dir",
+                                    str(work / "cluster")], cwd=ROOT, env=env)
+        try:
+            for port in (8080, 8081, 8082, 8083, 8084):
+                wait_port(port)
+            time.sleep(3)  # the nodes register 2 s after they start
+            elapsed, state = trio.run(ingest, src)
+        finally:
+            cluster.terminate()
+            cluster.wait(30)
+    if state["status"] != "completed":
+        raise SystemExit(f"ingest failed: {json.dumps(state)}")
+    report.add(Row(f"ingest of {seconds // 60} min 720p ({size / 1e6:.0f} MB), s", elapsed, "s",
+                   "ffmpeg -c copy alone + 3x append+fsync", ref_ffmpeg + ref_write,
+                   higher_is_better=False, target=1 / 1.5,
+                   extra={"chunks": state["total_chunks"], "ffmpeg_alone_sec": ref_ffmpeg,
+                          "write_3x_sec": ref_write, "segment_time": plan.segment_time,
+                          "throughput_MBps": size / elapsed / 1e6}))
+    report.write()
+
+
+if __name__ == "__main__":
+    main()
