@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,14 +13,14 @@ from vstack.media import (
     ProbeError,
     ProbeResult,
     Segment,
+    SegmentPlan,
     parse_probe,
     parse_segment_list,
-    plan_segments,
     probe_command,
     segment_command,
 )
 
-__all__ = ["ChunkingFailed", "chunk_video", "find_ffmpeg", "probe"]
+__all__ = ["ChunkingFailed", "Oversize", "cut_streaming", "find_ffmpeg", "probe"]
 
 
 class ChunkingFailed(Exception):
@@ -48,59 +47,78 @@ async def probe(ffmpeg: str, path: Path) -> ProbeResult:
     return parse_probe(result.stderr.decode("utf-8", "replace"))
 
 
-async def chunk_video(ffmpeg: str, src: Path, out_dir: Path, info: ProbeResult, *,
-                      chunk_size: int, chunk_duration: float, max_segment_bytes: int,
-                      ) -> ChunkingReport:
-    """Cut ``src`` into MPEG-TS segments in ``out_dir``.
+class Oversize(Exception):
+    """A copied segment came out larger than a chunk may be (keyframes too sparse)."""
+
+
+async def cut_streaming(ffmpeg: str, src: Path, out_dir: Path, info: ProbeResult,
+                        plan: SegmentPlan, send: trio.MemorySendChannel[Segment], *,
+                        max_segment_bytes: int) -> ChunkingReport:
+    """Cut ``src`` into MPEG-TS segments, sending each one as soon as FFmpeg closes it.
+
+    FFmpeg lists a segment in its CSV only once the segment file is complete,
+    so the caller can store chunk N while FFmpeg still cuts N+1.
 
     Raises:
-        ChunkingFailed: FFmpeg failed, the file is truncated, or no segment
-            plan keeps chunks under ``max_segment_bytes``.
+        Oversize: a segment exceeds ``max_segment_bytes`` (FFmpeg is stopped).
+        ChunkingFailed: FFmpeg failed, found no frames, or the file is truncated.
     """
-    size = (await trio.Path(src).stat()).st_size
-    for force in (False, True):
-        plan = plan_segments(info, size, chunk_size=chunk_size, chunk_duration=chunk_duration,
-                             force_transcode=force)
-        if force and not (plan.transcode_video or plan.transcode_audio):
-            break
+    async with send:
         await trio.to_thread.run_sync(_clear, out_dir)
         cmd = segment_command(ffmpeg, src, out_dir, plan, info)
-        result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False,
-                                        stdin=subprocess.DEVNULL)
+        done = trio.Event()
+        outcome: list[subprocess.CompletedProcess[bytes]] = []
+        sent: list[Segment] = []
+
+        async def run() -> None:
+            outcome.append(await trio.run_process(cmd, capture_stdout=True, capture_stderr=True,
+                                                  check=False, stdin=subprocess.DEVNULL))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            while True:
+                finished = done.is_set()
+                for seg, size in await trio.to_thread.run_sync(_new_segments, out_dir, len(sent)):
+                    if size > max_segment_bytes:
+                        raise Oversize(size)
+                    sent.append(seg)
+                    await send.send(seg)
+                if finished:
+                    break
+                # FFmpeg's progress is only visible in its files: look again shortly.
+                with trio.move_on_after(0.05):
+                    await done.wait()
+        result = outcome[0]
         err = result.stderr.decode("utf-8", "replace").strip()
         if result.returncode != 0:
             last = err.splitlines()[-1] if err else f"exit code {result.returncode}"
             raise ChunkingFailed(f"FFmpeg could not read the video: {last}")
-        segments, sizes = await trio.to_thread.run_sync(_collect, out_dir)
-        if not segments:
+        if not sent:
             raise ChunkingFailed("the video has no frames FFmpeg could read")
-        covered = segments[-1].end - segments[0].start
+        covered = sent[-1].end - sent[0].start
         if covered < info.duration * 0.9 - 0.5:
             raise ChunkingFailed(
                 f"the file is truncated or damaged: only {covered:.1f} s of its "
                 f"{info.duration:.1f} s could be read")
-        biggest = max(sizes)
-        if biggest <= max_segment_bytes:
-            return ChunkingReport(segments=segments, transcoded=plan.transcode_video,
-                                  segment_time=plan.segment_time)
-        if force or plan.transcode_video:
-            break
-    raise ChunkingFailed(
-        f"a segment of {math.ceil(biggest / 2**20)} MiB exceeds the {max_segment_bytes >> 20} MiB "
-        "chunk limit even after re-encoding")
+        return ChunkingReport(segments=sent, transcoded=plan.transcode_video,
+                              segment_time=plan.segment_time)
 
 
 def _clear(out_dir: Path) -> None:
-    for old in out_dir.glob("seg*.ts"):
-        old.unlink()
+    for old in [*out_dir.glob("seg*.ts"), out_dir / "segments.csv"]:
+        old.unlink(missing_ok=True)
 
 
-def _collect(out_dir: Path) -> tuple[list[Segment], list[int]]:
-    """The segments FFmpeg listed that exist and are not empty, with their sizes."""
-    listed = parse_segment_list((out_dir / "segments.csv").read_text(), out_dir)
-    found = [(s, s.path.stat().st_size) for s in listed if s.path.exists()]
-    found = [(s, n) for s, n in found if n > 0]
-    return [s for s, _ in found], [n for _, n in found]
+def _new_segments(out_dir: Path, seen: int) -> list[tuple[Segment, int]]:
+    """Segments FFmpeg has finished since the first ``seen``, with their sizes."""
+    try:
+        text = (out_dir / "segments.csv").read_text()
+    except FileNotFoundError:
+        return []
+    complete = text[: text.rfind("\n") + 1]  # a line being written is not listed yet
+    listed = parse_segment_list(complete, out_dir)[seen:]
+    return [(s, s.path.stat().st_size) for s in listed]
 
 
 __all__ += ["ProbeError"]

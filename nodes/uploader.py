@@ -35,12 +35,12 @@ from protocol.errors import ProtocolError
 from protocol.http import Request, Response, Router, json_response
 from protocol.multipart import Done, MultipartParser, PartData, PartEnd, PartStart, parse_boundary
 from protocol.validate import ValidationError
-from vstack.media import ProbeError, ProbeResult, Segment
+from vstack.media import ChunkingReport, ProbeError, ProbeResult, Segment, SegmentPlan, plan_segments
 from vstack.placement import NodeInfo, choose_nodes, required_copies
 from vstack.settings import UploaderSettings
 from vstack.upload_session import TERMINAL, Session, SessionStore
 
-from .ffmpeg import ChunkingFailed, chunk_video, find_ffmpeg, probe
+from .ffmpeg import ChunkingFailed, Oversize, cut_streaming, find_ffmpeg, probe
 from .http_server import Body, Handler, HttpLimits, serve_http
 from .metadata_client import MetadataClient
 from .storage_pool import StoragePool, open_storage_pool
@@ -90,7 +90,7 @@ class Uploader:
             if s.status not in TERMINAL:
                 s.fail("interrupted by a restart of the uploader; please upload again")
                 await self.save(s)
-                await self._cleanup(s, committed_ok=False, stored={})
+                await self._cleanup(s, committed=set(), stored={})
                 log.warning("session %s was interrupted by a restart", s.session_id)
 
     # -- receiving -------------------------------------------------------------------
@@ -234,9 +234,10 @@ class Uploader:
         s.fail(error)
         with trio.CancelScope(shield=True):
             await self.save(s)
-            await self._cleanup(s, committed_ok=bool(committed), stored=stored)
+            await self._cleanup(s, committed=committed, stored=stored)
 
-    async def _cleanup(self, s: Session, *, committed_ok: bool, stored: dict[int, list[str]]) -> None:
+    async def _cleanup(self, s: Session, *, committed: set[int], stored: dict[int, list[str]]
+                       ) -> None:
         """Remove the video record (the metadata service deletes committed
         chunks from their nodes) and every uncommitted copy we stored."""
         try:
@@ -247,6 +248,8 @@ class Uploader:
         except (ProtocolError, trio.TooSlowError) as exc:
             log.warning("could not delete video %s: %s", s.video_id, exc)
         for seq, urls in stored.items():
+            if seq in committed:
+                continue  # the video's deletion removed it from its nodes
             for url in urls:
                 await self.pool.delete(url, f"{s.video_id}-chunk-{seq:03d}")
 
@@ -256,47 +259,34 @@ class Uploader:
         s.advance("processing")
         await self.save(s)
         await trio.Path(work).mkdir(parents=True, exist_ok=True)
-        s.advance("chunking")
-        await self.save(s)
+        nodes = await self._healthy_nodes()
+        size = (await trio.Path(path).stat()).st_size
         t0 = time.monotonic()
-        report = await chunk_video(self.ffmpeg, path, work, info, chunk_size=cfg.chunk_size,
-                                   chunk_duration=cfg.chunk_duration,
-                                   max_segment_bytes=cfg.max_segment_bytes)
+        for force in (False, True):
+            plan = plan_segments(info, size, chunk_size=cfg.chunk_size,
+                                 chunk_duration=cfg.chunk_duration, force_transcode=force)
+            s.transcoded = plan.transcode_video
+            s.advance("chunking")
+            await self.save(s)
+            try:
+                report = await self._cut_and_store(s, path, info, work, plan, nodes, stored,
+                                                   committed)
+                break
+            except Oversize as exc:
+                if plan.transcode_video:
+                    raise ChunkingFailed(
+                        f"a chunk of {exc.args[0] >> 20} MiB exceeds the "
+                        f"{cfg.max_segment_bytes >> 20} MiB limit even after re-encoding") from None
+                log.info("upload %s: keyframes too sparse for %d-byte chunks; re-encoding",
+                         s.session_id, cfg.chunk_size)
+                await self._discard(s, stored)
+                committed.clear()
+                s.chunks_done = 0
         segments = report.segments
         s.total_chunks = len(segments)
-        s.transcoded = report.transcoded
-        s.advance("chunking", 40)
-        await self.save(s)
-        log.info("upload %s: %d chunks of ~%.1f s (%s) in %.2f s", s.session_id, len(segments),
-                 report.segment_time, "transcoded" if report.transcoded else "remuxed",
-                 time.monotonic() - t0)
-        nodes = await self._healthy_nodes()
-        s.advance("uploading_chunks")
-        await self.save(s)
-        origin = segments[0].start
-        limiter = trio.Semaphore(cfg.chunks_in_flight)
-        failed: list[BaseException] = []
-
-        async def one(seq: int, seg: Segment) -> None:
-            try:
-                await self._store_chunk(s, seq, seg, origin, nodes, stored, committed)
-            except (UploadFailed, ProtocolError) as exc:
-                failed.append(exc)
-                nursery.cancel_scope.cancel()
-            finally:
-                limiter.release()
-            s.chunks_done = len(committed)
-            s.progress = max(s.progress, 50 + int(40 * len(committed) / len(segments)))
-
-        async with trio.open_nursery() as nursery:
-            for seq, seg in enumerate(segments):
-                await limiter.acquire()
-                if failed:
-                    limiter.release()
-                    break
-                nursery.start_soon(one, seq, seg)
-        if failed:
-            raise failed[0]
+        log.info("upload %s: %d chunks of ~%.1f s (%s), cut and stored in %.2f s", s.session_id,
+                 len(segments), report.segment_time,
+                 "transcoded" if report.transcoded else "remuxed", time.monotonic() - t0)
         await self.save(s)
         s.advance("finalizing")
         await self.save(s)
@@ -310,6 +300,54 @@ class Uploader:
         await self.save(s)
         log.info("upload %s completed: video %s, %d chunks", s.session_id, s.video_id,
                  len(segments))
+
+    async def _cut_and_store(self, s: Session, path: Path, info: ProbeResult, work: Path,
+                             plan: SegmentPlan, nodes: list[NodeInfo],
+                             stored: dict[int, list[str]], committed: set[int]) -> ChunkingReport:
+        """Cut and store at once: each chunk is stored as soon as FFmpeg finishes it."""
+        cfg = self.settings
+        send, recv = trio.open_memory_channel[Segment](math.inf)
+        limiter = trio.Semaphore(cfg.chunks_in_flight)
+        expected = max(1, math.ceil(info.duration / plan.segment_time))
+        reports: list[ChunkingReport] = []
+
+        async def one(seq: int, seg: Segment, origin: float) -> None:
+            try:
+                await self._store_chunk(s, seq, seg, origin, nodes, stored, committed)
+            finally:
+                limiter.release()
+            s.chunks_done = len(committed)
+            s.progress = max(s.progress, min(89, 50 + int(40 * len(committed) / expected)))
+
+        async def cut() -> None:
+            reports.append(await cut_streaming(self.ffmpeg, path, work, info, plan, send,
+                                               max_segment_bytes=cfg.max_segment_bytes))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cut)
+                origin: float | None = None
+                seq = 0
+                async with recv:
+                    async for seg in recv:
+                        if origin is None:
+                            origin = seg.start
+                            s.advance("uploading_chunks")
+                            await self.save(s)
+                        await limiter.acquire()
+                        nursery.start_soon(one, seq, seg, origin)
+                        seq += 1
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return reports[0]
+
+    async def _discard(self, s: Session, stored: dict[int, list[str]]) -> None:
+        """Delete every chunk placed so far from its nodes (before cutting again)."""
+        async with trio.open_nursery() as nursery:
+            for seq, urls in stored.items():
+                for url in urls:
+                    nursery.start_soon(self.pool.delete, url, f"{s.video_id}-chunk-{seq:03d}")
+        stored.clear()
 
     async def _healthy_nodes(self) -> list[NodeInfo]:
         rows = await self.metadata.json("GET", "/nodes/healthy")
@@ -367,7 +405,6 @@ class Uploader:
             res = await self.metadata.json("POST", f"/chunk/{chunk_id}/commit", commit)
             if res.get("success") is True:
                 committed.add(seq)
-                stored.pop(seq, None)
                 return
             await trio.sleep(0.5 * (attempt + 1))
         raise UploadFailed(f"chunk {seq}: the metadata service could not confirm its copies")
@@ -378,6 +415,11 @@ class Uploader:
         self._ban_until = {u: t for u, t in self._ban_until.items() if t > now}
         return set(self._ban_until)
 
+    @property
+    def failed_nodes(self) -> set[str]:
+        """Nodes that failed a write recently (shown in /health)."""
+        return self._banned()
+
     def _ban(self, url: str) -> None:
         self._ban_until[url] = time.monotonic() + BAN_SECONDS
 
@@ -385,7 +427,18 @@ class Uploader:
         return {"status": "healthy", "service": "uploader-service", "active_uploads": self.active,
                 "queued_uploads": len(self.waiting),
                 "max_concurrent_uploads": self.settings.max_concurrent_uploads,
+                "failed_nodes": sorted(self.failed_nodes),
                 "ffmpeg": self.ffmpeg}
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first real failure in a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group
 
 
 def _invalid(field: str, msg: str) -> ValidationError:
