@@ -72,13 +72,14 @@ def write_three_times(path: Path, out: Path) -> float:
 async def ingest(path: Path) -> tuple[float, dict[str, object]]:
     t0 = time.perf_counter()
     answer = await _send_multipart("http://localhost:8084", path, "ingest benchmark", lambda n: None)
+    received = time.perf_counter() - t0
     session = answer["upload_session_id"]
     while True:
         state = (await request("GET", f"http://localhost:8084/upload/status/{session}")).json()
         if state["status"] in ("completed", "failed"):
             break
         await trio.sleep(0.05)
-    return time.perf_counter() - t0, state
+    return time.perf_counter() - t0, {**state, "upload_received_sec": received}
 
 
 def main() -> None:
@@ -115,6 +116,7 @@ def main() -> None:
                    higher_is_better=False, target=1 / 1.5,
                    extra={"chunks": state["total_chunks"], "ffmpeg_alone_sec": ref_ffmpeg,
                           "write_3x_sec": ref_write, "segment_time": plan.segment_time,
+                          "upload_received_sec": state["upload_received_sec"],
                           "throughput_MBps": size / elapsed / 1e6}))
     report.write()
 
