@@ -52,25 +52,30 @@ async def start_node(
     """
 
     async def start(**overrides: Any) -> tuple[StorageNode, Callable[[], Any]]:
-        settings = settings_for(tmp_path, **overrides)
-        scope = trio.CancelScope()
-        stopped = trio.Event()
-
-        async def run(task_status: trio.TaskStatus[StorageNode] = trio.TASK_STATUS_IGNORED) -> None:
-            try:
-                with scope:
-                    await serve_storage_node(settings, task_status=task_status)
-            finally:
-                stopped.set()
-
-        async def stop() -> None:
-            scope.cancel()
-            await stopped.wait()
-
-        node: StorageNode = await nursery.start(run)
-        return node, stop
+        return await start_stoppable(nursery, serve_storage_node, settings_for(tmp_path, **overrides))
 
     return start
+
+
+async def start_stoppable(nursery: trio.Nursery, serve: Callable[..., Any],
+                          settings: Any) -> tuple[Any, Callable[[], Any]]:
+    """Start ``serve(settings)`` in ``nursery``; returns what it reports and an
+    ``async stop()`` that shuts it down and waits until it is gone."""
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with scope:
+                await serve(settings, task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def stop() -> None:
+        scope.cancel()
+        await stopped.wait()
+
+    return await nursery.start(run), stop
 
 
 def free_port() -> int:
@@ -163,22 +168,7 @@ async def start_uploader(
     async def start(**overrides: Any) -> tuple[Uploader, Callable[[], Any]]:
         settings = UploaderSettings(**{"temp_dir": tmp_path / "uploads", "port": 0,
                                        "host": "127.0.0.1", **overrides})
-        scope = trio.CancelScope()
-        stopped = trio.Event()
-
-        async def run(task_status: trio.TaskStatus[Uploader] = trio.TASK_STATUS_IGNORED) -> None:
-            try:
-                with scope:
-                    await serve_uploader(settings, task_status=task_status)
-            finally:
-                stopped.set()
-
-        async def stop() -> None:
-            scope.cancel()
-            await stopped.wait()
-
-        up: Uploader = await nursery.start(run)
-        return up, stop
+        return await start_stoppable(nursery, serve_uploader, settings)
 
     return start
 
