@@ -47,7 +47,6 @@ log = logging.getLogger("vstack.metadata")
 T = TypeVar("T")
 VERSION = "1.0.0"
 CATCH_UP_INTERVAL = 30.0
-VIEWS_MERGE_INTERVAL = 5.0
 
 
 class HttpTransport:
@@ -258,7 +257,7 @@ class MetadataService:
 
     async def run_views_merger(self) -> None:
         while True:
-            await trio.sleep(VIEWS_MERGE_INTERVAL)
+            await trio.sleep(self.settings.views_merge_interval)
             await self.merge_views()
 
 

@@ -23,7 +23,7 @@ class Replica:
         self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1",
                     "DATABASE_URL": str(tmp / f"replica-{i}" / "metadata.db"),
                     "METADATA_PEERS": ",".join(f"http://127.0.0.1:{p}" for p in ports),
-                    "METADATA_ID": str(i), "LOG_LEVEL": "WARNING"}
+                    "METADATA_ID": str(i), "LOG_LEVEL": "WARNING", "VIEWS_MERGE_INTERVAL": "0.2"}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -102,6 +102,18 @@ async def test_sigkill_one_replica_during_commits(tmp_path: Path) -> None:
         for port in ports:
             assert (await call(port, "GET", f"/manifest/{vid}")).status == 200
         assert elapsed < 60
+        # Views counted at every replica add up everywhere, without consensus rounds.
+        for n, port in enumerate(ports):
+            for _ in range(n + 1):
+                assert (await call(port, "POST", f"/video/{vid}/view")).status == 200
+        with trio.fail_after(20):
+            while True:
+                counts = [(await call(p, "GET", f"/video/{vid}/popularity")).json()["view_count"]
+                          for p in ports]
+                if counts == [6, 6, 6]:
+                    break
+                assert all(c <= 6 for c in counts), "a view was counted twice"
+                await trio.sleep(0.1)
     finally:
         for r in replicas:
             if r.proc is not None and r.proc.poll() is None:

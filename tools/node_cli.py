@@ -153,9 +153,12 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
 @click.option("--aliases", envvar="NODE_ALIASES", default="",
               help="name=url pairs, comma-separated: how callers' node names map to reachable "
                    "URLs, e.g. http://storage-node-1:8081=http://localhost:8081 [env NODE_ALIASES].")
+@click.option("--views-merge-interval", envvar="VIEWS_MERGE_INTERVAL", default=5.0,
+              type=click.FloatRange(0.1), help="Seconds between exchanges of view counters "
+              "with the other replicas [env VIEWS_MERGE_INTERVAL].")
 def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
              heartbeat_interval: float, node_timeout: float, popularity_threshold: int,
-             storage_nodes: str, aliases: str) -> None:
+             storage_nodes: str, aliases: str, views_merge_interval: float) -> None:
     """Run one metadata replica: videos, chunk placements and nodes, agreed by Paxos."""
     try:
         settings = MetadataSettings(
@@ -163,6 +166,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
             replica_id=replica_id, heartbeat_interval=heartbeat_interval,
             node_timeout=node_timeout, popularity_threshold=popularity_threshold,
             storage_nodes=_split(storage_nodes), aliases=parse_aliases(aliases),
+            views_merge_interval=views_merge_interval,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
