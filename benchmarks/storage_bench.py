@@ -47,6 +47,13 @@ class Result:
         self.lock = threading.Lock()
         self.errors = 0
 
+    def add(self, nbytes: int, requests: int, latencies: list[float]) -> None:
+        """One worker's totals (workers are threads)."""
+        with self.lock:
+            self.bytes += nbytes
+            self.requests += requests
+            self.latencies += latencies
+
 
 def _recv_exact_into(sock: socket.socket, view: memoryview, n: int) -> None:
     got = 0
@@ -91,10 +98,7 @@ def http_get_worker(port: int, paths: list[bytes], stop: float, res: Result, off
         total += length
         count += 1
     sock.close()
-    with res.lock:
-        res.bytes += total
-        res.requests += count
-        res.latencies += lat
+    res.add(total, count, lat)
 
 
 def binary_get_worker(port: int, keys: list[bytes], stop: float, res: Result, offset: int) -> None:
@@ -120,10 +124,7 @@ def binary_get_worker(port: int, keys: list[bytes], stop: float, res: Result, of
         total += plen
         count += 1
     sock.close()
-    with res.lock:
-        res.bytes += total
-        res.requests += count
-        res.latencies += lat
+    res.add(total, count, lat)
 
 
 def run_load(worker: Callable[..., None], port: int, targets: list[bytes], conns: int,
@@ -282,10 +283,7 @@ def binary_put_worker(port: int, blobs: list[bytes], stop: float, res: Result, o
         i += 1
         n += len(data)
     sock.close()
-    with res.lock:
-        res.bytes += n
-        res.requests += i
-        res.latencies += lat
+    res.add(n, i, lat)
 
 
 def raw_append_fsync(path: Path, blobs: list[bytes], seconds: float) -> float:
