@@ -74,6 +74,15 @@ class StoragePool:
         if res.status not in (200, 201):
             raise ProtocolError(f"{node_url} answered {res.status}", res.status)
 
+    async def holds(self, node_url: str, chunk_id: str, sha256_hex: str) -> bool:
+        """Does the node answer ``HEAD`` for the chunk with this SHA-256?"""
+        try:
+            with trio.fail_after(5):
+                res = await request("HEAD", f"{node_url}/chunk/{chunk_id}")
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError):
+            return False
+        return res.status == 200 and res.headers.get("etag", "").strip('"') == sha256_hex
+
     async def delete(self, node_url: str, chunk_id: str) -> None:
         """Best effort."""
         try:

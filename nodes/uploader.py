@@ -370,6 +370,33 @@ class Uploader:
         holders: list[str] = stored.setdefault(seq, [])
         tried: set[str] = set(banned)
         errors: list[str] = []
+        for _ in range(3):  # place, commit; re-place what a lost node held, commit again
+            await self._place(chunk_id, data, sha, seq, nodes, holders, tried, errors)
+            if len(holders) < need:
+                raise UploadFailed(f"chunk {seq}: only {len(holders)} of {need} copies could be "
+                                   f"stored ({'; '.join(errors) or 'no nodes left'})")
+            commit = {"node_urls": holders, "checksum": sha, "size_bytes": len(data),
+                      "video_id": s.video_id, "sequence_num": seq,
+                      "redundancy_mode": "replication", "duration_sec": round(seg.duration, 3),
+                      "start_sec": round(seg.start - origin, 3)}
+            res = await self.metadata.json("POST", f"/chunk/{chunk_id}/commit", commit)
+            if res.get("success") is True:
+                committed.add(seq)
+                return
+            # Some holder no longer has it (died after acknowledging?): find out which.
+            for url in list(holders):
+                if not await self.pool.holds(url, chunk_id, sha):
+                    holders.remove(url)
+                    tried.add(url)
+                    self._ban(url)
+                    errors.append(f"{url}: lost the chunk after storing it")
+        raise UploadFailed(f"chunk {seq}: the metadata service could not confirm its copies "
+                           f"({'; '.join(errors)})")
+
+    async def _place(self, chunk_id: str, data: bytes, sha: str, seq: int, nodes: list[NodeInfo],
+                     holders: list[str], tried: set[str], errors: list[str]) -> None:
+        """Store the chunk on nodes until ``replicas`` hold it or none are left to try."""
+        cfg = self.settings
         while len(holders) < cfg.replicas:
             picks = choose_nodes(nodes, cfg.replicas - len(holders), load=self._inflight,
                                  exclude=tried | set(holders), turn=seq)
@@ -395,19 +422,6 @@ class Uploader:
                 for node in picks:
                     tried.add(node.url)
                     nursery.start_soon(put, node)
-        if len(holders) < need:
-            raise UploadFailed(f"chunk {seq}: only {len(holders)} of {need} copies could be stored "
-                               f"({'; '.join(errors) or 'no nodes left'})")
-        commit = {"node_urls": holders, "checksum": sha, "size_bytes": len(data),
-                  "video_id": s.video_id, "sequence_num": seq, "redundancy_mode": "replication",
-                  "duration_sec": round(seg.duration, 3), "start_sec": round(seg.start - origin, 3)}
-        for attempt in range(2):
-            res = await self.metadata.json("POST", f"/chunk/{chunk_id}/commit", commit)
-            if res.get("success") is True:
-                committed.add(seq)
-                return
-            await trio.sleep(0.5 * (attempt + 1))
-        raise UploadFailed(f"chunk {seq}: the metadata service could not confirm its copies")
 
     def _banned(self) -> set[str]:
         """Nodes that failed a write in the last :data:`BAN_SECONDS`: not chosen meanwhile."""
