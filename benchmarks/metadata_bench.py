@@ -26,11 +26,12 @@ from pathlib import Path
 import apsw
 import trio
 
+from nodes.frame_client import open_frame_client
 from nodes.http_client import KeepAliveClient, request
 
 from .harness import ROOT, Report, Row, free_port, percentile, start_node, wait_port
 
-N_CHUNKS = 3000  # distinct chunks stored for the commit benchmark
+PER_CLIENT = 600  # distinct chunks each client commits (each chunk committed once)
 
 
 def sqlite_alone(path: Path, seconds: float) -> tuple[float, list[float]]:
@@ -94,6 +95,20 @@ async def load(port: int, seconds: float, clients: int, make: object) -> tuple[f
     return done / (time.perf_counter() - t0), lat
 
 
+async def store_chunks(port: int, tag: str, count: int, data: bytes) -> None:
+    """Put ``count`` chunks on a node, 64 in flight on one binary connection."""
+    async with open_frame_client("127.0.0.1", port) as client:
+        limit = trio.Semaphore(64)
+
+        async def put(s: int) -> None:
+            async with limit:
+                await client.put(f"{tag}-{s}", data)
+
+        async with trio.open_nursery() as nursery:
+            for s in range(count):
+                nursery.start_soon(put, s)
+
+
 def video_request(c: int, i: int) -> tuple[str, dict[str, object]]:
     return "/video", {"title": f"bench {c}-{i}", "duration_sec": 10}
 
@@ -103,7 +118,7 @@ async def bench(report: Report, work: Path, seconds: float, clients: int) -> Non
     print(f"SQLite alone: {ref_rate:.0f} commits/s, p99 {percentile(ref_lat, 99) * 1e3:.2f} ms",
           flush=True)
     # A storage node holding one small chunk per commit we will make.
-    node, node_http, _ = start_node(work / "node")
+    node, node_http, node_binary = start_node(work / "node")
     data = b"chunk"
     sha = hashlib.sha256(data).hexdigest()
     try:
@@ -123,13 +138,11 @@ async def bench(report: Report, work: Path, seconds: float, clients: int) -> Non
                 vid = (await request("POST", f"http://127.0.0.1:{ports[0]}/video",
                                      json_body={"title": "c", "duration_sec": 1})).json()["video_id"]
                 tag = os.urandom(3).hex()
-                n_chunks = N_CHUNKS
-                for s in range(n_chunks):
-                    await request("PUT", f"http://127.0.0.1:{node_http}/chunk/{tag}-{s}", body=data)
+                await store_chunks(node_binary, tag, clients * PER_CLIENT, data)
 
                 def commit_request(c: int, i: int, vid: str = vid, tag: str = tag
                                    ) -> tuple[str, dict[str, object]]:
-                    seq = (c * 100_000 + i) % N_CHUNKS
+                    seq = c * PER_CLIENT + i % PER_CLIENT
                     return f"/chunk/{tag}-{seq}/commit", {
                         "node_urls": [f"http://127.0.0.1:{node_http}"], "checksum": sha,
                         "size_bytes": len(data), "video_id": vid, "sequence_num": seq}

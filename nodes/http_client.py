@@ -20,7 +20,7 @@ import trio
 
 from protocol.errors import RemoteProtocolError
 
-__all__ = ["ConnectionPool", "HttpResult", "KeepAliveClient", "request"]
+__all__ = ["HttpResult", "KeepAliveClient", "request"]
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
@@ -164,38 +164,3 @@ class KeepAliveClient:
         async with self._lock:
             await self._drop()
 
-
-class ConnectionPool:
-    """Keep-alive connections to many servers, up to ``per_host`` each, reused.
-
-    For frequent small calls (the metadata service's ``HEAD`` checks on
-    storage nodes). Idle connections beyond ``per_host`` are closed.
-    """
-
-    def __init__(self, *, per_host: int = 8) -> None:
-        self.per_host = per_host
-        self._idle: dict[str, list[KeepAliveClient]] = {}
-
-    async def request(self, method: str, url: str, *,
-                      headers: list[tuple[str, str]] | None = None) -> HttpResult:
-        _, _, netloc, target = _split(url)
-        key = f"http://{netloc}"
-        idle = self._idle.setdefault(key, [])
-        client = idle.pop() if idle else KeepAliveClient(key)
-        try:
-            result = await client.request(method, target, headers=headers)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await client.aclose()
-            raise
-        if len(idle) < self.per_host:
-            idle.append(client)
-        else:
-            await client.aclose()
-        return result
-
-    async def aclose(self) -> None:
-        for clients in self._idle.values():
-            for client in clients:
-                await client.aclose()
-        self._idle.clear()

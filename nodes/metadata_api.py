@@ -514,13 +514,11 @@ async def _verify_placement(
 
 
 async def _head_matches(svc: MetadataService, url: str, chunk_id: str, checksum: str) -> bool:
-    target = svc.aliases.resolve(url) + f"/chunk/{chunk_id}"
     try:
         with trio.fail_after(svc.settings.probe_timeout):
-            res = await svc.node_pool.request("HEAD", target, headers=[("X-Ballot-Number", "0")])
-    except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError, ValueError):
+            return await svc.storage.holds(svc.aliases.resolve(url), chunk_id, checksum)
+    except (trio.TooSlowError, ValueError):
         return False
-    return res.status == 200 and res.headers.get("etag", "").strip('"').lower() == checksum
 
 
 async def _delete_chunks(svc: MetadataService, targets: list[tuple[str, str]]) -> int:

@@ -37,8 +37,9 @@ from vstack.node_urls import AliasTable, normalize_url
 from vstack.paxos import ChangeRejected, Value
 from vstack.settings import MetadataSettings
 
-from .http_client import ConnectionPool, KeepAliveClient, request
+from .http_client import KeepAliveClient, request
 from .paxos_replica import Msg, PaxosReplica
+from .storage_pool import StoragePool, open_storage_pool
 
 __all__ = ["HttpTransport", "MetadataService", "serve_metadata"]
 
@@ -82,7 +83,7 @@ class MetadataService:
         self.last_seen: dict[str, float] = {}  # node_id -> trio time of last heartbeat
         self.port = 0
         self._db_limiter = trio.CapacityLimiter(1)
-        self.node_pool = ConnectionPool()  # keep-alive connections for checks on storage nodes
+        self.storage: StoragePool  # binary-protocol connections for checks on storage nodes
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -94,7 +95,7 @@ class MetadataService:
                      fresh: bool = False) -> Value | None:
         """A Paxos round; ChangeRejected becomes the HTTP error it names."""
         try:
-            return await self.replica.change(key, change, fresh=fresh)
+            return await self.replica.change(key, change, fresh=fresh, leader_fast=True)
         except ChangeRejected as exc:
             raise ProtocolError(exc.reason, exc.status) from None
 
@@ -275,7 +276,8 @@ async def serve_metadata(
     service = MetadataService(settings, db, reader)
     service.replica.run_blocking = service.run_db
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_storage_pool() as storage, trio.open_nursery() as nursery:
+            service.storage = storage
             await nursery.start(service.replica.run)
             nursery.start_soon(service.replica.recover)
             service.port = await nursery.start(serve_api, service)
@@ -293,7 +295,6 @@ async def serve_metadata(
         with trio.move_on_after(5) as cs:
             cs.shield = True
             await service.transport.aclose()
-            await service.node_pool.aclose()
         reader.close()
         db.close()
         log.info("metadata replica %d stopped", settings.replica_id)

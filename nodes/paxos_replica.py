@@ -145,8 +145,8 @@ class PaxosReplica:
         self._wake_sender = {p: trio.Event() for p in range(replicas)}
         self._ops = itertools.count()
         self.stopped = False
-        self.stats = {"rounds": 0, "retries": 0, "batches_sent": 0, "messages_sent": 0,
-                      "flushes": 0, "slots_flushed": 0}
+        self.stats = {"rounds": 0, "fast": 0, "retries": 0, "batches_sent": 0,
+                      "messages_sent": 0, "flushes": 0, "slots_flushed": 0}
 
     def make_acceptor(self, slots: dict[str, Slot]) -> Acceptor:
         return Acceptor(slots)
@@ -288,7 +288,8 @@ class PaxosReplica:
         return Ballot(rnd, self.id)
 
     async def change(self, key: str, change: Callable[[Value | None], Value | None],
-                     *, op: str | None = None, fresh: bool = False) -> Value | None:
+                     *, op: str | None = None, fresh: bool = False,
+                     leader_fast: bool = False) -> Value | None:
         """Apply ``change`` to register ``key`` by consensus; returns the chosen value.
 
         ``change`` gets the current value (``None`` if never set) without its
@@ -302,6 +303,15 @@ class PaxosReplica:
         this key can use, so there is nothing to adopt and it is safe (if it
         is refused, a full round follows and adopts what was accepted).
 
+        ``leader_fast=True`` lets replica 0, the distinguished proposer, skip
+        phase 1 for a key its own acceptor has never seen, at ballot
+        ``(1, 0)``: below every ballot anyone else may use for such a key.
+        Its own acceptance is made durable *before* the other acceptors are
+        asked, so it can never propose two values at that ballot (after a
+        crash the key is no longer unseen). If the key already has a value,
+        a quorum has promised a higher ballot and refuses: a full round
+        follows. Other replicas ignore the flag.
+
         Raises:
             NoQuorum: no quorum answered before the deadline.
             ChangeRejected: ``change`` refused.
@@ -311,14 +321,22 @@ class PaxosReplica:
         seen = Ballot(0, 0)
         delay = 0.005
         with trio.move_on_after(self.deadline):
-            if fresh:
+            if fresh or (leader_fast and self.id == 0 and key not in self.acceptor.slots):
                 if self.stopped:
                     raise ReplicaStopped
                 proposal = self.make_proposal(key, Ballot(1, self.id), wrapped)
                 proposal.value = wrapped(None)
                 proposal.state = "accept"
-                if proposal.value is not None and await self._accept_and_learn(proposal) == "chosen":
-                    return _strip(proposal.value)
+                if proposal.value is not None:
+                    local_first = not fresh
+                    if local_first:
+                        reply, slot = self.acceptor.accept(key, proposal.ballot, proposal.value)
+                        self._changed(key, slot)
+                        await self._durable()
+                        proposal.on_accepted(self.id, reply)
+                    if await self._accept_and_learn(proposal, skip_self=local_first) == "chosen":
+                        self.stats["fast"] += 1
+                        return _strip(proposal.value)
                 seen = max(seen, proposal.highest_seen)
             while True:
                 self.stats["rounds"] += 1
@@ -344,11 +362,11 @@ class PaxosReplica:
             return "failed"
         return await self._accept_and_learn(proposal)
 
-    async def _accept_and_learn(self, proposal: Proposal) -> str:
+    async def _accept_and_learn(self, proposal: Proposal, *, skip_self: bool = False) -> str:
         b = proposal.ballot.to_int()
         outcome = await self._phase(
             proposal, {"t": "accept", "k": proposal.key, "b": b, "v": proposal.value},
-            proposal.on_accepted)
+            proposal.on_accepted, skip_self=skip_self)
         if outcome != "chosen":
             return "failed"
         assert proposal.value is not None
@@ -367,7 +385,8 @@ class PaxosReplica:
         return "chosen"
 
     async def _phase(self, proposal: Proposal, msg: Msg,
-                     feed: Callable[[int, Reply], str | None]) -> str | None:
+                     feed: Callable[[int, Reply], str | None], *,
+                     skip_self: bool = False) -> str | None:
         result: str | None = None
         done = trio.Event()
 
@@ -380,8 +399,11 @@ class PaxosReplica:
                 result = outcome
                 done.set()
 
+        if proposal.state == "chosen":  # a quorum of one: ourselves
+            return "chosen"
         for peer in range(self.n):
-            self._send(peer, msg, functools.partial(on_reply, peer))
+            if not (skip_self and peer == self.id):
+                self._send(peer, msg, functools.partial(on_reply, peer))
         with trio.move_on_after(self.phase_timeout):
             await done.wait()
         return result

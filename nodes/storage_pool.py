@@ -1,4 +1,4 @@
-"""Connections from a writer (the uploader) to the storage nodes.
+"""Connections from a service (the uploader, the metadata service) to the storage nodes.
 
 One pipelined binary-protocol connection per node, opened on first use:
 the node's binary port is read from its ``/health``. A node whose binary
@@ -75,11 +75,20 @@ class StoragePool:
             raise ProtocolError(f"{node_url} answered {res.status}", res.status)
 
     async def holds(self, node_url: str, chunk_id: str, sha256_hex: str) -> bool:
-        """Does the node answer ``HEAD`` for the chunk with this SHA-256?"""
+        """Does the node hold the chunk with this SHA-256 (a binary HEAD, else HTTP)?"""
+        client = await self._client(node_url)
+        if client is not None:
+            try:
+                info = await client.head(chunk_id)
+            except ProtocolError:
+                return False  # 404, or the node's copy is corrupt (500)
+            except trio.BrokenResourceError:
+                pass  # the connection broke: ask over HTTP once
+            else:
+                return info.sha256.hex() == sha256_hex
         try:
-            with trio.fail_after(5):
-                res = await request("HEAD", f"{node_url}/chunk/{chunk_id}")
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError):
+            res = await request("HEAD", f"{node_url}/chunk/{chunk_id}")
+        except (OSError, trio.BrokenResourceError, ProtocolError):
             return False
         return res.status == 200 and res.headers.get("etag", "").strip('"') == sha256_hex
 

@@ -40,8 +40,8 @@ class SimReplica(PaxosReplica):
 
     chosen_log: list[tuple[str, int, tuple[str, ...]]]
 
-    async def _accept_and_learn(self, proposal: Proposal) -> str:
-        outcome = await super()._accept_and_learn(proposal)
+    async def _accept_and_learn(self, proposal: Proposal, *, skip_self: bool = False) -> str:
+        outcome = await super()._accept_and_learn(proposal, skip_self=skip_self)
         if outcome == "chosen" and proposal.value is not None:
             v = proposal.value
             self.chosen_log.append((proposal.key, int(v["v"]), tuple(v["log"])))
@@ -104,6 +104,7 @@ class Cluster:
         self.scopes: dict[int, trio.CancelScope] = {}
         self.dbs: dict[int, MetadataDB] = {}
         self.chosen: list[tuple[str, int, tuple[str, ...]]] = []
+        self.instances: list[PaxosReplica] = []
 
     async def start(self, i: int) -> None:
         async def blocking(fn: Callable[[], Any]) -> Any:
@@ -114,6 +115,7 @@ class Cluster:
                        rng=random.Random(self.net.rng.random()), phase_timeout=0.3, deadline=5.0)
         if isinstance(rep, SimReplica):
             rep.chosen_log = self.chosen
+        self.instances.append(rep)
         scope = self.scopes[i] = trio.CancelScope()
 
         async def run() -> None:
@@ -150,6 +152,9 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
             nonlocal failed
             for j in range(ops // clients):
                 key, op = KEYS[rng.randrange(len(KEYS))], f"c{c}-{j}"
+                if rng.random() < 0.3:  # a key nobody has used yet (a new chunk, say)
+                    key = f"u{c}-{j}"
+                fast = rng.random() < 0.7  # replica 0 may skip phase 1 for unseen keys
                 alive = cluster.alive()
                 if not alive:
                     await trio.sleep(0.05)
@@ -164,7 +169,7 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
                     return None if op in log else {"log": [*log, op]}
 
                 try:
-                    await rep.change(key, append, op=op)
+                    await rep.change(key, append, op=op, leader_fast=fast)
                 except (NoQuorum, ReplicaStopped):
                     failed += 1
                 else:
@@ -209,14 +214,14 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
                 await rep.change(key, lambda cur, c=c: {"log": [*(cur or {}).get("log", []),
                                                                 f"final-{c}"]}, op=f"final-c{c}")
                 acked.append((key, f"final-{c}"))
-            for key in KEYS:
-                rep = net.replicas[0]
+            for key in sorted({k for k, _ in acked} | set(KEYS)):
+                rep = net.replicas[rng.randrange(N)]
                 assert rep is not None
                 value = await rep.change(key, lambda cur: None)  # linearizable read
                 final[key] = tuple((value or {}).get("log", []))
         nursery.cancel_scope.cancel()
     return {"acked": acked, "failed": failed, "final": final, "chosen": cluster.chosen,
-            "trace": net.trace}
+            "trace": net.trace, "fast": sum(r.stats["fast"] for r in cluster.instances)}
 
 
 def check(result: dict[str, Any]) -> None:
@@ -242,6 +247,7 @@ async def test_safety_durability_and_liveness_under_faults(
     check(result)
     assert len(result["acked"]) > 600
     assert any("crash" in e for _, e in result["trace"])
+    assert result["fast"] > 50, "replica 0 took the fast path for unseen keys"
 
 
 async def test_same_seed_same_trace(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
