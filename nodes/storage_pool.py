@@ -92,6 +92,30 @@ class StoragePool:
             return False
         return res.status == 200 and res.headers.get("etag", "").strip('"') == sha256_hex
 
+    async def delete_many(self, node_url: str, chunk_ids: list[str]) -> int:
+        """Best effort, pipelined on one binary connection; returns how many existed."""
+        client = await self._client(node_url)
+        if client is None:
+            for chunk_id in chunk_ids:
+                await self.delete(node_url, chunk_id)
+            return 0
+        found = 0
+        limit = trio.Semaphore(32)
+
+        async def one(chunk_id: str) -> None:
+            nonlocal found
+            async with limit:
+                try:
+                    await client.delete(chunk_id)
+                    found += 1
+                except (ProtocolError, trio.BrokenResourceError):
+                    pass  # 404: never stored there
+
+        async with trio.open_nursery() as nursery:
+            for chunk_id in chunk_ids:
+                nursery.start_soon(one, chunk_id)
+        return found
+
     async def delete(self, node_url: str, chunk_id: str) -> None:
         """Best effort."""
         try:

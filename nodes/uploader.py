@@ -85,13 +85,29 @@ class Uploader:
         await trio.to_thread.run_sync(self.store.save, s)
 
     async def recover(self) -> None:
-        """Sessions cut short by a restart are failed and cleaned up (the status stays)."""
+        """Sessions cut short by a restart are marked failed (the status stays);
+        their video and chunks are removed in the background."""
         for s in self.sessions.values():
             if s.status not in TERMINAL:
                 s.fail("interrupted by a restart of the uploader; please upload again")
                 await self.save(s)
-                await self._cleanup(s, committed=set(), stored={})
                 log.warning("session %s was interrupted by a restart", s.session_id)
+                self.nursery.start_soon(self._clean_interrupted, s)
+
+    async def _clean_interrupted(self, s: Session) -> None:
+        """Delete the video record, then every chunk id the session could have
+        stored (which copies were placed died with the old process; chunk ids
+        follow ``<video_id>-chunk-NNN`` and no chunk is shorter than 1 s)."""
+        await self._cleanup(s, committed=set(), stored={})
+        try:
+            nodes = await self._healthy_nodes()
+        except (UploadFailed, ProtocolError):
+            return
+        top = math.ceil(s.duration_sec or 0) + 2
+        ids = [f"{s.video_id}-chunk-{seq:03d}" for seq in range(top)]
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(self.pool.delete_many, node.url, ids)
 
     # -- receiving -------------------------------------------------------------------
 

@@ -309,3 +309,28 @@ async def test_vstack_put_cli(
                                  check=False)
     assert bad.returncode != 0
     assert b"Unsupported video format" in bad.stderr
+
+
+async def test_an_upload_cut_short_by_a_restart_fails_and_leaves_nothing(
+    start_node: Callable[..., Any], start_metadata: Callable[..., Any],
+    start_uploader: Callable[..., Any], tmp_path: Path,
+) -> None:
+    src = make_video(tmp_path / "long.mp4", 40, ["-c:v", "libx264", "-pix_fmt", "yuv420p",
+                                                 "-g", "25", "-c:a", "aac"])
+    c = await cluster(start_node, start_metadata, start_uploader, tmp_path, chunk_duration=1.0,
+                      chunks_in_flight=1)
+    answer = (await upload(c, src)).json()
+    session = answer["upload_session_id"]
+    with trio.fail_after(30):
+        while (await request("GET", f"{c.url}/upload/status/{session}")).json().get(
+                "chunks_done", 0) < 2:
+            await trio.sleep(0.005)
+    await c.stop_uploader()  # the process goes away mid-upload
+    assert await node_chunk_count(c) > 0
+    up2, _ = await start_uploader(metadata_urls=(c.meta_url,))
+    state = (await request("GET", f"http://127.0.0.1:{up2.port}/upload/status/{session}")).json()
+    assert state["status"] == "failed"
+    assert "restart" in state["error"]
+    with trio.fail_after(30):
+        while await node_chunk_count(c) or (await request("GET", f"{c.meta_url}/videos")).json():
+            await trio.sleep(0.05)
