@@ -7,7 +7,7 @@ fills them from options and the usage guide's environment variables.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -48,7 +48,6 @@ class StorageSettings:
     scrub_pause: float = 3600.0  # between two full passes
     read_timeout: float = 30.0  # one read inside a request
     idle_timeout: float = 75.0  # between requests on a keep-alive connection
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
