@@ -56,11 +56,10 @@ def build_router(node: StorageNode) -> Router[Handler]:
 
     async def get_chunk(req: Request, body: Body) -> Response:
         chunk_id = req.params["chunk_id"]
-        loc = node.head(chunk_id)
         start, length, status = 0, None, 200
         rng = req.header("range")
-        if rng:
-            start, length = _parse_range(rng, loc.size)
+        if rng:  # only a range needs the size before the read (one lookup otherwise)
+            start, length = _parse_range(rng, node.head(chunk_id).size)
             status = 206
         read = await node.open_read(chunk_id, start, length)
         headers = chunk_headers(read.loc.size, read.loc.etag, read.loc.crc, read.loc.sb)

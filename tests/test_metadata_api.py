@@ -37,6 +37,18 @@ async def cluster(start_node: Callable[..., Any], start_metadata: Callable[..., 
     return Api(svc.port), nodes
 
 
+async def store_everywhere(api: Api, nodes: list[Any], vid: str, data: bytes) -> tuple[str, Any]:
+    """Put ``data`` as chunk 0 of ``vid`` on every node and commit it."""
+    cid = f"{vid}-chunk-000"
+    for node in nodes:
+        await put_chunk(node, cid, data)
+    res = await api("POST", f"/chunk/{cid}/commit", {
+        "node_urls": [f"http://storage-node-{i}:8081" for i in (1, 2, 3)],
+        "checksum": hashlib.sha256(data).hexdigest(), "size_bytes": len(data), "video_id": vid,
+        "sequence_num": 0})
+    return cid, res.json()
+
+
 async def put_chunk(node: Any, chunk_id: str, data: bytes) -> None:
     res = await request("PUT", f"http://127.0.0.1:{node.ports.http}/chunk/{chunk_id}", body=data)
     assert res.status == 201
@@ -166,15 +178,8 @@ async def test_delete_video_removes_record_and_chunks(
 ) -> None:
     api, nodes = await cluster(start_node, start_metadata, tmp_path)
     vid = (await api("POST", "/video", {"title": "gone", "duration_sec": 5})).json()["video_id"]
-    data = b"chunk bytes" * 1000
-    cid = f"{vid}-chunk-000"
-    for node in nodes:
-        await put_chunk(node, cid, data)
-    urls = [f"http://storage-node-{i}:8081" for i in (1, 2, 3)]
-    res = await api("POST", f"/chunk/{cid}/commit", {
-        "node_urls": urls, "checksum": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
-        "video_id": vid, "sequence_num": 0})
-    assert res.json()["success"] is True
+    cid, res = await store_everywhere(api, nodes, vid, b"chunk bytes" * 1000)
+    assert res["success"] is True
     deleted = await api("DELETE", f"/video/{vid}")
     assert deleted.status == 200
     assert deleted.json()["chunks_deleted"] == 3
@@ -217,14 +222,7 @@ async def test_stats_overhead_popularity_and_redundancy(
 ) -> None:
     api, nodes = await cluster(start_node, start_metadata, tmp_path)
     vid = (await api("POST", "/video", {"title": "p", "duration_sec": 5})).json()["video_id"]
-    data = b"x" * 1000
-    cid = f"{vid}-chunk-000"
-    for node in nodes:
-        await put_chunk(node, cid, data)
-    await api("POST", f"/chunk/{cid}/commit", {
-        "node_urls": [f"http://storage-node-{i}:8081" for i in (1, 2, 3)],
-        "checksum": hashlib.sha256(data).hexdigest(), "size_bytes": 1000, "video_id": vid,
-        "sequence_num": 0})
+    cid, _ = await store_everywhere(api, nodes, vid, b"x" * 1000)
     stats = (await api("GET", "/stats")).json()
     assert (stats["total_videos"], stats["total_chunks"], stats["total_replicas"]) == (1, 1, 3)
     over = (await api("GET", "/storage/overhead")).json()
