@@ -24,8 +24,8 @@ from pathlib import Path
 
 import trio
 
-from nodes.ffmpeg import find_ffmpeg
-from nodes.http_client import request
+from nodes.net.http_client import request
+from nodes.uploader.ffmpeg import find_ffmpeg
 from tools.make_sample import make_sample
 from tools.put_cli import _send_multipart
 from vstack.media import ProbeResult, parse_probe, plan_segments, probe_command

@@ -26,8 +26,8 @@ from pathlib import Path
 import apsw
 import trio
 
-from nodes.frame_client import open_frame_client
-from nodes.http_client import KeepAliveClient, request
+from nodes.net.frame_client import open_frame_client
+from nodes.net.http_client import KeepAliveClient, request
 
 from .harness import ROOT, Report, Row, free_port, percentile, start_node, wait_port
 

@@ -17,7 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from nodes.storage_node import StorageNode, serve_storage_node
+from nodes.storage.node import StorageNode
+from nodes.storage.service import serve_storage_node
 from vstack.settings import StorageSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,7 +146,8 @@ async def start_metadata(
     nursery: trio.Nursery, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await start_metadata(**settings)`` runs a metadata replica in this test's nursery."""
-    from nodes.metadata_service import MetadataService, serve_metadata
+    from nodes.metadata.service import serve_metadata
+    from nodes.metadata.state import MetadataService
     from vstack.settings import MetadataSettings
 
     async def start(**overrides: Any) -> MetadataService:
@@ -162,7 +164,7 @@ async def start_uploader(
     nursery: trio.Nursery, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await start_uploader(metadata_urls=(...), **settings)`` runs an uploader here."""
-    from nodes.uploader import Uploader, serve_uploader
+    from nodes.uploader.service import Uploader, serve_uploader
     from vstack.settings import UploaderSettings
 
     async def start(**overrides: Any) -> tuple[Uploader, Callable[[], Any]]:
@@ -186,7 +188,7 @@ FFMPEG_VIDEOS: dict[str, list[str]] = {
 
 
 def ffmpeg_exe() -> str:
-    from nodes.ffmpeg import find_ffmpeg
+    from nodes.uploader.ffmpeg import find_ffmpeg
 
     return find_ffmpeg()
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import trio
 
-from nodes.frame_client import open_frame_client
-from nodes.http_client import request
-from nodes.storage_jobs import compact_once
+from nodes.net.frame_client import open_frame_client
+from nodes.net.http_client import request
+from nodes.storage.jobs import compact_once
 from protocol.errors import ProtocolError
 from vstack.records import ALIGN
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from nodes.frame_client import open_frame_client
-from nodes.http_client import request
-from nodes.storage_jobs import scrub_pass
+from nodes.net.frame_client import open_frame_client
+from nodes.net.http_client import request
+from nodes.storage.jobs import scrub_pass
 from protocol.errors import ProtocolError
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from nodes.frame_client import open_frame_client
-from nodes.http_client import request
+from nodes.net.frame_client import open_frame_client
+from nodes.net.http_client import request
 from protocol.errors import ProtocolError
 
 

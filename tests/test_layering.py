@@ -54,7 +54,7 @@ def test_lower_layers_do_no_network_io(layer: str) -> None:
 
 def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     planted = tmp_path / "bad.py"
-    planted.write_text("import trio\nfrom nodes.storage_node import StorageNode\n")
+    planted.write_text("import trio\nfrom nodes.storage.node import StorageNode\n")
     names = {n for n, _ in imports_of(planted)}
     assert "trio" in names
-    assert "nodes.storage_node" in names
+    assert "nodes.storage.node" in names

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from nodes.http_client import HttpResult, request
+from nodes.net.http_client import HttpResult, request
 
 
 class Api:

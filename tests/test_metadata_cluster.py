@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from nodes.http_client import HttpResult, request
+from nodes.net.http_client import HttpResult, request
 
 from .conftest import ROOT, free_port
 

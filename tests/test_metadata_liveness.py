@@ -8,7 +8,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from nodes.http_client import request
+from nodes.net.http_client import request
 
 
 async def test_silent_nodes_drop_out_and_return_without_flapping(

@@ -1,6 +1,6 @@
 """Deterministic simulation of the metadata replicas' consensus.
 
-Three replicas run the real :class:`~nodes.paxos_replica.PaxosReplica` code
+Three replicas run the real :class:`~nodes.metadata.paxos_replica.PaxosReplica` code
 with their real SQLite files, on trio's MockClock, connected by an in-memory
 network that drops, duplicates, delays and reorders messages, partitions
 replicas, and crash-restarts them (losing everything not yet on disk).
@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.testing
 
-from nodes.paxos_replica import NoQuorum, PaxosReplica, ReplicaStopped
+from nodes.metadata.paxos_replica import NoQuorum, PaxosReplica, ReplicaStopped
 from vstack.metadata_db import MetadataDB
 from vstack.paxos import Acceptor, Ballot, Proposal, Reply, Slot, Value
 

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from nodes.http_client import request
+from nodes.net.http_client import request
 
 
 def url(node: Any, path: str) -> str:

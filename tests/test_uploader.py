@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import trio
 
-from nodes.fetcher import stream_video
-from nodes.http_client import HttpResult, request
-from nodes.metadata_client import MetadataClient
+from nodes.client.fetcher import stream_video
+from nodes.net.http_client import HttpResult, request
+from nodes.net.metadata_client import MetadataClient
 from vstack.media import parse_probe, probe_command
 
 from .conftest import ROOT, ffmpeg_exe, make_video

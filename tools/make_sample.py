@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from nodes.ffmpeg import find_ffmpeg
+from nodes.uploader.ffmpeg import find_ffmpeg
 
 __all__ = ["main", "make_sample"]
 

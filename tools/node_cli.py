@@ -15,9 +15,11 @@ from pathlib import Path
 import click
 import trio
 
-from nodes.metadata_service import MetadataService, serve_metadata
-from nodes.storage_node import StorageNode, serve_storage_node
-from nodes.uploader import Uploader, serve_uploader
+from nodes.metadata.service import serve_metadata
+from nodes.metadata.state import MetadataService
+from nodes.storage.node import StorageNode
+from nodes.storage.service import serve_storage_node
+from nodes.uploader.service import Uploader, serve_uploader
 from vstack.node_urls import parse_aliases
 from vstack.settings import (
     DEFAULT_MAX_CHUNK_BYTES,

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 import trio
 
-from nodes.fetcher import FetchFailed, stream_video
-from nodes.metadata_client import MetadataClient, MetadataUnavailable
+from nodes.client.fetcher import FetchFailed, stream_video
+from nodes.net.metadata_client import MetadataClient, MetadataUnavailable
 
 __all__ = ["main"]
 

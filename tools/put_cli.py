@@ -21,7 +21,7 @@ import click
 import h11
 import trio
 
-from nodes.http_client import request
+from nodes.net.http_client import request
 
 __all__ = ["main"]
 

@@ -14,11 +14,11 @@ import time
 
 import trio
 
+from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
 from protocol.errors import ProtocolError
 from protocol.http import FileRange, Request, Response, Router, json_response
 
-from .http_server import Body, Handler, HttpLimits, serve_http
-from .storage_node import StorageNode, chunk_key, parse_checksum
+from .node import StorageNode, chunk_key, parse_checksum
 
 __all__ = ["build_router", "serve"]
 

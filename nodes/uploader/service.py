@@ -31,6 +31,9 @@ from typing import Any
 
 import trio
 
+from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
+from nodes.net.metadata_client import MetadataClient
+from nodes.net.storage_client import StoragePool, open_storage_pool
 from protocol.errors import ProtocolError
 from protocol.http import Request, Response, Router, json_response
 from protocol.multipart import Done, MultipartParser, PartData, PartEnd, PartStart, parse_boundary
@@ -41,9 +44,6 @@ from vstack.settings import UploaderSettings
 from vstack.upload_session import TERMINAL, Session, SessionStore
 
 from .ffmpeg import ChunkingFailed, Oversize, cut_streaming, find_ffmpeg, probe
-from .http_server import Body, Handler, HttpLimits, serve_http
-from .metadata_client import MetadataClient
-from .storage_pool import StoragePool, open_storage_pool
 
 __all__ = ["Uploader", "serve_uploader"]
 

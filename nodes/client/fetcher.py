@@ -14,10 +14,9 @@ from typing import Any
 
 import trio
 
+from nodes.net.http_client import request
+from nodes.net.metadata_client import MetadataClient
 from protocol.errors import ProtocolError
-
-from .http_client import request
-from .metadata_client import MetadataClient
 
 __all__ = ["FetchFailed", "fetch_chunk", "stream_video"]
 

@@ -16,11 +16,11 @@ import logging
 
 import trio
 
+from nodes.net.http_client import request
 from protocol.errors import ProtocolError
 from vstack.store import Busy, Location, PendingWrite
 
-from .http_client import request
-from .storage_node import VERSION, StorageNode
+from .node import VERSION, StorageNode
 
 __all__ = ["compact", "compact_once", "register_and_heartbeat", "scrub_pass", "start_all"]
 

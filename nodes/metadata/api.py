@@ -19,14 +19,14 @@ from typing import Any
 
 import trio
 
+from nodes.net.http_client import request
+from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
 from protocol.errors import ProtocolError
 from protocol.http import Request, Response, Router, json_response
 from protocol.validate import ValidationError, Validator, parse_json_object
 from vstack.paxos import Ballot, ChangeRejected, Value
 
-from .http_client import request
-from .http_server import Body, Handler, HttpLimits, serve_http
-from .metadata_service import VERSION, MetadataService
+from .state import VERSION, MetadataService
 
 __all__ = ["build_router", "serve"]
 

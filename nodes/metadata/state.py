@@ -1,7 +1,7 @@
 """The metadata service: one replica of the cluster's source of truth.
 
 A :class:`MetadataService` owns the replica's database, its consensus engine
-(:class:`~nodes.paxos_replica.PaxosReplica`) and its view of storage-node
+(:class:`~nodes.metadata.paxos_replica.PaxosReplica`) and its view of storage-node
 liveness, and runs the background jobs in one nursery:
 
 * the consensus engine's flusher and per-peer senders;
@@ -18,7 +18,7 @@ liveness, and runs the background jobs in one nursery:
   each other's counters (each replica's maximum), so popularity needs no
   consensus round and no view is lost or counted twice.
 
-The HTTP endpoints are in :mod:`nodes.metadata_api`.
+The HTTP endpoints are in :mod:`nodes.metadata.api`.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from typing import Any, TypeVar
 
 import trio
 
+from nodes.net.http_client import KeepAliveClient, request
+from nodes.net.storage_client import StoragePool
 from protocol.errors import ProtocolError
 from vstack.metadata_db import MetadataDB, utc_now
 from vstack.node_urls import AliasTable, normalize_url
 from vstack.paxos import ChangeRejected, Value
 from vstack.settings import MetadataSettings
 
-from .http_client import KeepAliveClient, request
 from .paxos_replica import Msg, PaxosReplica
-from .storage_pool import StoragePool, open_storage_pool
 
-__all__ = ["HttpTransport", "MetadataService", "serve_metadata"]
+__all__ = ["HttpTransport", "MetadataService"]
 
 log = logging.getLogger("vstack.metadata")
 
@@ -260,41 +260,3 @@ class MetadataService:
         while True:
             await trio.sleep(self.settings.views_merge_interval)
             await self.merge_views()
-
-
-async def serve_metadata(
-    settings: MetadataSettings,
-    *,
-    task_status: trio.TaskStatus[MetadataService] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run one metadata replica until cancelled; reports the service when listening."""
-    from .metadata_api import serve as serve_api
-
-    db = await trio.to_thread.run_sync(
-        lambda: MetadataDB(settings.database, synchronous=settings.sqlite_synchronous))
-    reader = MetadataDB(settings.database, synchronous=settings.sqlite_synchronous)
-    service = MetadataService(settings, db, reader)
-    service.replica.run_blocking = service.run_db
-    try:
-        async with open_storage_pool() as storage, trio.open_nursery() as nursery:
-            service.storage = storage
-            await nursery.start(service.replica.run)
-            nursery.start_soon(service.replica.recover)
-            service.port = await nursery.start(serve_api, service)
-            nursery.start_soon(service.run_liveness_monitor)
-            if settings.storage_nodes:
-                nursery.start_soon(service.run_prober)
-            if settings.replicas > 1:
-                nursery.start_soon(service.run_catch_up)
-                nursery.start_soon(service.run_views_merger)
-            log.info("metadata replica %d of %d ready on port %d (database %s)",
-                     settings.replica_id, settings.replicas, service.port, settings.database)
-            task_status.started(service)
-    finally:
-        service.replica.stop()
-        with trio.move_on_after(5) as cs:
-            cs.shield = True
-            await service.transport.aclose()
-        reader.close()
-        db.close()
-        log.info("metadata replica %d stopped", settings.replica_id)

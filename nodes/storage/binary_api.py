@@ -21,6 +21,7 @@ from functools import partial
 
 import trio
 
+from nodes.net.zerocopy import receive_frame_bytes, sendfile
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.frames import (
     NEED_DATA,
@@ -34,8 +35,7 @@ from protocol.frames import (
     response,
 )
 
-from .storage_node import StorageNode
-from .zerocopy import receive_frame_bytes, sendfile
+from .node import StorageNode
 
 __all__ = ["MAX_IN_FLIGHT", "serve"]
 

@@ -31,7 +31,7 @@ from protocol.frames import crc32c
 from vstack.settings import CHUNK_ID_RE, StorageSettings
 from vstack.store import Busy, Location, PendingWrite, SuperblockStore
 
-__all__ = ["ChunkRead", "NodePorts", "StorageNode", "parse_checksum", "serve_storage_node"]
+__all__ = ["ChunkRead", "NodePorts", "StorageNode", "parse_checksum"]
 
 log = logging.getLogger("vstack.storage")
 
@@ -333,31 +333,3 @@ def _write_error(exc: BaseException) -> ProtocolError:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ProtocolError("Insufficient storage space", 507)
     return ProtocolError("Internal storage error", 500)
-
-
-async def serve_storage_node(
-    settings: StorageSettings, *, task_status: trio.TaskStatus[StorageNode] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run a storage node until cancelled; reports the :class:`StorageNode` when listening."""
-    from . import frame_server, storage_http, storage_jobs
-
-    store = await trio.to_thread.run_sync(
-        lambda: SuperblockStore.open(settings.data_dir, max_superblock_size=settings.max_superblock_size)
-    )
-    node = StorageNode(settings, store)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(node.run_committer)
-            http_port = await nursery.start(storage_http.serve, node)
-            binary_port = await nursery.start(frame_server.serve, node)
-            node.ports = NodePorts(http=http_port, binary=binary_port)
-            storage_jobs.start_all(nursery, node)
-            log.info("storage node %s ready: HTTP %d, binary %d, data %s",
-                     node.node_id, http_port, binary_port, settings.data_dir)
-            task_status.started(node)
-    finally:
-        with trio.move_on_after(30) as cs:
-            cs.shield = True
-            await node.checkpoint()
-        store.close()
-        log.info("storage node %s stopped", node.node_id)
