@@ -27,7 +27,7 @@ import apsw
 import trio
 
 from nodes.net.frame_client import open_frame_client
-from nodes.net.http_client import KeepAliveClient, request
+from nodes.net.http_client import HttpClient, request
 
 from .harness import ROOT, Report, Row, free_port, percentile, start_node, wait_port
 
@@ -75,12 +75,12 @@ async def load(port: int, seconds: float, clients: int, make: object) -> tuple[f
 
     async def client(c: int) -> None:
         nonlocal done
-        http = KeepAliveClient(f"http://127.0.0.1:{port}")
+        http = HttpClient(max_idle_per_host=1)
         i = 0
         while trio.current_time() < stop:
             path, body = make(c, i)  # type: ignore[operator]
             a = time.perf_counter()
-            res = await http.request("POST", path, json_body=body)
+            res = await http.request("POST", f"http://127.0.0.1:{port}{path}", json_body=body)
             if res.status != 200 or (b'"success":false' in res.body):
                 raise RuntimeError(f"{path}: {res.status} {res.body[:200]!r}")
             lat.append(time.perf_counter() - a)

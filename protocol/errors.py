@@ -8,16 +8,26 @@ it can answer the peer without guessing.
      +-- ProtocolError(msg, status)
           +-- LocalProtocolError    we were asked to do something invalid
           +-- RemoteProtocolError   the peer sent something invalid
+          +-- TransportError        the peer could not be talked to (503)
+               +-- PeerUnreachable  connecting failed
+               +-- ConnectionLost   the connection broke or closed mid-exchange
+               +-- PeerTimeout      no answer before the caller's deadline (504)
 
-OS and trio errors are translated into these once, at the I/O boundary.
+OS and trio errors are translated into these once, where bytes meet sockets
+(``nodes/net/errors.py``, as httpcore's ``map_exceptions``): every caller
+above that line catches :class:`VStackError` subclasses only.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ConnectionLost",
     "LocalProtocolError",
+    "PeerTimeout",
+    "PeerUnreachable",
     "ProtocolError",
     "RemoteProtocolError",
+    "TransportError",
     "VStackError",
 ]
 
@@ -50,3 +60,29 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes or a request that the protocol forbids."""
+
+
+class TransportError(ProtocolError):
+    """Talking to a peer failed: nothing can be concluded from its side.
+
+    A request that failed this way may or may not have taken effect at the
+    peer; callers retry only requests that are safe to repeat.
+    """
+
+    def __init__(self, msg: str, status: int = 503) -> None:
+        super().__init__(msg, status)
+
+
+class PeerUnreachable(TransportError):
+    """The connection could not be opened (refused, no route, bad address)."""
+
+
+class ConnectionLost(TransportError):
+    """The connection broke, or the peer closed it, before the exchange ended."""
+
+
+class PeerTimeout(TransportError):
+    """The peer did not answer before the caller's deadline."""
+
+    def __init__(self, msg: str, status: int = 504) -> None:
+        super().__init__(msg, status)

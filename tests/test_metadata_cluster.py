@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from nodes.net.http_client import HttpResult, request
+from protocol.errors import TransportError
 
 from .conftest import ROOT, free_port
 
@@ -48,7 +49,7 @@ async def wait_up(port: int) -> None:
             try:
                 if (await request("GET", f"http://127.0.0.1:{port}/health")).status == 200:
                     return
-            except OSError:
+            except TransportError:
                 pass
             await trio.sleep(0.05)
 

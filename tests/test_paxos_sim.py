@@ -28,6 +28,7 @@ import trio
 import trio.testing
 
 from nodes.metadata.paxos_replica import NoQuorum, PaxosReplica, ReplicaStopped
+from protocol.errors import ConnectionLost
 from vstack.metadata_db import MetadataDB
 from vstack.paxos import Acceptor, Ballot, Proposal, Reply, Slot, Value
 
@@ -80,10 +81,10 @@ class SimTransport:
         if net.faulty:
             await trio.sleep(net.rng.uniform(0, net.max_delay))
             if net.rng.random() < net.drop:
-                raise OSError("dropped")
+                raise ConnectionLost("dropped")
         target = net.replicas.get(peer)
         if target is None or not net.connected(self.src, peer):
-            raise OSError("unreachable")
+            raise ConnectionLost("unreachable")
         net.trace.append((net.now(), f"{self.src}->{peer} {len(batch)}"))
         replies = await target.handle_batch(batch)
         if net.faulty and net.rng.random() < net.dup:
@@ -91,9 +92,9 @@ class SimTransport:
         if net.faulty:
             await trio.sleep(net.rng.uniform(0, net.max_delay))
             if net.rng.random() < net.drop:
-                raise OSError("reply dropped")
+                raise ConnectionLost("reply dropped")
         if net.replicas.get(peer) is not target:
-            raise OSError("crashed before answering")
+            raise ConnectionLost("crashed before answering")
         return replies
 
 

@@ -16,7 +16,7 @@ import trio
 
 from nodes.net.http_client import request
 from nodes.net.metadata_client import MetadataClient
-from protocol.errors import ProtocolError
+from protocol.errors import VStackError
 
 __all__ = ["FetchFailed", "fetch_chunk", "stream_video"]
 
@@ -33,7 +33,7 @@ async def fetch_chunk(chunk: dict[str, Any]) -> bytes:
         try:
             with trio.fail_after(30):
                 res = await request("GET", f"{url}/chunk/{chunk['chunk_id']}")
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError) as exc:
+        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
             errors.append(f"{url}: {exc}")
             continue
         if res.status != 200:

@@ -21,7 +21,7 @@ import trio
 
 from nodes.net.http_client import request
 from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, VStackError
 from protocol.http import Request, Response, Router, json_response
 from protocol.validate import ValidationError, Validator, parse_json_object
 from vstack.paxos import Ballot, ChangeRejected, Value
@@ -463,12 +463,12 @@ def _slot_json(replica_id: int, key: str, svc: MetadataService) -> dict[str, Any
 
 async def _peer_states(svc: MetadataService, key: str) -> list[dict[str, Any]]:
     out = []
-    for i, client in svc.transport.clients.items():
+    for i, base in svc.transport.peers.items():
         try:
             with trio.fail_after(1):
-                res = await client.request("GET", f"/paxos/state?key={key}")
+                res = await svc.transport.http.request("GET", f"{base}/paxos/state?key={key}")
             out.append(res.json())
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError, ValueError):
+        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError):
             out.append({"replica": i, "reachable": False})
     return out
 
@@ -531,7 +531,7 @@ async def _delete_chunks(svc: MetadataService, targets: list[tuple[str, str]]) -
                 res = await request("DELETE", svc.aliases.resolve(url) + f"/chunk/{chunk_id}")
             if res.status in (204, 404):
                 deleted += 1
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError, ValueError):
+        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError):
             pass
 
     async with trio.open_nursery() as nursery:

@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, VStackError
 from vstack.metadata_db import MetadataDB
 from vstack.paxos import (
     Acceptor,
@@ -215,7 +215,7 @@ class PaxosReplica:
                         replies = await self.handle_batch([p.msg for p in batch])
                     else:
                         replies = await self.transport.call(peer, [p.msg for p in batch])
-            except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
+            except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
                 log.debug("batch to replica %d failed: %s", peer, exc)
             self._peer_ok[peer] = replies is not None
             if replies is None:

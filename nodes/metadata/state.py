@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 
 import trio
 
-from nodes.net.http_client import KeepAliveClient, request
+from nodes.net.http_client import HttpClient, request
 from nodes.net.storage_client import StoragePool
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, RemoteProtocolError, VStackError
 from vstack.metadata_db import MetadataDB, utc_now
 from vstack.node_urls import AliasTable, normalize_url
 from vstack.paxos import ChangeRejected, Value
@@ -55,19 +55,20 @@ class HttpTransport:
 
     def __init__(self, peers: tuple[str, ...], self_id: int) -> None:
         self.self_id = self_id
-        self.clients = {i: KeepAliveClient(url) for i, url in enumerate(peers) if i != self_id}
+        self.http = HttpClient()
+        self.peers = {i: url.rstrip("/") for i, url in enumerate(peers) if i != self_id}
 
     async def call(self, peer: int, batch: list[Msg]) -> list[Msg]:
-        res = await self.clients[peer].request(
-            "POST", "/paxos", json_body={"from": self.self_id, "msgs": batch})
+        res = await self.http.request(
+            "POST", self.peers[peer] + "/paxos", json_body={"from": self.self_id, "msgs": batch},
+            retry=True)
         if res.status != 200:
-            raise OSError(f"peer {peer} answered {res.status}")
+            raise RemoteProtocolError(f"peer {peer} answered {res.status}", 502)
         replies: list[Msg] = res.json()["replies"]
         return replies
 
     async def aclose(self) -> None:
-        for client in self.clients.values():
-            await client.aclose()
+        await self.http.aclose()
 
 
 class MetadataService:
@@ -198,8 +199,7 @@ class MetadataService:
                     with trio.fail_after(self.settings.probe_timeout):
                         res = await request("GET", self.aliases.resolve(url) + "/health")
                     info = res.json()
-                except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError,
-                        ValueError):
+                except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError):
                     continue
                 if res.status != 200 or not isinstance(info, dict) or "node_id" not in info:
                     continue
@@ -221,15 +221,15 @@ class MetadataService:
     async def catch_up(self) -> int:
         """Learn committed registers from every reachable peer; returns how many were new."""
         learned = 0
-        for i, client in self.transport.clients.items():
+        for i, base in self.transport.peers.items():
             after = ""
             while True:
                 try:
                     with trio.fail_after(10):
-                        res = await client.request("GET", f"/paxos/committed?after={after}&limit=500")
+                        res = await self.transport.http.request(
+                            "GET", f"{base}/paxos/committed?after={after}&limit=500")
                     entries = res.json()["entries"] if res.status == 200 else []
-                except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError,
-                        ValueError, KeyError):
+                except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError):
                     log.debug("catch-up from replica %d failed", i)
                     break
                 if not entries:
@@ -246,13 +246,12 @@ class MetadataService:
             await trio.sleep(CATCH_UP_INTERVAL)
 
     async def merge_views(self) -> None:
-        for i, client in self.transport.clients.items():
+        for i, base in self.transport.peers.items():
             try:
                 with trio.fail_after(5):
-                    res = await client.request("GET", f"/paxos/views?replica={i}")
+                    res = await self.transport.http.request("GET", f"{base}/paxos/views?replica={i}")
                 counts = [(str(v), int(r), int(c)) for v, r, c in res.json()["counts"]]
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError,
-                    ValueError, KeyError, TypeError):
+            except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError):
                 continue
             await self.run_db(lambda counts=counts: self.db.merge_views(counts))  # type: ignore[misc]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.errors import ConnectionLost, ProtocolError, RemoteProtocolError
 from protocol.frames import (
     DEFAULT_MAX_PAYLOAD,
     NEED_DATA,
@@ -31,6 +31,7 @@ from protocol.frames import (
     encode_range,
 )
 
+from .errors import map_io_errors
 from .zerocopy import receive_frame_bytes
 
 __all__ = ["FrameClient", "open_frame_client"]
@@ -46,8 +47,10 @@ class _Slot:
 
 
 class FrameClient:
-    def __init__(self, stream: trio.SocketStream, *, max_payload: int) -> None:
+    def __init__(self, stream: trio.SocketStream, *, max_payload: int, peer: str = "storage node"
+                 ) -> None:
         self._stream = stream
+        self.peer = peer
         self._conn = FrameConnection(max_payload=max_payload)
         self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
@@ -77,15 +80,17 @@ class FrameClient:
                     self._finish(exc.frame.request_id, error=exc)
                     continue
                 if event is NEED_DATA:
-                    if not await receive_frame_bytes(self._stream, conn):
-                        raise trio.BrokenResourceError("server closed the connection")
+                    with map_io_errors(self.peer):
+                        more = await receive_frame_bytes(self._stream, conn)
+                    if not more:
+                        raise ConnectionLost(f"{self.peer} closed the connection")
                     continue
                 assert isinstance(event, Frame)
                 if event.request_id == 0 and event.status >= 400:
                     raise ProtocolError(f"server closed the connection: {event.message}",
                                         event.status)
                 self._finish(event.request_id, frame=event)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
+        except ProtocolError as exc:  # ConnectionLost included
             self._fail_all(exc)
 
     def _finish(self, request_id: int, *, frame: Frame | None = None,
@@ -103,20 +108,35 @@ class FrameClient:
         self._slots.clear()
 
     async def request(self, opcode: Opcode, key: bytes = b"", payload: bytes = b"") -> Frame:
-        """Send one request and wait for its response frame."""
+        """Send one request and wait for its response frame.
+
+        Raises:
+            ConnectionLost: the connection is (or went) down.
+            ProtocolError: the server closed it with an error, or a payload
+                failed its CRC32C.
+        """
         if self._closed is not None:
-            raise trio.BrokenResourceError("connection closed") from self._closed
+            raise ConnectionLost(f"connection to {self.peer} closed") from self._closed
         rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
         slot = self._slots[rid] = _Slot()
         frame = Frame(opcode=opcode, request_id=rid, key=key, payload=payload)
         data = self._conn.send(frame)
-        async with self._send_lock:
-            await self._stream.send_all(data)
+        sending = False
+        try:
+            async with self._send_lock:
+                sending = True
+                with map_io_errors(self.peer):
+                    await self._stream.send_all(data)
+        except BaseException as exc:
+            self._slots.pop(rid, None)
+            if sending:
+                self._fail_all(exc)  # a half-sent frame: nothing after it can be framed
+            raise
         await slot.done.wait()
         if slot.error is not None:
             if isinstance(slot.error, ProtocolError):
                 raise slot.error
-            raise trio.BrokenResourceError(str(slot.error)) from slot.error
+            raise ConnectionLost(f"connection to {self.peer} lost: {slot.error}") from slot.error
         assert slot.frame is not None
         return slot.frame
 
@@ -159,8 +179,9 @@ class FrameClient:
 async def open_frame_client(
     host: str, port: int, *, max_payload: int = DEFAULT_MAX_PAYLOAD
 ) -> AsyncIterator[FrameClient]:
-    stream = await trio.open_tcp_stream(host, port)
-    client = FrameClient(stream, max_payload=max_payload)
+    with map_io_errors(f"{host}:{port}", connecting=True):
+        stream = await trio.open_tcp_stream(host, port)
+    client = FrameClient(stream, max_payload=max_payload, peer=f"{host}:{port}")
     try:
         async with stream, trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)

@@ -1,28 +1,48 @@
-"""Minimal trio HTTP/1.1 clients over h11, for calls between services.
+"""The one HTTP/1.1 client of V-Stack: a keep-alive connection pool over h11.
 
-:func:`request` makes one request on a fresh connection (``Connection:
-close``): for rare calls (registration, heartbeats, checks), where a fresh
-connection never carries state from a failed call. :class:`KeepAliveClient`
-keeps one connection to one server open and sends requests on it in turn:
-for the steady traffic between metadata replicas. Timeouts belong to the
-caller (``with trio.fail_after(...)``). Response bodies are capped.
+Every service and CLI talks HTTP through :class:`HttpClient`: the metadata
+replicas to each other, storage nodes to the metadata service, the uploader
+and the metadata service to storage nodes, ``vstack-put`` to the uploader.
+
+* **Pooling.** Idle connections are kept per ``(host, port)`` (at most
+  ``max_idle_per_host``) and reused; at most ``max_per_host`` are open to
+  one host at once, so a burst of calls cannot open unbounded sockets.
+* **Stale connections.** A server may close an idle connection just as we
+  reuse it. A request that fails on a *reused* connection before any byte
+  of the answer arrived is sent once more on a fresh one, if it is safe to
+  repeat: the method is idempotent, or the caller says so (``retry=True``).
+* **Errors** are mapped once (:mod:`nodes.net.errors`): callers see
+  :class:`~protocol.errors.TransportError` subclasses and
+  :class:`~protocol.errors.RemoteProtocolError`, never ``OSError`` or trio's
+  resource errors.
+* **Bounds.** Answer bodies are capped (``max_bytes``); timeouts belong to
+  the caller (``with deadline(...)``).
+
+A request body is bytes, a JSON value, or an async iterable of bytes with
+its length (``vstack-put`` streams a file that way, never holding it whole).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import h11
 import trio
 
-from protocol.errors import RemoteProtocolError
+from protocol.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError
 
-__all__ = ["HttpResult", "KeepAliveClient", "request"]
+from .errors import map_io_errors
 
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+__all__ = ["HttpClient", "HttpResult", "StreamBody", "request"]
+
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_RECV: Final = 256 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,135 +52,235 @@ class HttpResult:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def _split(url: str) -> tuple[str, int, str, str]:
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"unsupported URL {url!r}")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.hostname, parts.port or 80, parts.netloc, target
-
-
-def _encode(conn: h11.Connection, method: str, netloc: str, target: str, body: bytes,
-            json_body: Any, headers: list[tuple[str, str]] | None, close: bool) -> bytes:
-    hdrs = [("Host", netloc), *(headers or [])]
-    if close:
-        hdrs.append(("Connection", "close"))
-    if json_body is not None:
-        body = json.dumps(json_body).encode()
-        hdrs.append(("Content-Type", "application/json"))
-    if body or method in ("POST", "PUT", "PATCH"):
-        hdrs.append(("Content-Length", str(len(body))))
-    out = conn.send(h11.Request(method=method, target=target, headers=hdrs)) or b""
-    if body:
-        out += conn.send(h11.Data(data=body)) or b""
-    out += conn.send(h11.EndOfMessage()) or b""
-    return out
-
-
-async def _read_response(conn: h11.Connection, stream: trio.abc.ReceiveStream,
-                         max_bytes: int) -> HttpResult:
-    status, resp_headers, chunks, seen = 0, {}, [], 0
-    while True:
+        """The body as JSON; a body that is not JSON is the peer's fault (502)."""
         try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise RemoteProtocolError(f"bad HTTP response: {exc}", 502) from exc
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(256 * 1024))  # type: ignore[arg-type]
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-            resp_headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
-        elif isinstance(event, h11.Data):
-            seen += len(event.data)
-            if seen > max_bytes:
-                raise RemoteProtocolError("response body too large", 502)
-            chunks.append(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            break
-        elif isinstance(event, h11.ConnectionClosed):
-            raise trio.BrokenResourceError("connection closed before the response ended")
-    return HttpResult(status=status, headers=resp_headers, body=b"".join(chunks))
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise RemoteProtocolError(
+                f"answer ({self.status}) is not JSON: {self.body[:80]!r}", 502) from None
+
+    def error_detail(self) -> str:
+        """A one-line reason from an error answer (its ``detail``/``error``, or its text)."""
+        try:
+            doc = json.loads(self.body)
+            if isinstance(doc, dict):
+                return str(doc.get("detail") or doc.get("error") or doc)[:300]
+        except (ValueError, UnicodeDecodeError):
+            pass
+        return self.body[:200].decode("utf-8", "replace")
 
 
-async def request(
-    method: str,
-    url: str,
-    *,
-    body: bytes = b"",
-    json_body: Any = None,
-    headers: list[tuple[str, str]] | None = None,
-    max_bytes: int = MAX_RESPONSE_BYTES,
-) -> HttpResult:
-    """Send one request on a new connection and read the whole response.
+@dataclass(frozen=True)
+class StreamBody:
+    """A request body sent as it is produced: ``length`` bytes from ``chunks``."""
+
+    chunks: AsyncIterable[bytes]
+    length: int
+
+
+def split_url(url: str) -> tuple[str, int, str, str]:
+    """``(host, port, netloc, target)`` of an ``http://`` URL.
 
     Raises:
-        OSError: the connection failed.
-        trio.BrokenResourceError: the connection broke mid-response.
-        RemoteProtocolError: the server broke HTTP or sent too much.
+        LocalProtocolError: not an http URL with a host.
     """
-    host, port, netloc, target = _split(url)
-    conn = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream(host, port)
-    async with stream:
-        await stream.send_all(_encode(conn, method, netloc, target, body, json_body, headers, True))
-        return await _read_response(conn, stream, max_bytes)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 80
+    except ValueError:
+        raise LocalProtocolError(f"unsupported URL {url!r}") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise LocalProtocolError(f"unsupported URL {url!r}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname, port, parts.netloc, target
 
 
-class KeepAliveClient:
-    """One persistent connection to one server; requests take turns on it.
+class _Conn:
+    __slots__ = ("h11", "peer", "stream")
 
-    A request that fails on a reused connection (the server may have closed
-    it while idle) is retried once on a fresh one, so only use this for
-    requests that are safe to repeat.
-    """
+    def __init__(self, stream: trio.SocketStream, peer: str) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.peer = peer
 
-    def __init__(self, base_url: str, *, max_bytes: int = MAX_RESPONSE_BYTES) -> None:
-        self.host, self.port, self.netloc, _ = _split(base_url.rstrip("/") + "/")
+
+class _Stale(Exception):
+    """A reused connection failed before any answer: try a fresh one."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class HttpClient:
+    """A pool of keep-alive connections; use ``async with HttpClient() as c`` or
+    call :meth:`aclose`."""
+
+    def __init__(self, *, max_bytes: int = MAX_RESPONSE_BYTES, max_idle_per_host: int = 8,
+                 max_per_host: int = 64) -> None:
         self.max_bytes = max_bytes
-        self._stream: trio.SocketStream | None = None
-        self._conn: h11.Connection | None = None
-        self._lock = trio.Lock()
+        self.max_idle_per_host = max_idle_per_host
+        self.max_per_host = max_per_host
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._limits: dict[tuple[str, int], trio.Semaphore] = {}
+        self._closed = False
 
-    async def request(self, method: str, path: str, *, json_body: Any = None, body: bytes = b"",
-                      headers: list[tuple[str, str]] | None = None) -> HttpResult:
-        async with self._lock:
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | StreamBody = b"",
+        json_body: Any = None,
+        headers: list[tuple[str, str]] | None = None,
+        retry: bool | None = None,
+        max_bytes: int | None = None,
+        on_sent: Callable[[int], Awaitable[None] | None] | None = None,
+    ) -> HttpResult:
+        """Send a request and read the whole answer.
+
+        Args:
+            retry: repeat on a fresh connection if a reused one fails before
+                any answer (default: only for idempotent methods).
+            on_sent: called with each body piece's size as it is sent (for
+                progress bars).
+
+        Raises:
+            PeerUnreachable, ConnectionLost: the exchange failed.
+            RemoteProtocolError: the server broke HTTP or sent too much.
+            LocalProtocolError: the URL is not http://host[:port]/...
+        """
+        if self._closed:
+            raise LocalProtocolError("HTTP client is closed")
+        host, port, netloc, target = split_url(url)
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers = [*(headers or []), ("Content-Type", "application/json")]
+        hdrs = [("Host", netloc), *(headers or [])]
+        length = body.length if isinstance(body, StreamBody) else len(body)
+        if length or method in ("POST", "PUT", "PATCH"):
+            hdrs.append(("Content-Length", str(length)))
+        may_repeat = (method in IDEMPOTENT if retry is None else retry) and not isinstance(
+            body, StreamBody)
+        key = (host, port)
+        limit = self._limits.setdefault(key, trio.Semaphore(self.max_per_host))
+        async with limit:
             for attempt in range(2):
-                fresh = self._stream is None
+                conn = self._take_idle(key) if attempt == 0 else None  # a retry goes fresh
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect(host, port)
                 try:
-                    if self._stream is None:
-                        self._stream = await trio.open_tcp_stream(self.host, self.port)
-                        self._conn = h11.Connection(h11.CLIENT)
-                    assert self._conn is not None
-                    data = _encode(self._conn, method, self.netloc, path, body, json_body, headers,
-                                   False)
-                    await self._stream.send_all(data)
-                    result = await _read_response(self._conn, self._stream, self.max_bytes)
-                    if self._conn.our_state is h11.MUST_CLOSE:
-                        await self._drop()
-                    else:
-                        self._conn.start_next_cycle()
-                    return result
-                except (OSError, trio.BrokenResourceError, RemoteProtocolError,
-                        h11.LocalProtocolError):
-                    await self._drop()
-                    if fresh or attempt:
-                        raise
+                    result = await self._exchange(conn, method, target, hdrs, body,
+                                                  max_bytes or self.max_bytes, reused, on_sent)
+                except _Stale as stale:
+                    await _close(conn)
+                    if not may_repeat:
+                        raise stale.cause from None
+                    continue
                 except BaseException:
-                    await self._drop()  # cancelled mid-request: the connection is unusable
+                    await _close(conn)  # cancelled or failed mid-exchange: unusable
                     raise
-            raise AssertionError("unreachable")
+                await self._release(key, conn)
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _drop(self) -> None:
-        stream, self._stream, self._conn = self._stream, None, None
-        if stream is not None:
-            with trio.move_on_after(1) as cs:
-                cs.shield = True
-                await stream.aclose()
+    def _take_idle(self, key: tuple[str, int]) -> _Conn | None:
+        idle = self._idle.get(key)
+        return idle.pop() if idle else None
+
+    async def _connect(self, host: str, port: int) -> _Conn:
+        peer = f"{host}:{port}"
+        with map_io_errors(peer, connecting=True):
+            stream = await trio.open_tcp_stream(host, port)
+        return _Conn(stream, peer)
+
+    async def _release(self, key: tuple[str, int], conn: _Conn) -> None:
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle_per_host and not self._closed:
+                idle.append(conn)
+                return
+        await _close(conn)
+
+    async def _exchange(self, conn: _Conn, method: str, target: str,
+                        hdrs: list[tuple[str, str]], body: bytes | StreamBody, max_bytes: int,
+                        reused: bool,
+                        on_sent: Callable[[int], Awaitable[None] | None] | None) -> HttpResult:
+        answered = False
+        try:
+            with map_io_errors(conn.peer):
+                out = conn.h11.send(h11.Request(method=method, target=target, headers=hdrs)) or b""
+                if isinstance(body, StreamBody):
+                    await conn.stream.send_all(out)
+                    sent = 0
+                    async for piece in body.chunks:
+                        sent += len(piece)
+                        if sent > body.length:
+                            raise LocalProtocolError("request body longer than its length")
+                        await conn.stream.send_all(conn.h11.send(h11.Data(data=piece)) or b"")
+                        if on_sent is not None:
+                            maybe = on_sent(len(piece))
+                            if maybe is not None:
+                                await maybe
+                    out = b""
+                elif body:
+                    out += conn.h11.send(h11.Data(data=body)) or b""
+                out += conn.h11.send(h11.EndOfMessage()) or b""
+                await conn.stream.send_all(out)
+                status, resp_headers, chunks, seen = 0, {}, [], 0
+                while True:
+                    event = conn.h11.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await conn.stream.receive_some(_RECV)
+                        conn.h11.receive_data(data)
+                        if not data and not answered:
+                            raise ConnectionLost(f"{conn.peer} closed the connection")
+                        continue
+                    answered = True
+                    if isinstance(event, h11.Response):
+                        status = event.status_code
+                        resp_headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                                        for k, v in event.headers}
+                    elif isinstance(event, h11.Data):
+                        seen += len(event.data)
+                        if seen > max_bytes:
+                            raise RemoteProtocolError(
+                                f"answer from {conn.peer} larger than {max_bytes} bytes", 502)
+                        chunks.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        return HttpResult(status=status, headers=resp_headers,
+                                          body=b"".join(chunks))
+                    elif isinstance(event, h11.ConnectionClosed):
+                        raise ConnectionLost(f"{conn.peer} closed the connection mid-answer")
+        except ConnectionLost as exc:
+            if reused and not answered:
+                raise _Stale(exc) from exc
+            raise
 
     async def aclose(self) -> None:
-        async with self._lock:
-            await self._drop()
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                await _close(conn)
 
+
+async def _close(conn: _Conn) -> None:
+    with trio.move_on_after(1) as cs:
+        cs.shield = True
+        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await conn.stream.aclose()
+
+
+async def request(method: str, url: str, **kwargs: Any) -> HttpResult:
+    """One request on a fresh connection, closed afterwards (for rare calls and tests)."""
+    async with HttpClient(max_idle_per_host=0) as client:
+        return await client.request(method, url, **kwargs)

@@ -1,9 +1,14 @@
 """Talking to the metadata service, whichever replica answers.
 
 ``METADATA_SERVICE_URL`` may list several replicas; :class:`MetadataClient`
-keeps one keep-alive connection per replica, sends each call to the replica
-that answered last, and moves on to the next when one is unreachable or
-answers 503 (no quorum from its side).
+sends each call to the replica that answered last and moves on to the next
+when one is unreachable, times out or answers 503 (no quorum from its
+side). Calls that change something are repeated on another replica only
+where that is safe: every decision of the metadata service is idempotent
+for the same request (a video is created once per call; see the uploader).
+
+The typed methods (:meth:`create_video`, :meth:`commit_chunk`, ...) take and
+return the messages of :mod:`protocol.api`; :meth:`call` is the raw form.
 """
 
 from __future__ import annotations
@@ -11,44 +16,61 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import trio
+from protocol.api import (
+    ChunkCommit,
+    CommitResult,
+    Manifest,
+    NodeRecord,
+    StatusChange,
+    VideoCreate,
+    VideoCreated,
+    decode_answer,
+)
+from protocol.errors import ProtocolError, TransportError
 
-from protocol.errors import ProtocolError
-
-from .http_client import HttpResult, KeepAliveClient
+from .errors import deadline
+from .http_client import HttpClient, HttpResult
 
 __all__ = ["MetadataClient", "MetadataUnavailable"]
 
 log = logging.getLogger("vstack.metadata.client")
 
 
-class MetadataUnavailable(ProtocolError):
+class MetadataUnavailable(TransportError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"metadata service unavailable: {detail}", 503)
 
 
 class MetadataClient:
-    def __init__(self, urls: tuple[str, ...], *, timeout: float = 15.0) -> None:
+    def __init__(self, urls: tuple[str, ...], *, timeout: float = 15.0,
+                 http: HttpClient | None = None) -> None:
         if not urls:
             raise ValueError("no metadata service URL")
-        self.urls = urls
+        self.urls = tuple(u.rstrip("/") for u in urls)
         self.timeout = timeout
-        self._clients = [KeepAliveClient(u) for u in urls]
+        self._own_http = http is None
+        self.http = http or HttpClient()
         self._best = 0
 
-    async def call(self, method: str, path: str, json_body: Any = None) -> HttpResult:
-        """The first answer that is not a transport failure or a 503."""
+    async def call(self, method: str, path: str, json_body: Any = None, *,
+                   retry: bool | None = None) -> HttpResult:
+        """The first answer that is not a transport failure or a 503.
+
+        Raises:
+            MetadataUnavailable: no replica gave one.
+        """
         last = "no replica tried"
-        for k in range(len(self._clients)):
-            i = (self._best + k) % len(self._clients)
+        for k in range(len(self.urls)):
+            i = (self._best + k) % len(self.urls)
             try:
-                with trio.fail_after(self.timeout):
-                    res = await self._clients[i].request(method, path, json_body=json_body)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError) as exc:
-                last = f"{self.urls[i]}: {exc}"
+                with deadline(self.timeout, f"metadata {method} {path}"):
+                    res = await self.http.request(method, self.urls[i] + path, json_body=json_body,
+                                                  retry=retry)
+            except TransportError as exc:
+                last = f"{self.urls[i]}: {exc.msg}"
                 continue
             if res.status == 503:
-                last = f"{self.urls[i]} answered 503"
+                last = f"{self.urls[i]} answered 503: {res.error_detail()}"
                 continue
             self._best = i
             return res
@@ -56,15 +78,54 @@ class MetadataClient:
 
     async def json(self, method: str, path: str, json_body: Any = None, *,
                    ok: tuple[int, ...] = (200,)) -> Any:
+        """The JSON answer of a call that must succeed.
+
+        Raises:
+            ProtocolError: the answer's status (e.g. 404), with its reason.
+            MetadataUnavailable: no replica answered.
+        """
         res = await self.call(method, path, json_body)
         if res.status not in ok:
-            try:
-                detail = res.json().get("detail") or res.json().get("error")
-            except (ValueError, AttributeError):
-                detail = res.body[:200].decode(errors="replace")
-            raise ProtocolError(f"metadata {method} {path}: {res.status} {detail}", res.status)
+            raise ProtocolError(f"metadata {method} {path}: {res.status} {res.error_detail()}",
+                                res.status)
         return res.json()
 
+    # -- typed calls -------------------------------------------------------------------
+
+    async def create_video(self, video: VideoCreate) -> VideoCreated:
+        data = await self.json("POST", "/video", video.to_json())
+        return decode_answer(VideoCreated.from_json, data, "POST /video")
+
+    async def set_status(self, video_id: str, status: str) -> None:
+        await self.json("PATCH", f"/video/{video_id}/status", StatusChange(status=status).to_json())
+
+    async def delete_video(self, video_id: str) -> bool:
+        """``True`` if it was deleted, ``False`` if there was no such video."""
+        res = await self.call("DELETE", f"/video/{video_id}")
+        if res.status not in (200, 404):
+            raise ProtocolError(f"metadata DELETE /video: {res.status} {res.error_detail()}",
+                                res.status)
+        return res.status == 200
+
+    async def manifest(self, video_id: str) -> Manifest | None:
+        """The manifest, or ``None`` if there is no such video."""
+        res = await self.call("GET", f"/manifest/{video_id}")
+        if res.status == 404:
+            return None
+        if res.status != 200:
+            raise ProtocolError(f"metadata GET /manifest: {res.status} {res.error_detail()}",
+                                res.status)
+        return decode_answer(Manifest.from_json, res.json(), "GET /manifest")
+
+    async def commit_chunk(self, chunk_id: str, commit: ChunkCommit) -> CommitResult:
+        data = await self.json("POST", f"/chunk/{chunk_id}/commit", commit.to_json())
+        return decode_answer(CommitResult.from_json, data, "POST /chunk/commit")
+
+    async def healthy_nodes(self) -> list[NodeRecord]:
+        data = await self.json("GET", "/nodes/healthy")
+        return decode_answer(lambda d: [NodeRecord.from_json(r) for r in d], data,
+                             "GET /nodes/healthy")
+
     async def aclose(self) -> None:
-        for c in self._clients:
-            await c.aclose()
+        if self._own_http:
+            await self.http.aclose()

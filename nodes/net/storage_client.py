@@ -4,6 +4,10 @@ One pipelined binary-protocol connection per node, opened on first use:
 the node's binary port is read from its ``/health``. A node whose binary
 port cannot be reached is written to over HTTP instead. Every write is
 acknowledged only after the node's fsync, as the node guarantees.
+
+Errors come out as :class:`~protocol.errors.ProtocolError` subclasses
+only: :class:`~protocol.errors.TransportError` when the node could not be
+talked to, the node's own status otherwise.
 """
 
 from __future__ import annotations
@@ -15,21 +19,37 @@ from urllib.parse import urlsplit
 
 import trio
 
-from protocol.errors import ProtocolError
+from protocol.api import NodeHealth, decode_answer
+from protocol.errors import ProtocolError, RemoteProtocolError, TransportError, VStackError
 
+from .errors import deadline, map_io_errors
 from .frame_client import FrameClient
-from .http_client import request
+from .http_client import HttpClient
 
 __all__ = ["StoragePool", "open_storage_pool"]
 
 log = logging.getLogger("vstack.storage.pool")
 
+MAX_PAYLOAD = 64 * 1024 * 1024
+
 
 class StoragePool:
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, http: HttpClient) -> None:
         self._nursery = nursery
+        self.http = http
         self._clients: dict[str, FrameClient] = {}
         self._locks: dict[str, trio.Lock] = {}
+
+    async def health(self, node_url: str) -> NodeHealth:
+        """A node's ``/health``, checked.
+
+        Raises:
+            TransportError: unreachable; RemoteProtocolError: not a node's answer.
+        """
+        res = await self.http.request("GET", node_url + "/health")
+        if res.status not in (200, 503):
+            raise RemoteProtocolError(f"{node_url}/health answered {res.status}", 502)
+        return decode_answer(NodeHealth.from_json, res.json(), f"{node_url}/health")
 
     async def _client(self, node_url: str) -> FrameClient | None:
         lock = self._locks.setdefault(node_url, trio.Lock())
@@ -38,15 +58,15 @@ class StoragePool:
             if client is not None and client.usable:
                 return client
             try:
-                with trio.fail_after(5):
-                    info = (await request("GET", node_url + "/health")).json()
-                port = int(info["binary_port"])
-                host = urlsplit(node_url).hostname or "127.0.0.1"
-                stream = await trio.open_tcp_stream(host, port)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError,
-                    ValueError, KeyError, TypeError):
+                with deadline(5, f"connecting to {node_url}"):
+                    info = await self.health(node_url)
+                    host = urlsplit(node_url).hostname or "127.0.0.1"
+                    with map_io_errors(f"{host}:{info.binary_port}", connecting=True):
+                        stream = await trio.open_tcp_stream(host, info.binary_port)
+            except VStackError as exc:
+                log.debug("no binary connection to %s: %s", node_url, exc)
                 return None
-            client = FrameClient(stream, max_payload=64 * 1024 * 1024)
+            client = FrameClient(stream, max_payload=MAX_PAYLOAD, peer=node_url)
             self._nursery.start_soon(client.run_reader)
             self._clients[node_url] = client
             return client
@@ -55,24 +75,20 @@ class StoragePool:
         """Store a chunk on a node (201 or 200 both mean it is there).
 
         Raises:
-            ProtocolError: the node refused (its status) or could not be reached (503).
+            ProtocolError: the node refused (its status) or could not be
+                reached (a TransportError).
         """
         client = await self._client(node_url)
         if client is not None:
-            try:
-                _, info = await client.put(chunk_id, data)
-            except trio.BrokenResourceError as exc:
-                raise ProtocolError(f"{node_url} went away: {exc}", 503) from exc
+            _, info = await client.put(chunk_id, data)
             if info.sha256.hex() != sha256_hex:
-                raise ProtocolError(f"{node_url} stored different bytes", 502)
+                raise RemoteProtocolError(f"{node_url} stored different bytes", 502)
             return
-        try:
-            res = await request("PUT", f"{node_url}/chunk/{chunk_id}", body=data,
-                                headers=[("X-Checksum", sha256_hex)])
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise ProtocolError(f"{node_url} unreachable: {exc}", 503) from exc
+        res = await self.http.request("PUT", f"{node_url}/chunk/{chunk_id}", body=data,
+                                      headers=[("X-Checksum", sha256_hex)])
         if res.status not in (200, 201):
-            raise ProtocolError(f"{node_url} answered {res.status}", res.status)
+            raise ProtocolError(f"{node_url} answered {res.status}: {res.error_detail()}",
+                                res.status)
 
     async def holds(self, node_url: str, chunk_id: str, sha256_hex: str) -> bool:
         """Does the node hold the chunk with this SHA-256 (a binary HEAD, else HTTP)?"""
@@ -80,15 +96,15 @@ class StoragePool:
         if client is not None:
             try:
                 info = await client.head(chunk_id)
+            except TransportError:
+                pass  # the connection broke: ask over HTTP once
             except ProtocolError:
                 return False  # 404, or the node's copy is corrupt (500)
-            except trio.BrokenResourceError:
-                pass  # the connection broke: ask over HTTP once
             else:
                 return info.sha256.hex() == sha256_hex
         try:
-            res = await request("HEAD", f"{node_url}/chunk/{chunk_id}")
-        except (OSError, trio.BrokenResourceError, ProtocolError):
+            res = await self.http.request("HEAD", f"{node_url}/chunk/{chunk_id}")
+        except VStackError:
             return False
         return res.status == 200 and res.headers.get("etag", "").strip('"') == sha256_hex
 
@@ -108,21 +124,23 @@ class StoragePool:
                 try:
                     await client.delete(chunk_id)
                     found += 1
-                except (ProtocolError, trio.BrokenResourceError):
-                    pass  # 404: never stored there
+                except VStackError:
+                    pass  # 404: never stored there; or the node went away
 
         async with trio.open_nursery() as nursery:
             for chunk_id in chunk_ids:
                 nursery.start_soon(one, chunk_id)
         return found
 
-    async def delete(self, node_url: str, chunk_id: str) -> None:
-        """Best effort."""
+    async def delete(self, node_url: str, chunk_id: str) -> bool:
+        """Best effort; ``True`` if the node no longer holds it (deleted or never there)."""
         try:
-            with trio.fail_after(5):
-                await request("DELETE", f"{node_url}/chunk/{chunk_id}")
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError):
-            log.warning("could not delete %s from %s", chunk_id, node_url)
+            with deadline(5, f"DELETE on {node_url}"):
+                res = await self.http.request("DELETE", f"{node_url}/chunk/{chunk_id}")
+        except VStackError as exc:
+            log.warning("could not delete %s from %s: %s", chunk_id, node_url, exc)
+            return False
+        return res.status in (204, 404)
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -130,12 +148,16 @@ class StoragePool:
 
 
 @asynccontextmanager
-async def open_storage_pool() -> AsyncIterator[StoragePool]:
+async def open_storage_pool(http: HttpClient | None = None) -> AsyncIterator[StoragePool]:
+    own = http is None
+    client = http or HttpClient()
     async with trio.open_nursery() as nursery:
-        pool = StoragePool(nursery)
+        pool = StoragePool(nursery, client)
         try:
             yield pool
         finally:
             with trio.CancelScope(shield=True):
                 await pool.aclose()
+                if own:
+                    await client.aclose()
             nursery.cancel_scope.cancel()

@@ -17,7 +17,7 @@ import logging
 import trio
 
 from nodes.net.http_client import request
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, VStackError
 from vstack.store import Busy, Location, PendingWrite
 
 from .node import VERSION, StorageNode
@@ -188,7 +188,7 @@ async def register_and_heartbeat(node: StorageNode, metadata_url: str) -> None:
                 log.info("registered with metadata service %s", base)
                 break
             log.warning("registration with %s answered %d", base, res.status)
-        except (OSError, trio.TooSlowError, ProtocolError) as exc:
+        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
             log.warning("registration with %s failed: %s", base, exc)
         await trio.sleep(delay)
         delay = min(delay * 2, 60.0)
@@ -207,5 +207,5 @@ async def register_and_heartbeat(node: StorageNode, metadata_url: str) -> None:
                 # The replica forgot us (fresh database): register again.
                 with trio.fail_after(5):
                     await request("POST", f"{base}/nodes/register", json_body=body)
-        except (OSError, trio.TooSlowError, ProtocolError) as exc:
+        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
             log.debug("heartbeat to %s failed: %s", base, exc)
