@@ -22,8 +22,8 @@ One file holds everything a replica knows:
 * ``meta``: the highest ballot round this replica may use, persisted before
   it is used.
 
-Register keys: ``video/<id>``, ``chunk/<id>``, ``override/<video_id>``,
-``node/<node_id>``.
+Register keys and values are described in :mod:`vstack.registers`; every
+read the API makes is a method of :class:`~vstack.metadata_reads.MetadataReads`.
 
 Calls block (SQLite, fsync): the service runs them in a worker thread behind
 one ``CapacityLimiter(1)``.
@@ -39,7 +39,9 @@ from typing import Any
 
 import apsw
 
+from .metadata_reads import MetadataReads
 from .paxos import Ballot, Phase, Slot, Value
+from .registers import parse_key
 
 __all__ = ["MetadataDB", "utc_now"]
 
@@ -117,7 +119,9 @@ def utc_now(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() if now is None else now))
 
 
-class MetadataDB:
+class MetadataDB(MetadataReads):
+    """One replica's database: acceptor state, materialized tables, counters."""
+
     def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
         """Open (creating) the database; ``synchronous`` is SQLite's durability level.
 
@@ -204,7 +208,11 @@ class MetadataDB:
     # -- materialized tables --------------------------------------------------------------
 
     def _materialize(self, cur: apsw.Cursor, key: str, value: Value) -> None:
-        kind, _, ident = key.partition("/")
+        try:
+            rk = parse_key(key)
+        except ValueError:
+            return  # a register with no table behind it
+        kind, ident = rk.kind, rk.ident
         if kind == "video":
             self._put_video(cur, ident, value)
         elif kind == "chunk":
@@ -311,22 +319,3 @@ class MetadataDB:
                     "INSERT INTO view_counts (video_id, replica, count) VALUES (?, ?, ?)"
                     " ON CONFLICT(video_id, replica) DO UPDATE SET"
                     " count = MAX(count, excluded.count)", (video_id, replica, count))
-
-    def view_counts_of(self, replica: int) -> list[tuple[str, int, int]]:
-        return [(v, r, c) for v, r, c in self._rows(
-            "SELECT video_id, replica, count FROM view_counts WHERE replica = ?", (replica,))]
-
-    def view_count(self, video_id: str) -> int:
-        rows = self._rows("SELECT COALESCE(SUM(count), 0) FROM view_counts WHERE video_id = ?",
-                          (video_id,))
-        return int(rows[0][0])
-
-    def query(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        """Rows as dicts (read-only queries of the API)."""
-        cur = self.conn.cursor()
-        cur.execute(sql, tuple(args))
-        try:
-            names = [d[0] for d in cur.getdescription()]
-        except apsw.ExecutionCompleteError:
-            return []  # no rows
-        return [dict(zip(names, row, strict=True)) for row in cur]

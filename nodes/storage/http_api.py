@@ -15,10 +15,11 @@ import time
 import trio
 
 from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
+from protocol.api import parse_sha256
 from protocol.errors import ProtocolError
 from protocol.http import FileRange, Request, Response, Router, json_response
 
-from .node import StorageNode, chunk_key, parse_checksum
+from .node import StorageNode, chunk_key
 
 __all__ = ["build_router", "serve"]
 
@@ -39,7 +40,7 @@ def build_router(node: StorageNode) -> Router[Handler]:
                 f"{node.settings.max_chunk_bytes}", 413)
         checksum = req.header("x-chunk-checksum") or req.header("x-checksum")
         if checksum is not None:
-            parse_checksum(checksum)  # a malformed value is refused before the body is read
+            parse_sha256(checksum)  # a malformed value is refused before the body is read
         size_hdr = req.header("x-chunk-size")
         if size_hdr is not None and size_hdr.strip() != str(req.content_length):
             raise ProtocolError("X-Chunk-Size does not match Content-Length", 400)

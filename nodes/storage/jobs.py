@@ -6,55 +6,55 @@
   ``compaction_garbage_ratio`` (see :func:`compact`), online;
 * scrubber: re-reads every chunk at ``scrub_rate_bytes`` per second and
   checks its CRC32C, quarantining any that fail, so corruption of data that
-  is only ever served zero-copy is still found;
-* registrar: registers with every metadata replica, then heartbeats.
+  is only ever served zero-copy is still found.
+
+Each runs under :func:`nodes.net.jobs.run_forever`: a failed pass is logged
+once and retried with back-off; it never stops the node. (Registration and
+heartbeats are in :mod:`.registrar`.)
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import trio
 
-from nodes.net.http_client import request
-from protocol.errors import ProtocolError, VStackError
+from nodes.net.jobs import run_forever
+from protocol.errors import ProtocolError
 from vstack.store import Busy, Location, PendingWrite
 
-from .node import VERSION, StorageNode
+from .node import StorageNode
 
-__all__ = ["compact", "compact_once", "register_and_heartbeat", "scrub_pass", "start_all"]
+__all__ = ["compact", "compact_once", "scrub_pass", "start_all"]
 
 log = logging.getLogger("vstack.storage.jobs")
 
 
 def start_all(nursery: trio.Nursery, node: StorageNode) -> None:
+    """Start the checkpointer, the compactor and (if enabled) the scrubber."""
     s = node.settings
-    nursery.start_soon(run_checkpointer, node)
-    nursery.start_soon(run_compactor, node)
-    if s.scrub_rate_bytes > 0:
-        nursery.start_soon(run_scrubber, node)
-    if s.metadata_urls and s.node_url:
-        for url in s.metadata_urls:
-            nursery.start_soon(register_and_heartbeat, node, url)
 
-
-# -- checkpoints ------------------------------------------------------------------
-
-
-async def run_checkpointer(node: StorageNode) -> None:
-    while True:
-        await trio.sleep(node.settings.checkpoint_interval)
+    async def checkpoint_step() -> None:
         if node.changes:
             await node.checkpoint()
 
+    async def compact_step() -> None:
+        await compact_once(node)
+
+    async def scrub_step() -> None:
+        await scrub_pass(node, rate=s.scrub_rate_bytes)
+
+    nursery.start_soon(partial(run_forever, "index checkpoint", checkpoint_step, log=log,
+                               every=s.checkpoint_interval, initial_delay=s.checkpoint_interval))
+    nursery.start_soon(partial(run_forever, "compaction", compact_step, log=log,
+                               every=s.compaction_interval, initial_delay=s.compaction_interval))
+    if s.scrub_rate_bytes > 0:
+        nursery.start_soon(partial(run_forever, "scrub pass", scrub_step, log=log,
+                                   every=s.scrub_pause))
+
 
 # -- compaction -------------------------------------------------------------------
-
-
-async def run_compactor(node: StorageNode) -> None:
-    while True:
-        await trio.sleep(node.settings.compaction_interval)
-        await compact_once(node)
 
 
 async def compact_once(node: StorageNode) -> list[int]:
@@ -129,12 +129,6 @@ def _raise_if_failed(pw: PendingWrite) -> None:
 # -- scrubbing --------------------------------------------------------------------
 
 
-async def run_scrubber(node: StorageNode) -> None:
-    while True:
-        await scrub_pass(node, rate=node.settings.scrub_rate_bytes)
-        await trio.sleep(node.settings.scrub_pause)
-
-
 async def scrub_pass(node: StorageNode, *, rate: int) -> tuple[int, int]:
     """Check every chunk once, at most ``rate`` bytes per second.
 
@@ -168,44 +162,3 @@ async def scrub_pass(node: StorageNode, *, rate: int) -> tuple[int, int]:
     if checked:
         log.info("scrub pass: %d chunks checked, %d quarantined", checked, bad)
     return checked, bad
-
-
-# -- registration -------------------------------------------------------------------
-
-
-async def register_and_heartbeat(node: StorageNode, metadata_url: str) -> None:
-    """Register with one metadata replica (retrying), then heartbeat forever."""
-    s = node.settings
-    base = metadata_url.rstrip("/")
-    await trio.sleep(2)
-    body = {"node_url": s.node_url, "node_id": node.node_id, "version": VERSION}
-    delay = 5.0
-    while True:
-        try:
-            with trio.fail_after(5):
-                res = await request("POST", f"{base}/nodes/register", json_body=body)
-            if res.status == 200:
-                log.info("registered with metadata service %s", base)
-                break
-            log.warning("registration with %s answered %d", base, res.status)
-        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
-            log.warning("registration with %s failed: %s", base, exc)
-        await trio.sleep(delay)
-        delay = min(delay * 2, 60.0)
-    while True:
-        await trio.sleep(s.heartbeat_interval)
-        beat = {
-            "disk_usage_percent": round(node.disk_usage_percent(), 2),
-            "chunk_count": node.chunk_count(),
-            "free_bytes": node.health()["free_bytes"],
-            "version": VERSION,
-        }
-        try:
-            with trio.fail_after(5):
-                res = await request("POST", f"{base}/nodes/{node.node_id}/heartbeat", json_body=beat)
-            if res.status == 404:
-                # The replica forgot us (fresh database): register again.
-                with trio.fail_after(5):
-                    await request("POST", f"{base}/nodes/register", json_body=body)
-        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
-            log.debug("heartbeat to %s failed: %s", base, exc)

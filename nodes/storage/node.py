@@ -6,10 +6,8 @@ write is ``pwritev``'d in a worker thread, then a single committer task
 fsyncs whatever finished since its last round (group commit) and publishes
 it to the index, waking the writers. A PUT is acknowledged only after that.
 
-:func:`serve_storage_node` opens the store, starts the HTTP and binary
-listeners and the background jobs (committer, checkpointer, compactor,
-scrubber, registration/heartbeats) in one nursery, and checkpoints the index
-when it is cancelled.
+:mod:`nodes.storage.service` opens the store and runs the node; this module
+imports none of its package's other modules.
 """
 
 from __future__ import annotations
@@ -26,16 +24,16 @@ from typing import Any
 
 import trio
 
+from protocol.api import CHUNK_ID_RE, parse_sha256
 from protocol.errors import ProtocolError
 from protocol.frames import crc32c
-from vstack.settings import CHUNK_ID_RE, StorageSettings
+from vstack import __version__
+from vstack.settings import StorageSettings
 from vstack.store import Busy, Location, PendingWrite, SuperblockStore
 
-__all__ = ["ChunkRead", "NodePorts", "StorageNode", "parse_checksum"]
+__all__ = ["ChunkRead", "NodePorts", "StorageNode", "chunk_key"]
 
 log = logging.getLogger("vstack.storage")
-
-VERSION = "1.0.0"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,16 +64,6 @@ class ChunkRead:
             self._store = None
 
 
-def parse_checksum(value: str) -> str:
-    """A SHA-256 given as bare hex or ``sha256:<hex>``, as lowercase hex."""
-    v = value.strip().strip('"')
-    if v.lower().startswith("sha256:"):
-        v = v[7:]
-    if len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v):
-        raise ProtocolError("Checksum must be a SHA-256: 64 hex digits, optionally 'sha256:'", 400)
-    return v.lower()
-
-
 def chunk_key(chunk_id: str, *, for_write: bool = False) -> bytes:
     """The store key of ``chunk_id``; 400 (on writes) or 404 if the id breaks the rule."""
     if not CHUNK_ID_RE.match(chunk_id):
@@ -97,6 +85,7 @@ class StorageNode:
         self.settings = settings
         self.store = store
         self.node_id = settings.effective_node_id
+        self.version = __version__
         self.started = time.monotonic()
         self.ports = NodePorts(http=0, binary=0)
         self._dirty = trio.Event()
@@ -126,7 +115,7 @@ class StorageNode:
         if len(data) > self.settings.max_chunk_bytes:
             raise ProtocolError(f"Chunk larger than {self.settings.max_chunk_bytes} bytes", 413)
         sha, crc = await trio.to_thread.run_sync(_digests, data, crc)
-        if checksum is not None and parse_checksum(checksum) != sha.hex():
+        if checksum is not None and parse_sha256(checksum) != sha.hex():
             raise ProtocolError("Checksum mismatch", 400)
         while True:
             loc = self.store.lookup(key)
@@ -280,6 +269,10 @@ class StorageNode:
             return min(100.0, 100.0 * self.store.file_bytes() / cap)
         return self.fs_usage_percent(os.statvfs(self.store.root))
 
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.store.root)
+        return st.f_bavail * st.f_frsize
+
     def chunk_count(self) -> int:
         return len(self.store.index) - len(self.store.quarantined)
 
@@ -298,7 +291,7 @@ class StorageNode:
             "chunk_count": stats.chunk_count,
             "uptime": int(time.monotonic() - self.started),
             "node_id": self.node_id,
-            "version": VERSION,
+            "version": self.version,
             "free_bytes": st.f_bavail * st.f_frsize,
             "stored_bytes": stats.stored_bytes,
             "superblocks": stats.superblocks,

@@ -12,11 +12,13 @@ import logging
 
 import trio
 
+from nodes.net.http_client import HttpClient
 from vstack.settings import StorageSettings
 from vstack.store import SuperblockStore
 
 from . import binary_api, http_api, jobs
 from .node import NodePorts, StorageNode
+from .registrar import Registrar
 
 __all__ = ["serve_storage_node"]
 
@@ -31,6 +33,7 @@ async def serve_storage_node(
         lambda: SuperblockStore.open(settings.data_dir, max_superblock_size=settings.max_superblock_size)
     )
     node = StorageNode(settings, store)
+    http = HttpClient(max_idle_per_host=2)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.run_committer)
@@ -38,6 +41,9 @@ async def serve_storage_node(
             binary_port = await nursery.start(binary_api.serve, node)
             node.ports = NodePorts(http=http_port, binary=binary_port)
             jobs.start_all(nursery, node)
+            if settings.metadata_urls and settings.node_url:
+                for url in settings.metadata_urls:
+                    nursery.start_soon(Registrar(node, url, http).run)
             log.info("storage node %s ready: HTTP %d, binary %d, data %s",
                      node.node_id, http_port, binary_port, settings.data_dir)
             task_status.started(node)
@@ -46,4 +52,6 @@ async def serve_storage_node(
             cs.shield = True
             await node.checkpoint()
         store.close()
+        with trio.CancelScope(shield=True):
+            await http.aclose()
         log.info("storage node %s stopped", node.node_id)

@@ -1,0 +1,96 @@
+"""A storage node makes itself known: registration, then heartbeats, to every metadata replica.
+
+One job per replica (a replica that is down or misbehaves delays no
+other). Each job registers (``POST /nodes/register``) until a replica
+accepts, then heartbeats (``POST /nodes/{id}/heartbeat``) every
+``heartbeat_interval`` seconds; a heartbeat answered 404 means the replica
+forgot us (a fresh database): the job registers again.
+
+A replica that resets the connection, hangs, or answers garbage costs one
+failed step: the job backs off and goes on (:func:`nodes.net.jobs.run_forever`),
+and the node keeps serving. A hung replica is cut off by a deadline per
+call; a garbage answer is a :class:`~protocol.errors.ProtocolError` like any
+other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nodes.net.errors import deadline
+from nodes.net.http_client import HttpClient, HttpResult
+from nodes.net.jobs import Backoff, run_forever
+from protocol.api import Heartbeat, NodeRegistration
+from protocol.errors import RemoteProtocolError
+
+from .node import StorageNode
+
+__all__ = ["CALL_TIMEOUT", "Registrar"]
+
+log = logging.getLogger("vstack.storage.registrar")
+
+#: Seconds a replica has to answer one registration or heartbeat.
+CALL_TIMEOUT = 5.0
+#: Seconds after start before the first registration (the listeners are up by then).
+FIRST_DELAY = 0.5
+
+
+@dataclass(eq=False)
+class Registrar:
+    """Registration and heartbeats to one metadata replica."""
+
+    node: StorageNode
+    metadata_url: str
+    http: HttpClient
+    registered: bool = False
+    heartbeats: int = 0  # accepted since start (for tests and /health)
+
+    @property
+    def base(self) -> str:
+        return self.metadata_url.rstrip("/")
+
+    async def run(self) -> None:
+        await run_forever(f"registration with {self.base}", self.step, log=log,
+                          every=self.node.settings.heartbeat_interval,
+                          initial_delay=FIRST_DELAY,
+                          backoff=Backoff(initial=1.0, maximum=60.0))
+
+    async def step(self) -> float | None:
+        """Register if we are not registered, else heartbeat."""
+        if not self.registered:
+            await self.register()
+            return 0.0  # heartbeat right away: the replica learns our vital signs
+        res = await self._post(f"/nodes/{self.node.node_id}/heartbeat", self._heartbeat())
+        if res.status == 404:
+            log.info("metadata replica %s forgot this node; registering again", self.base)
+            self.registered = False
+            return 0.0
+        _expect_ok(res, "heartbeat")
+        self.heartbeats += 1
+        return None
+
+    async def register(self) -> None:
+        s = self.node.settings
+        assert s.node_url is not None
+        body = NodeRegistration(node_url=s.node_url, node_id=self.node.node_id,
+                                version=self.node.version)
+        res = await self._post("/nodes/register", body.to_json())
+        _expect_ok(res, "registration")
+        self.registered = True
+        log.info("registered with metadata service %s", self.base)
+
+    def _heartbeat(self) -> dict[str, object]:
+        node = self.node
+        return Heartbeat(disk_usage_percent=round(node.disk_usage_percent(), 2),
+                         chunk_count=node.chunk_count(), free_bytes=node.free_bytes(),
+                         version=node.version).to_json()
+
+    async def _post(self, path: str, body: dict[str, object]) -> HttpResult:
+        with deadline(CALL_TIMEOUT, f"POST {self.base}{path}"):
+            return await self.http.request("POST", self.base + path, json_body=body, retry=True)
+
+
+def _expect_ok(res: HttpResult, what: str) -> None:
+    if res.status != 200:
+        raise RemoteProtocolError(f"{what} answered {res.status}: {res.error_detail()}", 502)

@@ -1,0 +1,170 @@
+"""The metadata service's registers: their keys and the pure changes applied to them.
+
+Every decision of the metadata service is the value of a *register* named by
+a key (see :mod:`vstack.paxos`). This module is the one place that spells
+the keys and says how each request changes a register's value:
+
+=============================  ==========================================
+key                            value
+=============================  ==========================================
+``video/<video_id>``           title, duration, status, creation time;
+                               ``removed`` once deleted
+``chunk/<chunk_id>``           video, sequence, size, SHA-256, mode,
+                               timing, replica URLs or fragments
+``override/<video_id>``        ``{"mode": mode | None}``
+``node/<node_id>``             URL, liveness verdict, version, since
+=============================  ==========================================
+
+A *change* is a function ``current value (or None) -> new value`` (``None``
+for "leave it"), run by the proposer on the value a quorum holds. It may
+raise :class:`~vstack.paxos.ChangeRejected`, which the caller answers with
+its status. Changes are pure: time and ids come in as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from protocol.api import ChunkCommit, Fragment
+
+from .paxos import ChangeRejected, Value
+
+__all__ = [
+    "KINDS",
+    "Change",
+    "RegisterKey",
+    "chunk_key",
+    "commit_chunk",
+    "new_video",
+    "node_key",
+    "override_key",
+    "parse_key",
+    "register_node",
+    "remove_video",
+    "set_liveness",
+    "set_override",
+    "set_video_status",
+    "video_key",
+]
+
+Change = Callable[[Value | None], Value | None]
+KINDS: Final = ("video", "chunk", "override", "node")
+DEFAULT_CHUNK_SIZE: Final = 2 * 1024 * 1024
+
+
+def video_key(video_id: str) -> str:
+    return f"video/{video_id}"
+
+
+def chunk_key(chunk_id: str) -> str:
+    return f"chunk/{chunk_id}"
+
+
+def override_key(video_id: str) -> str:
+    return f"override/{video_id}"
+
+
+def node_key(node_id: str) -> str:
+    return f"node/{node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterKey:
+    kind: str
+    ident: str
+
+
+def parse_key(key: str) -> RegisterKey:
+    """Split ``kind/ident``.
+
+    Raises:
+        ValueError: an unknown kind or an empty ident.
+    """
+    kind, sep, ident = key.partition("/")
+    if not sep or kind not in KINDS or not ident:
+        raise ValueError(f"not a register key: {key!r}")
+    return RegisterKey(kind, ident)
+
+
+# -- videos ------------------------------------------------------------------------------
+
+
+def new_video(video_id: str, title: str, duration_sec: int, *, created_at: str,
+              created_ns: int) -> Change:
+    """Create a video record; refused (409) if the id is taken."""
+
+    def create(cur: Value | None) -> Value:
+        if cur is not None:
+            raise ChangeRejected("video id already in use", 409)
+        return {"video_id": video_id, "title": title, "duration_sec": duration_sec,
+                "status": "uploading", "created_at": created_at, "created_ns": created_ns,
+                "chunk_size_bytes": DEFAULT_CHUNK_SIZE}
+
+    return create
+
+
+def _existing_video(cur: Value | None) -> Value:
+    if cur is None or cur.get("removed"):
+        raise ChangeRejected("Video not found", 404)
+    return cur
+
+
+def set_video_status(status: str) -> Change:
+    """Move a video to ``status``; 404 if it does not exist (or was deleted)."""
+
+    def change(cur: Value | None) -> Value:
+        return {**_existing_video(cur), "status": status}
+
+    return change
+
+
+def remove_video(cur: Value | None) -> Value:
+    """Mark a video removed (its tables rows and chunks go); 404 if there is none."""
+    return {**_existing_video(cur), "removed": True, "status": "deleted"}
+
+
+# -- chunks ------------------------------------------------------------------------------
+
+
+def commit_chunk(chunk_id: str, commit: ChunkCommit, *, nodes: list[str],
+                 fragments: list[Fragment], created_at: str) -> Change:
+    """Record where a chunk lives: the verified ``nodes`` (or ``fragments``)."""
+    value: Value = {
+        "chunk_id": chunk_id, "video_id": commit.video_id, "sequence_num": commit.sequence_num,
+        "size_bytes": commit.size_bytes, "checksum": commit.checksum,
+        "redundancy_mode": commit.redundancy_mode, "duration_sec": commit.duration_sec,
+        "start_sec": commit.start_sec, "replicas": [] if fragments else nodes,
+        "fragments": [dict(f.to_json(), status="active") for f in fragments] or None,
+        "created_at": created_at,
+    }
+    return lambda cur: value
+
+
+# -- redundancy overrides ------------------------------------------------------------------
+
+
+def set_override(mode: str | None) -> Change:
+    """Force a redundancy mode for a video (``None`` clears the override)."""
+    return lambda cur: {"mode": mode}
+
+
+# -- storage nodes ---------------------------------------------------------------------------
+
+
+def register_node(node_url: str, node_id: str, version: str, *, since: str) -> Change:
+    """A node (re)registers at ``node_url``: healthy from now on."""
+    return lambda cur: {"node_url": node_url, "node_id": node_id, "status": "healthy",
+                        "version": version, "since": since}
+
+
+def set_liveness(status: str, *, since: str) -> Change:
+    """Record a liveness verdict; no change if the node is unknown or already so."""
+
+    def verdict(cur: Value | None) -> Value | None:
+        if cur is None or cur.get("status") == status:
+            return None
+        return {**cur, "status": status, "since": since}
+
+    return verdict
