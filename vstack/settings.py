@@ -83,6 +83,7 @@ class MetadataSettings:
     sqlite_synchronous: str = "FULL"
     probe_timeout: float = 2.0
     views_merge_interval: float = 5.0  # how often replicas exchange view counters
+    chunk_duration: int = 10  # the nominal chunk length manifests announce (CHUNK_DURATION)
     read_timeout: float = 30.0
     idle_timeout: float = 75.0
 

@@ -1,11 +1,9 @@
 """A metadata replica's consensus engine: CASPaxos rounds driven by trio.
 
 The roles are pure (:mod:`vstack.paxos`); this module carries their messages
-and owns time. Messages are small dicts:
-
-* ``{"t": "prepare", "k": key, "b": ballot}`` -> ``{"ok", "p", "a", "v"}``
-* ``{"t": "accept", "k": key, "b": ballot, "v": value}`` -> ``{"ok", "p", "a"}``
-* ``{"t": "commit", "k": key, "b": ballot, "v": value}`` -> ``{"ok"}``
+and owns time. Messages are the typed ones of :mod:`protocol.consensus`
+(Prepare -> Promise, Accept -> Accepted, Commit -> Ack); an acceptor
+dispatches on the type to ``do_Prepare``, ``do_Accept``, ``do_Commit``.
 
 **Batching.** Messages to one peer are queued and sent together, one batch in
 flight per peer: under load, one request carries many rounds' messages. An
@@ -30,12 +28,23 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import trio
 
+from protocol.consensus import (
+    Accept,
+    Accepted,
+    Ack,
+    Commit,
+    Malformed,
+    Message,
+    Prepare,
+    Promise,
+)
+from protocol.consensus import Reply as WireReply
 from protocol.errors import ProtocolError, VStackError
 from vstack.metadata_db import MetadataDB
 from vstack.paxos import (
@@ -49,12 +58,11 @@ from vstack.paxos import (
     apply_op,
 )
 
-__all__ = ["NoQuorum", "PaxosReplica", "ReplicaStopped", "Transport"]
+__all__ = ["ChangeRejected", "NoQuorum", "PaxosReplica", "ReplicaStopped", "Transport"]
 
 log = logging.getLogger("vstack.paxos")
 
 T = TypeVar("T")
-Msg = dict[str, Any]
 RunBlocking = Callable[[Callable[[], T]], Awaitable[T]]
 
 ROUND_BLOCK = 1000  # rounds reserved per persisted ceiling
@@ -75,19 +83,24 @@ class ReplicaStopped(ProtocolError):
 
 
 class Transport(Protocol):
-    async def call(self, peer: int, batch: list[Msg]) -> list[Msg]:
-        """Deliver a batch to ``peer``; its replies, in order. Raises OSError on failure."""
+    async def call(self, peer: int, batch: list[Message]) -> list[WireReply]:
+        """Deliver a batch to ``peer``; its replies, in order.
+
+        Raises:
+            VStackError: the batch or its answer was lost (TransportError) or
+                the answer was not one reply per message (RemoteProtocolError).
+        """
         ...
 
 
 @dataclass(eq=False)
 class _Pending:
-    msg: Msg
+    msg: Message
     done: trio.Event = field(default_factory=trio.Event)
-    reply: Msg | None = None
-    on_reply: Callable[[Msg], None] | None = None  # called as the reply arrives
+    reply: WireReply | None = None
+    on_reply: Callable[[WireReply], None] | None = None  # called as the reply arrives
 
-    def deliver(self, reply: Msg) -> None:
+    def deliver(self, reply: WireReply) -> None:
         self.reply = reply
         self.done.set()
         if self.on_reply is not None:
@@ -208,23 +221,25 @@ class PaxosReplica:
                 continue
             self.stats["batches_sent"] += 1
             self.stats["messages_sent"] += len(batch)
-            replies: list[Msg] | None = None
+            replies: list[WireReply] | None = None
             try:
                 with trio.move_on_after(self.phase_timeout):
                     if peer == self.id:
                         replies = await self.handle_batch([p.msg for p in batch])
                     else:
                         replies = await self.transport.call(peer, [p.msg for p in batch])
-            except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
+            except VStackError as exc:
                 log.debug("batch to replica %d failed: %s", peer, exc)
+            except Exception:  # a bug must not silence this peer for good
+                log.exception("batch to replica %d failed unexpectedly", peer)
             self._peer_ok[peer] = replies is not None
             if replies is None:
                 continue  # lost or late: the waiting rounds time out and retry
             for pending, reply in zip(batch, replies, strict=False):
                 pending.deliver(reply)
 
-    def _send(self, peer: int, msg: Msg,
-              on_reply: Callable[[Msg], None] | None = None) -> _Pending:
+    def _send(self, peer: int, msg: Message,
+              on_reply: Callable[[WireReply], None] | None = None) -> _Pending:
         pending = _Pending(msg, on_reply=on_reply)
         self._outbox[peer].append(pending)
         self._wake_sender[peer].set()
@@ -232,31 +247,33 @@ class PaxosReplica:
 
     # -- acceptor and learner -----------------------------------------------------------
 
-    async def handle_batch(self, batch: list[Msg]) -> list[Msg]:
+    async def handle_batch(self, batch: Sequence[Message | Malformed]) -> list[WireReply]:
         """Answer a batch of messages; replies leave only once durable."""
-        replies: list[Msg] = []
+        replies: list[WireReply] = []
         for msg in batch:
-            try:
-                replies.append(self._handle(msg))
-            except (KeyError, TypeError, ValueError):
-                replies.append({"ok": False, "error": "malformed message"})
+            if isinstance(msg, Malformed):
+                replies.append(msg)
+                continue
+            handler: Callable[[Any], WireReply] = getattr(self, f"do_{type(msg).__name__}")
+            replies.append(handler(msg))
         await self._durable()
         return replies
 
-    def _handle(self, msg: Msg) -> Msg:
-        kind, key, ballot = msg["t"], str(msg["k"]), Ballot.from_int(int(msg["b"]))
-        if kind == "prepare":
-            reply, slot = self.acceptor.prepare(key, ballot)
-            self._changed(key, slot)
-            return _encode_reply(reply, with_value=True)
-        if kind == "accept":
-            reply, slot = self.acceptor.accept(key, ballot, msg["v"])
-            self._changed(key, slot)
-            return _encode_reply(reply, with_value=False)
-        if kind == "commit":
-            self._learn(key, ballot, msg["v"])
-            return {"ok": True}
-        raise ValueError(kind)
+    def do_Prepare(self, msg: Prepare) -> WireReply:
+        reply, slot = self.acceptor.prepare(msg.key, Ballot.from_int(msg.ballot))
+        self._changed(msg.key, slot)
+        return Promise(ok=reply.ok, promised=reply.promised.to_int(),
+                       accepted=reply.accepted.to_int(), value=reply.value)
+
+    def do_Accept(self, msg: Accept) -> WireReply:
+        reply, slot = self.acceptor.accept(msg.key, Ballot.from_int(msg.ballot), msg.value)
+        self._changed(msg.key, slot)
+        return Accepted(ok=reply.ok, promised=reply.promised.to_int(),
+                        accepted=reply.accepted.to_int())
+
+    def do_Commit(self, msg: Commit) -> WireReply:
+        self._learn(msg.key, Ballot.from_int(msg.ballot), msg.value)
+        return Ack()
 
     def _learn(self, key: str, ballot: Ballot, value: Value) -> None:
         slot = self.acceptor.learn(key, ballot, value)
@@ -355,7 +372,7 @@ class PaxosReplica:
     async def _round_trip(self, proposal: Proposal) -> str:
         b = proposal.ballot.to_int()
         outcome = await self._phase(
-            proposal, {"t": "prepare", "k": proposal.key, "b": b}, proposal.on_promise)
+            proposal, Prepare(key=proposal.key, ballot=b), proposal.on_promise)
         if outcome == "chosen":  # nothing was ever written and nothing to write
             return outcome
         if outcome != "accept":
@@ -364,15 +381,16 @@ class PaxosReplica:
 
     async def _accept_and_learn(self, proposal: Proposal, *, skip_self: bool = False) -> str:
         b = proposal.ballot.to_int()
+        assert proposal.value is not None
         outcome = await self._phase(
-            proposal, {"t": "accept", "k": proposal.key, "b": b, "v": proposal.value},
+            proposal, Accept(key=proposal.key, ballot=b, value=proposal.value),
             proposal.on_accepted, skip_self=skip_self)
         if outcome != "chosen":
             return "failed"
         assert proposal.value is not None
         # Learn locally first (in the tables before we acknowledge), then tell the others.
         self._learn(proposal.key, proposal.ballot, proposal.value)
-        commit = {"t": "commit", "k": proposal.key, "b": b, "v": proposal.value}
+        commit = Commit(key=proposal.key, ballot=b, value=proposal.value)
         sent = {peer: self._send(peer, commit) for peer in range(self.n) if peer != self.id}
         await self._durable()
         # Give the other learners a moment, so a read at any live replica right
@@ -384,17 +402,17 @@ class PaxosReplica:
                     await pending.done.wait()
         return "chosen"
 
-    async def _phase(self, proposal: Proposal, msg: Msg,
+    async def _phase(self, proposal: Proposal, msg: Message,
                      feed: Callable[[int, Reply], str | None], *,
                      skip_self: bool = False) -> str | None:
         result: str | None = None
         done = trio.Event()
 
-        def on_reply(peer: int, reply: Msg) -> None:
+        def on_reply(peer: int, reply: WireReply) -> None:
             nonlocal result
-            if done.is_set() or "p" not in reply:
+            if done.is_set() or not isinstance(reply, Promise | Accepted):
                 return
-            outcome = feed(peer, _decode_reply(reply))
+            outcome = feed(peer, _domain_reply(reply))
             if outcome is not None:
                 result = outcome
                 done.set()
@@ -432,36 +450,30 @@ class PaxosReplica:
 
     # -- catch-up --------------------------------------------------------------------------
 
-    def committed_since(self, after: str, limit: int) -> list[Msg]:
+    def committed_since(self, after: str, limit: int) -> list[Commit]:
         """Committed registers with keys after ``after``, for a peer catching up."""
         out = []
         for key in sorted(k for k in self.acceptor.slots if k > after):
             slot = self.acceptor.slots[key]
             if slot.phase.value == "committed" and slot.value is not None:
-                out.append({"k": key, "b": slot.accepted.to_int(), "v": slot.value})
+                out.append(Commit(key=key, ballot=slot.accepted.to_int(), value=slot.value))
                 if len(out) >= limit:
                     break
         return out
 
-    async def absorb(self, entries: list[Msg]) -> int:
+    async def absorb(self, entries: Sequence[Commit]) -> int:
         """Learn committed registers fetched from a peer; returns how many were new."""
         before = self._gen
         for e in entries:
-            self._learn(str(e["k"]), Ballot.from_int(int(e["b"])), e["v"])
+            self._learn(e.key, Ballot.from_int(e.ballot), e.value)
         await self._durable()
         return self._gen - before
 
 
-def _encode_reply(reply: Reply, *, with_value: bool) -> Msg:
-    out: Msg = {"ok": reply.ok, "p": reply.promised.to_int(), "a": reply.accepted.to_int()}
-    if with_value:
-        out["v"] = reply.value
-    return out
-
-
-def _decode_reply(msg: Msg) -> Reply:
-    return Reply(ok=bool(msg["ok"]), promised=Ballot.from_int(int(msg["p"])),
-                 accepted=Ballot.from_int(int(msg.get("a", 0))), value=msg.get("v"))
+def _domain_reply(reply: Promise | Accepted) -> Reply:
+    value = reply.value if isinstance(reply, Promise) else None
+    return Reply(ok=reply.ok, promised=Ballot.from_int(reply.promised),
+                 accepted=Ballot.from_int(reply.accepted), value=value)
 
 
 def _strip(value: Value | None) -> Value | None:
@@ -469,5 +481,3 @@ def _strip(value: Value | None) -> Value | None:
         return None
     return {k: v for k, v in value.items() if k not in ("v", "op")}
 
-
-__all__ += ["ChangeRejected"]

@@ -1,21 +1,59 @@
-"""Wiring of a metadata replica: database, consensus engine, API and jobs in one nursery."""
+"""Wiring of a metadata replica: database, consensus engine, API and jobs in one nursery.
+
+The only module of :mod:`nodes.metadata` that knows every other one:
+
+* :mod:`.state` - the replica's state (database, Paxos engine, liveness view);
+* :mod:`.paxos_replica` - the consensus engine, :mod:`.transport` its network;
+* :mod:`.routes` - the HTTP API (handlers in ``api_*.py``);
+* :mod:`.liveness` - node registration, heartbeats, the monitor and prober;
+* :mod:`.replication` - catch-up and view-counter merging between replicas;
+* :mod:`.storage_checks` - calls to storage nodes (commit checks, deletes).
+
+Every background job runs under :func:`nodes.net.jobs.run_forever`: one
+failed iteration is logged and retried with back-off, never fatal.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
+from nodes.net.jobs import run_forever
 from nodes.net.storage_client import open_storage_pool
 from vstack.metadata_db import MetadataDB
 from vstack.settings import MetadataSettings
 
-from .api import serve as serve_api
+from . import liveness, replication
+from .routes import serve_api
 from .state import MetadataService
 
 __all__ = ["serve_metadata"]
 
 log = logging.getLogger("vstack.metadata")
+
+
+def _start_jobs(nursery: trio.Nursery, svc: MetadataService) -> None:
+    s = svc.settings
+
+    def job(name: str, step: Callable[[MetadataService], Awaitable[object]], every: float,
+            initial_delay: float = 0.0) -> None:
+        async def run_step() -> None:
+            await step(svc)
+
+        nursery.start_soon(partial(run_forever, name, run_step, log=log, every=every,
+                                   initial_delay=initial_delay))
+
+    period = min(s.heartbeat_interval, s.node_timeout / 3)
+    job("liveness monitor", liveness.monitor_step, period, initial_delay=period)
+    if s.storage_nodes:
+        job("storage node probe", liveness.probe_step, s.heartbeat_interval)
+    if s.replicas > 1:
+        job("catch-up", replication.catch_up, replication.CATCH_UP_INTERVAL)
+        job("view counter merge", replication.merge_views, s.views_merge_interval,
+            initial_delay=s.views_merge_interval)
 
 
 async def serve_metadata(
@@ -27,28 +65,22 @@ async def serve_metadata(
     db = await trio.to_thread.run_sync(
         lambda: MetadataDB(settings.database, synchronous=settings.sqlite_synchronous))
     reader = MetadataDB(settings.database, synchronous=settings.sqlite_synchronous)
-    service = MetadataService(settings, db, reader)
-    service.replica.run_blocking = service.run_db
+    svc = MetadataService(settings, db, reader)
     try:
         async with open_storage_pool() as storage, trio.open_nursery() as nursery:
-            service.storage = storage
-            await nursery.start(service.replica.run)
-            nursery.start_soon(service.replica.recover)
-            service.port = await nursery.start(serve_api, service)
-            nursery.start_soon(service.run_liveness_monitor)
-            if settings.storage_nodes:
-                nursery.start_soon(service.run_prober)
-            if settings.replicas > 1:
-                nursery.start_soon(service.run_catch_up)
-                nursery.start_soon(service.run_views_merger)
+            svc.storage = storage
+            await nursery.start(svc.replica.run)
+            nursery.start_soon(svc.replica.recover)
+            svc.port = await nursery.start(serve_api, svc)
+            _start_jobs(nursery, svc)
             log.info("metadata replica %d of %d ready on port %d (database %s)",
-                     settings.replica_id, settings.replicas, service.port, settings.database)
-            task_status.started(service)
+                     settings.replica_id, settings.replicas, svc.port, settings.database)
+            task_status.started(svc)
     finally:
-        service.replica.stop()
+        svc.replica.stop()
         with trio.move_on_after(5) as cs:
             cs.shield = True
-            await service.transport.aclose()
+            await svc.transport.aclose()
         reader.close()
         db.close()
         log.info("metadata replica %d stopped", settings.replica_id)

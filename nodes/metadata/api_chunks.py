@@ -1,0 +1,59 @@
+"""Chunks: commit a placement once the nodes hold it, list fragments, show consensus state."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from nodes.net.http_server import Body
+from protocol.api import ChunkCommit, CommitResult
+from protocol.errors import ProtocolError
+from protocol.http import Request, Response
+from vstack.registers import chunk_key, commit_chunk
+
+from .api_common import ok, read_json
+from .replication import peer_slot_states, slot_state
+from .state import MetadataService
+from .storage_checks import verify_placement
+
+__all__ = ["chunk_fragments", "commit", "consensus"]
+
+
+async def commit(svc: MetadataService, req: Request, body: Body) -> Response:
+    """``POST /chunk/{id}/commit``: check the nodes hold it, then decide (Paxos)."""
+    chunk_id = req.params["chunk_id"]
+    request = ChunkCommit.from_json(await read_json(body))
+    verified = await verify_placement(svc, chunk_id, request)
+    if verified is None:
+        return ok(CommitResult(success=False, committed_nodes=(),
+                               message=f"Failed to reach consensus for chunk {chunk_id}").to_json())
+    nodes, fragments = verified
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    await svc.decide(chunk_key(chunk_id), commit_chunk(chunk_id, request, nodes=nodes,
+                                                       fragments=fragments, created_at=created))
+    return ok(CommitResult(success=True, committed_nodes=tuple(nodes),
+                           message=f"Chunk {chunk_id} committed to {len(nodes)} nodes").to_json())
+
+
+async def chunk_fragments(svc: MetadataService, req: Request, body: Body) -> Response:
+    chunk_id = req.params["chunk_id"]
+    rows = [{**row, "node_url": svc.aliases.public(row["node_url"])}
+            for row in svc.reader.fragments_of_chunk(chunk_id)]
+    return ok({"chunk_id": chunk_id, "fragments": rows})
+
+
+async def consensus(svc: MetadataService, req: Request, body: Body) -> Response:
+    """``GET /consensus/{id}``: this replica's Paxos state of the chunk, and each peer's."""
+    chunk_id = req.params["chunk_id"]
+    key = chunk_key(chunk_id)
+    slot = svc.replica.acceptor.slots.get(key)
+    if slot is None:
+        raise ProtocolError("Consensus state not found", 404)
+    value = slot.value or {}
+    accepted = (json.dumps(value.get("replicas") or [f["node_url"] for f in
+                                                      value.get("fragments") or []])
+                if slot.value is not None else None)
+    acceptors = [slot_state(svc, key), *await peer_slot_states(svc, key)]
+    return ok({"chunk_id": chunk_id, "promised_ballot": slot.promised.to_int(),
+               "accepted_ballot": slot.accepted.to_int(), "accepted_value": accepted,
+               "phase": slot.phase.value, "version": value.get("v"), "acceptors": acceptors})

@@ -1,0 +1,92 @@
+"""Storage nodes as the metadata service knows them: registration, heartbeats, verdicts.
+
+* a node registers (``POST /nodes/register``): a Paxos decision makes it
+  ``healthy`` at its URL on every replica;
+* heartbeats (``POST /nodes/{id}/heartbeat``) are local to each replica
+  (every node heartbeats every replica) and refresh its vital signs;
+* the **monitor** declares a node silent for ``node_timeout`` seconds
+  ``down`` by a Paxos decision, and ``healthy`` again by another when it is
+  heard from, so every replica agrees on the verdict and a node that keeps
+  heartbeating is never dropped (``/nodes/healthy`` does not flap);
+* the **prober** reads ``/health`` of every node in ``STORAGE_NODES``, which
+  counts as a heartbeat (and registers a node that never registered).
+
+Both jobs run under :func:`nodes.net.jobs.run_forever`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nodes.net.errors import deadline
+from protocol.api import Heartbeat, NodeRegistration
+from protocol.errors import ProtocolError, VStackError
+from vstack.metadata_db import utc_now
+from vstack.node_urls import normalize_url
+from vstack.registers import node_key, register_node, set_liveness
+
+from .state import MetadataService
+
+__all__ = ["heartbeat", "monitor_step", "probe_step", "register"]
+
+log = logging.getLogger("vstack.metadata.liveness")
+
+
+async def register(svc: MetadataService, reg: NodeRegistration) -> None:
+    url = normalize_url(reg.node_url)
+    await svc.decide(node_key(reg.node_id),
+                     register_node(url, reg.node_id, reg.version, since=utc_now()))
+    svc.last_seen[reg.node_id] = svc.now()
+    when = utc_now()
+    await svc.run_db(lambda: svc.db.record_heartbeat(
+        url, when=when, disk_usage_percent=0.0, chunk_count=0, version=reg.version))
+    log.info("storage node %s registered at %s", reg.node_id, url)
+
+
+async def heartbeat(svc: MetadataService, node_id: str, beat: Heartbeat) -> None:
+    """Record a heartbeat; 404 if the node never registered here."""
+    row = svc.reader.node(node_id)
+    if row is None:
+        raise ProtocolError(f"Node {node_id} is not registered", 404)
+    svc.last_seen[node_id] = svc.now()
+    when, url = utc_now(), row["node_url"]
+    await svc.run_db(lambda: svc.db.record_heartbeat(
+        url, when=when, disk_usage_percent=beat.disk_usage_percent, chunk_count=beat.chunk_count,
+        free_bytes=beat.free_bytes, version=beat.version))
+    if row["status"] != "healthy":
+        await _set_verdict(svc, node_id, "healthy")
+
+
+async def _set_verdict(svc: MetadataService, node_id: str, status: str) -> None:
+    try:
+        await svc.decide(node_key(node_id), set_liveness(status, since=utc_now()))
+    except ProtocolError as exc:
+        log.warning("could not record node %s as %s: %s", node_id, status, exc.msg)
+        return
+    if status == "down":
+        log.warning("storage node %s is down (silent for over %.0f s)", node_id,
+                    svc.settings.node_timeout)
+    else:
+        log.info("storage node %s is back", node_id)
+
+
+async def monitor_step(svc: MetadataService) -> None:
+    """Declare down every healthy node this replica has not heard from in time."""
+    for row in svc.reader.node_rows():
+        if row["status"] == "healthy" and not svc.is_live(row["node_id"]):
+            await _set_verdict(svc, row["node_id"], "down")
+
+
+async def probe_step(svc: MetadataService) -> None:
+    """Probe each ``STORAGE_NODES`` URL: a node that answers ``/health`` has heartbeated."""
+    for url in svc.settings.storage_nodes:
+        try:
+            with deadline(svc.settings.probe_timeout, f"probe of {url}"):
+                info = await svc.storage.health(svc.aliases.resolve(url))
+            if svc.reader.node(info.node_id) is None:
+                reg = NodeRegistration(node_url=url, node_id=info.node_id,
+                                       version=info.version or svc.version)
+                await register(svc, reg)
+            await heartbeat(svc, info.node_id, info.heartbeat())
+        except VStackError as exc:
+            log.debug("probe of %s: %s", url, exc)

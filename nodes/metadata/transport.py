@@ -1,0 +1,55 @@
+"""How metadata replicas reach each other: Paxos batches and peer reads over HTTP.
+
+One pooled keep-alive client (:class:`~nodes.net.http_client.HttpClient`)
+carries everything between replicas: ``POST /paxos`` batches (encoded and
+decoded here with :mod:`protocol.consensus`), and the reads of catch-up,
+view merging and the consensus view (``GET /paxos/...``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodes.net.http_client import HttpClient
+from protocol.consensus import Batch, Message, Reply, decode_reply
+from protocol.errors import RemoteProtocolError
+
+__all__ = ["HttpTransport"]
+
+
+class HttpTransport:
+    """Paxos batches over HTTP (``POST /paxos``), pooled connections per peer."""
+
+    def __init__(self, peers: tuple[str, ...], self_id: int) -> None:
+        self.self_id = self_id
+        self.http = HttpClient(max_idle_per_host=4)
+        self.peers = {i: url.rstrip("/") for i, url in enumerate(peers) if i != self_id}
+
+    async def call(self, peer: int, batch: list[Message]) -> list[Reply]:
+        body = Batch(sender=self.self_id, messages=tuple(batch)).to_json()
+        # Safe to repeat: acceptors answer a repeated message the same way.
+        res = await self.http.request("POST", self.peers[peer] + "/paxos", json_body=body,
+                                      retry=True)
+        if res.status != 200:
+            raise RemoteProtocolError(f"replica {peer} answered {res.status}", 502)
+        raw = res.json().get("replies") if isinstance(res.json(), dict) else None
+        if not isinstance(raw, list) or len(raw) != len(batch):
+            raise RemoteProtocolError(f"replica {peer} sent a malformed batch answer", 502)
+        try:
+            return [decode_reply(r, m) for r, m in zip(raw, batch, strict=True)]
+        except ValueError as exc:
+            raise RemoteProtocolError(f"replica {peer}: {exc}", 502) from None
+
+    async def get_json(self, peer: int, path: str) -> Any:
+        """``GET`` a replica-to-replica path on ``peer``; its JSON (200 only).
+
+        Raises:
+            TransportError, RemoteProtocolError.
+        """
+        res = await self.http.request("GET", self.peers[peer] + path)
+        if res.status != 200:
+            raise RemoteProtocolError(f"replica {peer} answered {res.status} to {path}", 502)
+        return res.json()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
