@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
+from typing import Final
 
 import trio
 
@@ -18,6 +20,7 @@ from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
 from protocol.api import parse_sha256
 from protocol.errors import ProtocolError
 from protocol.http import FileRange, Request, Response, Router, json_response
+from vstack.store import Location
 
 from .node import StorageNode, chunk_key
 
@@ -26,89 +29,98 @@ __all__ = ["build_router", "serve"]
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+async def put_chunk(node: StorageNode, req: Request, body: Body) -> Response:
+    chunk_id = req.params["chunk_id"]
+    chunk_key(chunk_id, for_write=True)
+    if "chunked" in (req.header("transfer-encoding") or "").lower() or not req.content_length:
+        raise ProtocolError("Content-Length header required", 400)
+    limit = node.settings.max_chunk_bytes
+    if req.content_length > limit:
+        raise ProtocolError(
+            f"Chunk of {req.content_length} bytes exceeds the limit of {limit}", 413)
+    checksum = req.header("x-chunk-checksum") or req.header("x-checksum")
+    if checksum is not None:
+        parse_sha256(checksum)  # a malformed value is refused before the body is read
+    size_hdr = req.header("x-chunk-size")
+    if size_hdr is not None and size_hdr.strip() != str(req.content_length):
+        raise ProtocolError("X-Chunk-Size does not match Content-Length", 400)
+    data = await body.read(limit)
+    status, loc = await node.put(chunk_id, data, checksum=checksum)
+    headers = [("Location", f"/chunk/{chunk_id}"), ("ETag", loc.etag),
+               ("X-Chunk-Size", str(loc.size))]
+    return Response(status=status, headers=headers)
+
+
+def _chunk_headers(loc: Location) -> list[tuple[str, str]]:
+    return [("Content-Type", "application/octet-stream"), ("ETag", loc.etag),
+            ("X-Chunk-Size", str(loc.size)), ("X-Chunk-CRC32C", f"{loc.crc:08x}"),
+            ("X-Superblock-ID", str(loc.sb)), ("Accept-Ranges", "bytes")]
+
+
+async def get_chunk(node: StorageNode, req: Request, body: Body) -> Response:
+    chunk_id = req.params["chunk_id"]
+    start, length, status = 0, None, 200
+    rng = req.header("range")
+    if rng:  # only a range needs the size before the read (one lookup otherwise)
+        start, length = _parse_range(rng, node.head(chunk_id).size)
+        status = 206
+    read = await node.open_read(chunk_id, start, length)
+    headers = _chunk_headers(read.loc)
+    if status == 206:
+        end = read.start + read.length - 1
+        headers.append(("Content-Range", f"bytes {read.start}-{end}/{read.loc.size}"))
+    if read.data is not None:
+        payload = read.data
+        read.close()
+        return Response(status=status, headers=headers, body=payload)
+    return Response(status=status, headers=headers,
+                    body=FileRange(read.fd, read.offset, read.length), after=read.close)
+
+
+async def head_chunk(node: StorageNode, req: Request, body: Body) -> Response:
+    loc = node.head(req.params["chunk_id"])
+    return Response(status=200, headers=[*_chunk_headers(loc), ("Content-Length", str(loc.size))])
+
+
+async def delete_chunk(node: StorageNode, req: Request, body: Body) -> Response:
+    await node.delete(req.params["chunk_id"])
+    return Response(status=204)
+
+
+async def ping(node: StorageNode, req: Request, body: Body) -> Response:
+    t0 = time.perf_counter()
+    usage = node.disk_usage_percent()
+    count = node.chunk_count()
+    return Response(status=200, headers=[
+        ("X-Node-ID", node.node_id),
+        ("X-Disk-Usage-Percent", f"{usage:.2f}"),
+        ("X-Chunk-Count", str(count)),
+        ("X-Response-Time", f"{(time.perf_counter() - t0) * 1e3:.3f}"),
+        ("Cache-Control", "no-cache"),
+    ])
+
+
+async def health(node: StorageNode, req: Request, body: Body) -> Response:
+    info = node.health()
+    status = 503 if info["status"] == "critical" else 200
+    return json_response(status, info, [("Cache-Control", "no-cache")])
+
+
+ROUTES: Final = [
+    ("PUT", "/chunk/{chunk_id}", put_chunk),
+    ("GET", "/chunk/{chunk_id}", get_chunk),
+    ("HEAD", "/chunk/{chunk_id}", head_chunk),
+    ("DELETE", "/chunk/{chunk_id}", delete_chunk),
+    ("GET", "/ping", ping),
+    ("HEAD", "/ping", ping),
+    ("GET", "/health", health),
+]
+
+
 def build_router(node: StorageNode) -> Router[Handler]:
     router: Router[Handler] = Router()
-
-    async def put_chunk(req: Request, body: Body) -> Response:
-        chunk_id = req.params["chunk_id"]
-        chunk_key(chunk_id, for_write=True)
-        if "chunked" in (req.header("transfer-encoding") or "").lower() or not req.content_length:
-            raise ProtocolError("Content-Length header required", 400)
-        if req.content_length > node.settings.max_chunk_bytes:
-            raise ProtocolError(
-                f"Chunk of {req.content_length} bytes exceeds the limit of "
-                f"{node.settings.max_chunk_bytes}", 413)
-        checksum = req.header("x-chunk-checksum") or req.header("x-checksum")
-        if checksum is not None:
-            parse_sha256(checksum)  # a malformed value is refused before the body is read
-        size_hdr = req.header("x-chunk-size")
-        if size_hdr is not None and size_hdr.strip() != str(req.content_length):
-            raise ProtocolError("X-Chunk-Size does not match Content-Length", 400)
-        data = await body.read(node.settings.max_chunk_bytes)
-        status, loc = await node.put(chunk_id, data, checksum=checksum)
-        headers = [("Location", f"/chunk/{chunk_id}"), ("ETag", loc.etag),
-                   ("X-Chunk-Size", str(loc.size))]
-        return Response(status=status, headers=headers)
-
-    def chunk_headers(loc_size: int, etag: str, crc: int, sb: int) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/octet-stream"), ("ETag", etag),
-                ("X-Chunk-Size", str(loc_size)), ("X-Chunk-CRC32C", f"{crc:08x}"),
-                ("X-Superblock-ID", str(sb)), ("Accept-Ranges", "bytes")]
-
-    async def get_chunk(req: Request, body: Body) -> Response:
-        chunk_id = req.params["chunk_id"]
-        start, length, status = 0, None, 200
-        rng = req.header("range")
-        if rng:  # only a range needs the size before the read (one lookup otherwise)
-            start, length = _parse_range(rng, node.head(chunk_id).size)
-            status = 206
-        read = await node.open_read(chunk_id, start, length)
-        headers = chunk_headers(read.loc.size, read.loc.etag, read.loc.crc, read.loc.sb)
-        if status == 206:
-            end = read.start + read.length - 1
-            headers.append(("Content-Range", f"bytes {read.start}-{end}/{read.loc.size}"))
-        payload: bytes | FileRange
-        if read.data is not None:
-            payload = read.data
-            read.close()
-            return Response(status=status, headers=headers, body=payload)
-        return Response(status=status, headers=headers,
-                        body=FileRange(read.fd, read.offset, read.length), after=read.close)
-
-    async def head_chunk(req: Request, body: Body) -> Response:
-        loc = node.head(req.params["chunk_id"])
-        headers = chunk_headers(loc.size, loc.etag, loc.crc, loc.sb)
-        headers.append(("Content-Length", str(loc.size)))
-        return Response(status=200, headers=headers)
-
-    async def delete_chunk(req: Request, body: Body) -> Response:
-        await node.delete(req.params["chunk_id"])
-        return Response(status=204)
-
-    async def ping(req: Request, body: Body) -> Response:
-        t0 = time.perf_counter()
-        usage = node.disk_usage_percent()
-        count = node.chunk_count()
-        return Response(status=200, headers=[
-            ("X-Node-ID", node.node_id),
-            ("X-Disk-Usage-Percent", f"{usage:.2f}"),
-            ("X-Chunk-Count", str(count)),
-            ("X-Response-Time", f"{(time.perf_counter() - t0) * 1e3:.3f}"),
-            ("Cache-Control", "no-cache"),
-        ])
-
-    async def health(req: Request, body: Body) -> Response:
-        info = node.health()
-        status = 503 if info["status"] == "critical" else 200
-        return json_response(status, info, [("Cache-Control", "no-cache")])
-
-    router.add("PUT", "/chunk/{chunk_id}", put_chunk)
-    router.add("GET", "/chunk/{chunk_id}", get_chunk)
-    router.add("HEAD", "/chunk/{chunk_id}", head_chunk)
-    router.add("DELETE", "/chunk/{chunk_id}", delete_chunk)
-    router.add("GET", "/ping", ping)
-    router.add("HEAD", "/ping", ping)
-    router.add("GET", "/health", health)
+    for method, path, endpoint in ROUTES:
+        router.add(method, path, partial(endpoint, node))
     return router
 
 
