@@ -252,3 +252,12 @@ async def test_stats_overhead_popularity_and_redundancy(
     assert (await api("GET", "/redundancy/config")).json()["erasure_total_shards"] == 5
     assert (await api("GET", f"/chunk/{cid}/fragments")).json() == {"chunk_id": cid,
                                                                     "fragments": []}
+
+
+async def test_manifest_announces_the_configured_chunk_duration(
+        start_metadata: Callable[..., Any]) -> None:
+    api = Api((await start_metadata(chunk_duration=4)).port)
+    vid = (await api("POST", "/video", {"title": "short chunks", "duration_sec": 8})).json()
+    manifest = (await api("GET", f"/manifest/{vid['video_id']}")).json()
+    assert manifest["chunk_duration_sec"] == 4
+    assert manifest["chunks"] == []

@@ -20,6 +20,7 @@ from nodes.metadata.state import MetadataService
 from nodes.storage.node import StorageNode
 from nodes.storage.service import serve_storage_node
 from nodes.uploader.service import Uploader, serve_uploader
+from vstack import __version__
 from vstack.node_urls import parse_aliases
 from vstack.settings import (
     DEFAULT_MAX_CHUNK_BYTES,
@@ -43,11 +44,17 @@ def _setup_logging(level: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="vstack-node")
 @click.option("--log-level", envvar="LOG_LEVEL", default="INFO",
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Log verbosity [env LOG_LEVEL].")
 def main(log_level: str) -> None:
-    """Start V-Stack services: storage nodes now; metadata, uploader and more to come."""
+    """Start V-Stack services: a storage node, a metadata replica, the uploader, or all of
+    them as one local cluster (`vstack-node all`).
+
+    The smart client (8086), the web page (8085) and the redundancy manager are
+    not part of this release yet.
+    """
     _setup_logging(log_level)
 
 
@@ -158,9 +165,13 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
 @click.option("--views-merge-interval", envvar="VIEWS_MERGE_INTERVAL", default=5.0,
               type=click.FloatRange(0.1), help="Seconds between exchanges of view counters "
               "with the other replicas [env VIEWS_MERGE_INTERVAL].")
+@click.option("--chunk-duration", envvar="CHUNK_DURATION", default=10.0,
+              type=click.FloatRange(1.0, 3600.0), help="Nominal chunk length manifests announce "
+              "as chunk_duration_sec, in whole seconds [env CHUNK_DURATION].")
 def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
              heartbeat_interval: float, node_timeout: float, popularity_threshold: int,
-             storage_nodes: str, aliases: str, views_merge_interval: float) -> None:
+             storage_nodes: str, aliases: str, views_merge_interval: float,
+             chunk_duration: float) -> None:
     """Run one metadata replica: videos, chunk placements and nodes, agreed by Paxos."""
     try:
         settings = MetadataSettings(
@@ -168,7 +179,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
             replica_id=replica_id, heartbeat_interval=heartbeat_interval,
             node_timeout=node_timeout, popularity_threshold=popularity_threshold,
             storage_nodes=_split(storage_nodes), aliases=parse_aliases(aliases),
-            views_merge_interval=views_merge_interval,
+            views_merge_interval=views_merge_interval, chunk_duration=round(chunk_duration),
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
