@@ -143,7 +143,8 @@ def run_load(worker: Callable[..., None], port: int, targets: list[bytes], conns
 
 
 def gbps(res: Result) -> float:
-    return res.bytes / res.elapsed / 1e9  # type: ignore[attr-defined]
+    elapsed: float = res.elapsed  # type: ignore[attr-defined]
+    return res.bytes / elapsed / 1e9
 
 
 # -- nginx ------------------------------------------------------------------------
@@ -320,19 +321,19 @@ def bench_put(report: Report, work: Path, seconds: float, rounds: int) -> None:
         for r in range(rounds):
             runs["raw"].append(raw_append_fsync(work / f"raw-append-{r}.dat", blobs, seconds))
             for conns in (1, 8):
-                res = run_load(binary_put_worker, binary, blobs, conns, seconds)  # type: ignore[arg-type]
+                res = run_load(binary_put_worker, binary, blobs, conns, seconds)
                 runs[str(conns)].append(gbps(res))
                 lat[str(conns)] += res.latencies
     finally:
         proc.terminate()
         proc.wait(10)
     ref = statistics.median(runs["raw"])
-    for conns in ("1", "8"):
-        report.add(Row(f"PUT binary, {conns} conn (GB/s)", statistics.median(runs[conns]), "GB/s",
+    for label in ("1", "8"):
+        report.add(Row(f"PUT binary, {label} conn (GB/s)", statistics.median(runs[label]), "GB/s",
                        "raw append+fdatasync loop", ref, target=0.8,
-                       extra={"rounds": runs[conns], "reference_rounds": runs["raw"],
-                              "p50_ms": percentile(lat[conns], 50) * 1e3,
-                              "p99_ms": percentile(lat[conns], 99) * 1e3}))
+                       extra={"rounds": runs[label], "reference_rounds": runs["raw"],
+                              "p50_ms": percentile(lat[label], 50) * 1e3,
+                              "p99_ms": percentile(lat[label], 99) * 1e3}))
 
 
 def bench_index(report: Report, work: Path, sizes: list[int]) -> None:

@@ -59,7 +59,7 @@ async def test_many_pipelined_requests_on_one_connection(start_node: Callable[..
         async with trio.open_nursery() as nursery:
             for key, blob in blobs.items():
                 nursery.start_soon(client.put, key, blob)
-        got: dict[str, bytes] = {}
+        got: dict[str, bytes | bytearray] = {}
 
         async def fetch(key: str) -> None:
             got[key] = await client.get(key)

@@ -56,7 +56,8 @@ def test_round_trip_in_any_pieces(data: bytes, title: str, step: int) -> None:
 def test_data_that_looks_like_a_boundary() -> None:
     boundary = b"XyZ"
     tricky = b"\r\n--XyZ is not alone\r\n--Xy" + b"\r\n--XyZ"[:-1]
-    parts = [("video", "v.bin", tricky.replace(b"\r\n--XyZ", b"\r\n--XyX"))]
+    parts: list[tuple[str, str | None, bytes]] = [
+        ("video", "v.bin", tricky.replace(b"\r\n--XyZ", b"\r\n--XyX"))]
     assert parse(body(boundary, parts), boundary, 3) == parts
 
 

@@ -17,6 +17,7 @@ make the simulation fail.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ import trio
 import trio.testing
 
 from nodes.metadata.paxos_replica import NoQuorum, PaxosReplica, ReplicaStopped
+from protocol.consensus import Batch, Message, decode_reply, encode_reply
+from protocol.consensus import Reply as WireReply
 from protocol.errors import ConnectionLost
 from vstack.metadata_db import MetadataDB
 from vstack.paxos import Acceptor, Ballot, Proposal, Reply, Slot, Value
@@ -76,7 +79,7 @@ class SimTransport:
     net: Net
     src: int
 
-    async def call(self, peer: int, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def call(self, peer: int, batch: list[Message]) -> list[WireReply]:
         net = self.net
         if net.faulty:
             await trio.sleep(net.rng.uniform(0, net.max_delay))
@@ -86,16 +89,34 @@ class SimTransport:
         if target is None or not net.connected(self.src, peer):
             raise ConnectionLost("unreachable")
         net.trace.append((net.now(), f"{self.src}->{peer} {len(batch)}"))
-        replies = await target.handle_batch(batch)
+        # Through the wire codec, as over HTTP: what the acceptor gets is what JSON carries.
+        wire = json.loads(json.dumps(Batch(sender=self.src, messages=tuple(batch)).to_json()))
+        received = Batch.from_json(wire).messages
+        replies = await target.handle_batch(received)
         if net.faulty and net.rng.random() < net.dup:
-            await target.handle_batch(batch)  # delivered twice
+            await target.handle_batch(received)  # delivered twice
         if net.faulty:
             await trio.sleep(net.rng.uniform(0, net.max_delay))
             if net.rng.random() < net.drop:
                 raise ConnectionLost("reply dropped")
         if net.replicas.get(peer) is not target:
             raise ConnectionLost("crashed before answering")
-        return replies
+        raw = json.loads(json.dumps([encode_reply(r) for r in replies]))
+        return [decode_reply(r, m) for r, m in zip(raw, batch, strict=True)]
+
+
+def append_to_log(op: str) -> Callable[[Value | None], Value | None]:
+    """A change appending ``op`` to the register's log.
+
+    Idempotent, as CASPaxos changes must be: a retried operation may find
+    itself applied already.
+    """
+
+    def append(cur: Value | None) -> Value | None:
+        log = (cur or {}).get("log", [])
+        return None if op in log else {"log": [*log, op]}
+
+    return append
 
 
 class Cluster:
@@ -163,14 +184,8 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
                 rep = net.replicas[alive[rng.randrange(len(alive))]]
                 assert rep is not None
 
-                def append(cur: Value | None, op: str = op) -> Value | None:
-                    log = (cur or {}).get("log", [])
-                    # Idempotent, as CASPaxos changes must be: a retried
-                    # operation may find itself applied already.
-                    return None if op in log else {"log": [*log, op]}
-
                 try:
-                    await rep.change(key, append, op=op, leader_fast=fast)
+                    await rep.change(key, append_to_log(op), op=op, leader_fast=fast)
                 except (NoQuorum, ReplicaStopped):
                     failed += 1
                 else:
@@ -212,8 +227,7 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
                 rep = net.replicas[c % N]
                 assert rep is not None
                 key = KEYS[c % len(KEYS)]
-                await rep.change(key, lambda cur, c=c: {"log": [*(cur or {}).get("log", []),
-                                                                f"final-{c}"]}, op=f"final-c{c}")
+                await rep.change(key, append_to_log(f"final-{c}"), op=f"final-c{c}")
                 acked.append((key, f"final-{c}"))
             for key in sorted({k for k, _ in acked} | set(KEYS)):
                 rep = net.replicas[rng.randrange(N)]
