@@ -4,6 +4,9 @@ Every benchmark reports a figure *and* a reference measured in the same run
 on the same machine, and their ratio; :class:`Report` prints them as a table
 and writes them as JSON (``benchmarks/results/<name>.json``), so runs can be
 compared over time.
+
+Child processes are started with :mod:`tools.launch`, which the tests use
+too; ``free_port``, ``wait_port`` and ``ROOT`` are re-exported from there.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.launch import ROOT, ServiceProcess, free_port, wait_port
+
+__all__ = ["RESULTS", "ROOT", "Report", "Row", "free_port", "percentile", "start_node", "wait_port"]
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -76,33 +81,18 @@ class Report:
         return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
 def start_node(data_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], int, int]:
     """A ``vstack-node storage`` child process; returns (process, http port, binary port)."""
     http, binary = free_port(), free_port()
-    full = {**os.environ, "PORT": str(http), "BINARY_PORT": str(binary), "HOST": "127.0.0.1",
-            "DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING", "SCRUB_RATE": "0", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "tools.node_cli", "storage"], env=full, cwd=ROOT)
-    wait_port(http)
-    wait_port(binary)
-    return proc, http, binary
+    node = ServiceProcess(
+        "storage",
+        {"PORT": str(http), "BINARY_PORT": str(binary), "HOST": "127.0.0.1",
+         "DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING", "SCRUB_RATE": "0", **env},
+        ports=(http, binary),
+    )
+    node.start(timeout=30)
+    assert node.proc is not None
+    return node.proc, http, binary
 
 
 def percentile(values: list[float], p: float) -> float:

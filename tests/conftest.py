@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +14,7 @@ import trio.testing
 
 from nodes.storage.node import StorageNode
 from nodes.storage.service import serve_storage_node
+from tools.launch import ServiceProcess, free_port
 from vstack.settings import StorageSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,51 +75,21 @@ async def start_stoppable(nursery: trio.Nursery, serve: Callable[..., Any],
     return await nursery.start(run), stop
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class NodeProcess:
+class NodeProcess(ServiceProcess):
     """``vstack-node storage`` in a child process, configured by environment."""
 
     def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.binary_port = free_port()
-        self.env = {
-            **os.environ, "PORT": str(self.port), "BINARY_PORT": str(self.binary_port),
-            "HOST": "127.0.0.1", "DATA_DIR": str(data_dir), "NODE_ID": "proc-node",
-            "SCRUB_RATE": "0", "LOG_LEVEL": "WARNING", **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log = self.data_dir.parent / "node-process.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tools.node_cli", "storage"], env=self.env, cwd=ROOT,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited: {self.log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.binary_port), timeout=0.2):
-                    pass
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("node did not start")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
+        super().__init__(
+            "storage",
+            {"PORT": str(self.port), "BINARY_PORT": str(self.binary_port), "HOST": "127.0.0.1",
+             "DATA_DIR": str(data_dir), "NODE_ID": "proc-node", "SCRUB_RATE": "0",
+             "LOG_LEVEL": "WARNING", **env},
+            ports=(self.binary_port, self.port),
+            log=data_dir.parent / "node-process.log",
+        )
 
 
 @pytest.fixture
@@ -137,7 +103,7 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
     yield make
     for p in made:
-        if p.proc is not None and p.proc.poll() is None:
+        if p.running:
             p.kill()
 
 

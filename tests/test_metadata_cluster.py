@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,28 +10,22 @@ import trio
 
 from nodes.net.http_client import HttpResult, request
 from protocol.errors import TransportError
+from tools.launch import ServiceProcess, free_port
 
-from .conftest import ROOT, free_port
 
+class Replica(ServiceProcess):
+    """Metadata replica ``i`` of the group on ``ports``; :meth:`start` does not wait for it."""
 
-class Replica:
     def __init__(self, tmp: Path, i: int, ports: list[int]) -> None:
         self.i, self.port, self.tmp = i, ports[i], tmp
-        self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1",
-                    "DATABASE_URL": str(tmp / f"replica-{i}" / "metadata.db"),
-                    "METADATA_PEERS": ",".join(f"http://127.0.0.1:{p}" for p in ports),
-                    "METADATA_ID": str(i), "LOG_LEVEL": "WARNING", "VIEWS_MERGE_INTERVAL": "0.2"}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.tmp / f"replica-{self.i}.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools.node_cli", "metadata"],
-                                         env=self.env, cwd=ROOT, stderr=log)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        super().__init__(
+            "metadata",
+            {"PORT": str(self.port), "HOST": "127.0.0.1",
+             "DATABASE_URL": str(tmp / f"replica-{i}" / "metadata.db"),
+             "METADATA_PEERS": ",".join(f"http://127.0.0.1:{p}" for p in ports),
+             "METADATA_ID": str(i), "LOG_LEVEL": "WARNING", "VIEWS_MERGE_INTERVAL": "0.2"},
+            log=tmp / f"replica-{i}.log",
+        )
 
 
 async def call(port: int, method: str, path: str, body: object = None) -> HttpResult:
@@ -117,5 +107,5 @@ async def test_sigkill_one_replica_during_commits(tmp_path: Path) -> None:
                 await trio.sleep(0.1)
     finally:
         for r in replicas:
-            if r.proc is not None and r.proc.poll() is None:
+            if r.running:
                 r.kill()

@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 Chunks are appended as self-describing records (:mod:`vstack.records`) to
-``data/superblock_<N>.dat``; a new superblock is started when the active one
-would pass ``max_superblock_size``. The location of every live chunk is kept
-in a :class:`~vstack.index.ChunkIndex`.
+superblock files (:mod:`vstack.superblock`); a new superblock is started when
+the active one would pass ``max_superblock_size``. The location of every live
+chunk is kept in a :class:`~vstack.index.ChunkIndex`, and a key is found
+through it and confirmed against its header on disk (:mod:`vstack.location`).
 
 Writes go through four steps so that many can share one ``fdatasync``
-(group commit) while trio drives them:
+(group commit, :mod:`vstack.group_commit`) while trio drives them:
 
 1. :meth:`SuperblockStore.reserve_put` (event-loop thread, never blocks)
    assigns a sequence number and a byte range at the end of the active
@@ -30,50 +31,44 @@ still exists, checkpoints the index, and only then unlinks the old file;
 readers hold a reference on the file they read, so the descriptor stays open
 until the last ``sendfile`` from it ends.
 
-Restart: load the checkpoint (index arrays plus, per superblock, the offset
-up to which it is reflected), then scan only what was appended after it,
-verifying CRCs, skipping torn or failed records and cutting a torn tail.
-Without a checkpoint every file is scanned.
+Restart (:mod:`vstack.recovery`): load the checkpoint (index arrays plus, per
+superblock, the offset up to which it is reflected), then scan only what was
+appended after it, verifying CRCs, skipping torn or failed records and
+cutting a torn tail. Without a checkpoint every file is scanned. A data
+directory is used by one process at a time (an ``flock`` on ``LOCK``).
 
 Threads: every method that changes the store's state runs on the caller's
 (event-loop) thread; the blocking ones (``write``, ``fsync_batch``,
 ``read_data``, ``write_checkpoint``) touch only file descriptors and
 snapshots, so no locks are needed.
+
+This module is the facade: the node and the tests import everything they
+need from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
-import json
 import logging
 import os
-import re
-import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from protocol.errors import LocalProtocolError, ProtocolError, VStackError
+from protocol.errors import ProtocolError, VStackError
 from protocol.frames import crc32c
 
-from .index import FLAG_QUARANTINED, FLAG_VERIFIED, ChunkIndex, key_hash
-from .records import (
-    ALIGN,
-    HEADER_SIZE,
-    RecordHeader,
-    ScanResult,
-    encode_header,
-    parse_header,
-    record_length,
-    scan,
-    sha256,
-)
+from . import group_commit, recovery
+from .group_commit import Busy, PendingWrite, SyncBatch, WriteKind
+from .index import FLAG_QUARANTINED, FLAG_VERIFIED, ChunkIndex
+from .location import Location, find, insert, is_current, relocate, row_header
+from .records import ALIGN, HEADER_SIZE, RecordHeader, ScanResult, record_length, scan, sha256
+from .superblock import SuperblockFiles
 
 __all__ = [
     "Busy",
@@ -88,97 +83,9 @@ __all__ = [
 
 log = logging.getLogger("vstack.store")
 
-_SB_NAME: Final = re.compile(r"^superblock_(\d+)\.dat$")
-CHECKPOINT_NAME: Final = "checkpoint.npz"
-_PAD: Final = bytes(ALIGN)
-
 
 class StoreInUse(VStackError):
     """Another process holds this data directory."""
-
-
-class Busy(LocalProtocolError):
-    """Another write of the same key is in flight; wait for it, then retry."""
-
-    def __init__(self, pending: PendingWrite) -> None:
-        super().__init__("a write of this chunk is in progress", 409)
-        self.pending = pending
-
-
-class WriteKind(enum.Enum):
-    PUT = "put"
-    TOMBSTONE = "tombstone"
-    COPY = "copy"  # compaction: a live record moved forward
-    TOMBSTONE_COPY = "tombstone_copy"  # compaction: a tombstone carried forward
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Location:
-    """Where a live chunk is, and what is known of it."""
-
-    key: bytes
-    row: int
-    sb: int
-    offset: int  # of the record header
-    size: int
-    crc: int
-    sha256: bytes
-    seq: int
-    verified: bool
-    quarantined: bool
-
-    @property
-    def data_offset(self) -> int:
-        return self.offset + HEADER_SIZE
-
-    @property
-    def etag(self) -> str:
-        return self.sha256.hex()
-
-
-@dataclass(eq=False, kw_only=True)
-class PendingWrite:
-    kind: WriteKind
-    key: bytes
-    seq: int
-    sb: int
-    offset: int
-    length: int
-    header: bytes
-    data: bytes | bytearray = b""
-    size: int = 0
-    crc: int = 0
-    sha: bytes = b""
-    source: tuple[int, int] | None = None  # COPY: (sb, offset) it was copied from
-    target_row_seq: int = 0  # TOMBSTONE: seq of the record it deletes
-    state: str = "reserved"  # reserved -> written | failed -> done
-    error: BaseException | None = None
-    waiter: Any = None  # for the I/O layer (a trio.Event)
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "done" and self.error is None
-
-
-@dataclass(eq=False)
-class Superblock:
-    id: int
-    path: Path
-    fd: int
-    size: int  # append position
-    inflight: list[PendingWrite] = field(default_factory=list)
-    refs: int = 0
-    retired: bool = False
-
-    def watermark(self) -> int:
-        """Every byte below this offset is reflected in the index."""
-        return self.inflight[0].offset if self.inflight else self.size
-
-
-@dataclass(frozen=True, kw_only=True)
-class SyncBatch:
-    writes: dict[int, list[PendingWrite]]
-    fds: list[int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,21 +114,23 @@ class SuperblockStore:
         self.index_dir = root / "index"
         self.max_superblock_size = max_superblock_size
         self.index = ChunkIndex()
-        self._sbs: dict[int, Superblock] = {}
-        self._active: Superblock | None = None
+        self._files = SuperblockFiles(self.data_dir)
         self._next_seq = 1
-        self._next_sb = 0
         self._pending: dict[bytes, PendingWrite] = {}
         self.quarantined: dict[str, str] = {}
         self.recovery: dict[str, Any] = {}
-        self._retired: dict[int, Superblock] = {}
         self._lock_fd = -1
         self.closed = False
 
-    # -- opening and recovery (blocking) ----------------------------------------
+    # -- opening (blocking) ---------------------------------------------------------
 
     @classmethod
     def open(cls, root: Path | str, *, max_superblock_size: int = 1 << 30) -> SuperblockStore:
+        """Lock the data directory under ``root`` and recover its contents.
+
+        Raises:
+            StoreInUse: another process has the directory open.
+        """
         self = cls(Path(root), max_superblock_size=max_superblock_size)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.index_dir.mkdir(parents=True, exist_ok=True)
@@ -232,143 +141,23 @@ class SuperblockStore:
             os.close(self._lock_fd)
             raise StoreInUse(f"{self.root} is in use by another storage node") from None
         try:
-            self._recover()
+            done = recovery.recover(self._files, self.index_dir)
         except BaseException:
             self.close()
             raise
+        self.index = done.index
+        self._next_seq = done.next_seq
+        self.quarantined = done.quarantined
+        self.recovery = done.report
         return self
-
-    def _recover(self) -> None:
-        watermarks: dict[int, int] = {}
-        ckpt = self.index_dir / CHECKPOINT_NAME
-        loaded = False
-        if ckpt.exists():
-            try:
-                watermarks = self._load_checkpoint(ckpt)
-                loaded = True
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-                log.error("checkpoint %s unreadable (%s); rebuilding from superblocks", ckpt, exc)
-                self.index = ChunkIndex()
-                watermarks = {}
-        ids = sorted(
-            int(m.group(1)) for p in self.data_dir.iterdir() if (m := _SB_NAME.match(p.name))
-        )
-        known = set(ids)
-        # Rows that point into superblocks that no longer exist cannot be served.
-        sbcol = self.index.col("sb")
-        if len(self.index) and not np.isin(sbcol, np.array(ids, dtype=np.uint32)).all():
-            for row in sorted(np.flatnonzero(~np.isin(sbcol, list(known))).tolist(), reverse=True):
-                log.error("checkpoint row points to missing superblock; dropped")
-                self.index.remove(row)
-        for sb_id in ids:  # all open first: lookups during the scan read any of them
-            path = self.data_dir / f"superblock_{sb_id}.dat"
-            fd = os.open(path, os.O_RDWR)
-            self._sbs[sb_id] = Superblock(sb_id, path, fd, os.fstat(fd).st_size)
-            self._next_sb = max(self._next_sb, sb_id + 1)
-        tombstones: dict[bytes, int] = {}
-        scanned = skipped = 0
-        damaged: list[str] = []
-        for sb_id in ids:
-            sb = self._sbs[sb_id]
-            file_size = sb.size
-            start = watermarks.get(sb_id, 0) if loaded else 0
-            result = ScanResult(end=start)
-            for rec in scan(sb.fd, sb_id, start, file_size, result):
-                self._apply_recovered(rec, tombstones)
-                self._next_seq = max(self._next_seq, rec.seq + 1)
-                scanned += 1
-            skipped += result.skipped_bytes
-            for key in result.damaged:
-                log.warning("superblock %d: record of chunk %s failed its CRC during recovery "
-                            "(torn write or damage); not restored", sb_id, key.decode(errors="replace"))
-                damaged.append(key.decode(errors="replace"))
-            if result.end < file_size:
-                log.warning("superblock %d: cut %d bytes of torn tail", sb_id, file_size - result.end)
-                os.ftruncate(sb.fd, result.end)
-                os.fsync(sb.fd)
-            sb.size = -(-result.end // ALIGN) * ALIGN
-        if ids:
-            self._active = self._sbs[ids[-1]]
-        self._rebuild_quarantine_list()
-        self.recovery = {
-            "checkpoint_loaded": loaded,
-            "records_scanned": scanned,
-            "bytes_skipped": skipped,
-            "damaged_records": damaged[:100],
-            "chunks": len(self.index),
-        }
-        log.info(
-            "store open: %d chunks in %d superblocks (checkpoint %s, %d records scanned)",
-            len(self.index), len(self._sbs), "loaded" if loaded else "absent", scanned,
-        )
-
-    def _load_checkpoint(self, path: Path) -> dict[int, int]:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            if meta.get("version") != 1:
-                raise ValueError("unknown checkpoint version")
-            arrays = {name: z[name] for name in z.files if name != "meta"}
-        arrays["flags"] = np.bitwise_and(arrays["flags"], np.uint8(~FLAG_VERIFIED & 0xFF))
-        self.index = ChunkIndex.from_arrays(arrays)
-        self._next_seq = int(meta["next_seq"])
-        self._next_sb = int(meta["next_sb"])
-        return {int(k): int(v) for k, v in meta["watermarks"].items()}
-
-    def _apply_recovered(self, rec: RecordHeader, tombstones: dict[bytes, int]) -> None:
-        existing = self._find(rec.key)
-        if rec.tombstone:
-            tombstones[rec.key] = max(tombstones.get(rec.key, 0), rec.seq)
-            if existing is not None and existing.seq < rec.seq:
-                self.index.remove(existing.row)
-            return
-        if tombstones.get(rec.key, 0) > rec.seq:
-            return
-        if existing is None:
-            self.index.insert(
-                key_hash(rec.key), seq=rec.seq, sb=rec.sb_id, off=rec.offset // ALIGN,
-                size=rec.size, crc=rec.crc, flags=FLAG_VERIFIED,
-            )
-        elif rec.seq >= existing.seq:
-            self._relocate(existing.row, rec)
-
-    def _relocate(self, row: int, rec: RecordHeader) -> None:
-        ix = self.index
-        ix.set(row, "seq", rec.seq)
-        ix.set(row, "sb", rec.sb_id)
-        ix.set(row, "off", rec.offset // ALIGN)
-        ix.set(row, "size", rec.size)
-        ix.set(row, "crc", rec.crc)
-        ix.set(row, "flags", 0)
-
-    def _rebuild_quarantine_list(self) -> None:
-        flags = self.index.col("flags")
-        for row in np.flatnonzero(np.bitwise_and(flags, FLAG_QUARANTINED)).tolist():
-            hdr = self._header_at(self.index.get(row, "sb"), self.index.get(row, "off") * ALIGN)
-            if hdr is not None:
-                self.quarantined[hdr.key.decode()] = "found corrupt before restart"
 
     # -- lookups -------------------------------------------------------------------
 
-    def _header_at(self, sb_id: int, offset: int) -> RecordHeader | None:
-        sb = self._sbs.get(sb_id)
-        if sb is None:
-            return None
-        return parse_header(os.pread(sb.fd, HEADER_SIZE, offset), sb_id, offset)
-
     def _find(self, key: bytes) -> Location | None:
-        for row in self.index.find(key_hash(key)):
-            sb_id = self.index.get(row, "sb")
-            offset = self.index.get(row, "off") * ALIGN
-            hdr = self._header_at(sb_id, offset)
-            if hdr is None or hdr.key != key:
-                continue
-            flags = self.index.get(row, "flags")
-            return Location(
-                key=key, row=row, sb=sb_id, offset=offset, size=hdr.size, crc=hdr.crc,
-                sha256=hdr.sha256, seq=self.index.get(row, "seq"),
-                verified=bool(flags & FLAG_VERIFIED), quarantined=bool(flags & FLAG_QUARANTINED),
-            )
-        return None
+        return find(self.index, self._files, key)
+
+    def _same(self, loc: Location) -> bool:
+        return is_current(self.index, loc)
 
     def lookup(self, key: bytes) -> Location | None:
         """The chunk stored under ``key``, quarantined or not (reads one header)."""
@@ -389,17 +178,12 @@ class SuperblockStore:
         Raises:
             ProtocolError: 503 if compaction has just moved the chunk (look it up again).
         """
-        sb = self._sbs.get(loc.sb)
-        if sb is None or sb.retired or not self._same(loc):
+        if not self._files.is_readable(loc.sb) or not self._same(loc):
             raise ProtocolError("Chunk moved; retry", 503)
-        sb.refs += 1
-        return sb.fd
+        return self._files.acquire(loc.sb)
 
     def release(self, loc: Location) -> None:
-        sb = self._sbs.get(loc.sb) or self._retired[loc.sb]
-        sb.refs -= 1
-        if sb.retired and sb.refs == 0:
-            self._close_retired(self._retired.pop(sb.id))
+        self._files.release(loc.sb)
 
     @contextlib.contextmanager
     def reading(self, loc: Location) -> Iterator[int]:
@@ -442,15 +226,6 @@ class SuperblockStore:
             ix.set(loc.row, "flags", (ix.get(loc.row, "flags") | FLAG_QUARANTINED) & ~FLAG_VERIFIED)
             self.quarantined[loc.key.decode()] = reason
             log.error("chunk %s quarantined: %s", loc.key.decode(), reason)
-
-    def _same(self, loc: Location) -> bool:
-        ix = self.index
-        return (
-            loc.row < len(ix)
-            and ix.get(loc.row, "sb") == loc.sb
-            and ix.get(loc.row, "off") * ALIGN == loc.offset
-            and ix.get(loc.row, "seq") == loc.seq
-        )
 
     # -- writing (event-loop thread) ---------------------------------------------
 
@@ -495,57 +270,24 @@ class SuperblockStore:
         self._next_seq += 1
         return seq
 
-    def _reserve(self, kind: WriteKind, key: bytes, *, seq: int, data: bytes | bytearray = b"", size: int = 0,
-                 crc: int = 0, sha: bytes = bytes(32), target_sb: int = 0,
+    def _reserve(self, kind: WriteKind, key: bytes, *, seq: int, data: bytes | bytearray = b"",
+                 size: int = 0, crc: int = 0, sha: bytes = bytes(32), target_sb: int = 0,
                  source: tuple[int, int] | None = None, target_row_seq: int = 0,
                  track: bool = True) -> PendingWrite:
-        length = record_length(size)
-        sb = self._active
-        if sb is None or (sb.size and sb.size + length > self.max_superblock_size):
-            sb = self._new_superblock()
-        offset = sb.size
-        header = encode_header(RecordHeader(
-            key=key, seq=seq, sb_id=sb.id, offset=offset, size=size, crc=crc, sha256=sha,
-            tombstone=kind in (WriteKind.TOMBSTONE, WriteKind.TOMBSTONE_COPY), target_sb=target_sb,
-        ))
-        pw = PendingWrite(kind=kind, key=key, seq=seq, sb=sb.id, offset=offset, length=length,
-                          header=header, data=data, size=size, crc=crc, sha=sha, source=source,
-                          target_row_seq=target_row_seq)
-        sb.size += length
-        sb.inflight.append(pw)
+        sb = self._files.active
+        if sb is None or (sb.size and sb.size + record_length(size) > self.max_superblock_size):
+            sb = self._files.create()
+        pw = group_commit.make_write(kind, key, sb_id=sb.id, offset=sb.size, seq=seq, data=data,
+                                     size=size, crc=crc, sha=sha, target_sb=target_sb, source=source,
+                                     target_row_seq=target_row_seq)
+        sb.queue(pw)
         if track:
             self._pending[key] = pw
         return pw
 
-    def _new_superblock(self) -> Superblock:
-        sb_id = self._next_sb
-        self._next_sb += 1
-        path = self.data_dir / f"superblock_{sb_id}.dat"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        _fsync_dir(self.data_dir)
-        sb = Superblock(sb_id, path, fd, 0)
-        self._sbs[sb_id] = sb
-        self._active = sb
-        log.info("superblock %d started", sb_id)
-        return sb
-
     def write(self, pw: PendingWrite) -> None:
         """Blocking: put the record's bytes in place (no fsync)."""
-        sb = self._sbs[pw.sb]
-        pad = pw.length - HEADER_SIZE - pw.size
-        bufs: list[bytes | bytearray | memoryview] = [pw.header]
-        if pw.size:
-            bufs.append(pw.data)
-        if pad:
-            bufs.append(_PAD[:pad])
-        pos, total = pw.offset, pw.length
-        while total:
-            n = os.pwritev(sb.fd, bufs, pos)
-            if n <= 0:
-                raise OSError("pwritev wrote nothing")
-            pos += n
-            total -= n
-            bufs = _advance(bufs, n)
+        group_commit.write_record(self._files[pw.sb].fd, pw)
 
     def mark_written(self, pw: PendingWrite, error: BaseException | None = None) -> None:
         pw.state = "failed" if error is not None else "written"
@@ -553,29 +295,17 @@ class SuperblockStore:
 
     def sync_batch(self) -> SyncBatch | None:
         """The finished writes at the front of each superblock's queue, if any."""
-        writes: dict[int, list[PendingWrite]] = {}
-        for sb in self._sbs.values():
-            run = []
-            for pw in sb.inflight:
-                if pw.state == "reserved":
-                    break
-                run.append(pw)
-            if run:
-                writes[sb.id] = run
-        if not writes:
-            return None
-        return SyncBatch(writes=writes, fds=[self._sbs[i].fd for i in writes])
+        return group_commit.collect_batch((sb.id, sb.fd, sb.inflight) for sb in self._files)
 
     @staticmethod
     def fsync_batch(batch: SyncBatch) -> None:
-        for fd in batch.fds:
-            os.fdatasync(fd)
+        group_commit.fsync_batch(batch)
 
     def publish(self, batch: SyncBatch, error: BaseException | None = None) -> list[PendingWrite]:
         """Apply a synced batch to the index; returns the writes it completed."""
         done: list[PendingWrite] = []
         for sb_id, run in batch.writes.items():
-            sb = self._sbs[sb_id]
+            sb = self._files[sb_id]
             del sb.inflight[: len(run)]
             for pw in run:
                 if error is not None and pw.error is None:
@@ -596,10 +326,9 @@ class SuperblockStore:
         if pw.kind is WriteKind.PUT:
             if existing is not None:  # replacing a quarantined copy
                 self.quarantined.pop(pw.key.decode(), None)
-                self._relocate(existing.row, rec)
+                relocate(self.index, existing.row, rec)
             else:
-                self.index.insert(key_hash(pw.key), seq=pw.seq, sb=pw.sb, off=pw.offset // ALIGN,
-                                  size=pw.size, crc=pw.crc)
+                insert(self.index, rec)
         elif pw.kind is WriteKind.TOMBSTONE:
             if existing is not None and existing.seq == pw.target_row_seq:
                 self.quarantined.pop(pw.key.decode(), None)
@@ -607,7 +336,7 @@ class SuperblockStore:
         elif (pw.kind is WriteKind.COPY and existing is not None
               and (existing.sb, existing.offset) == pw.source):
             flags = self.index.get(existing.row, "flags")
-            self._relocate(existing.row, rec)
+            relocate(self.index, existing.row, rec)
             self.index.set(existing.row, "flags", flags)
 
     # -- compaction ----------------------------------------------------------------
@@ -617,11 +346,12 @@ class SuperblockStore:
         sbcol = self.index.col("sb").astype(np.int64)
         sizes = self.index.col("size").astype(np.int64)
         lengths = -(-(sizes + HEADER_SIZE) // ALIGN) * ALIGN
-        live = np.bincount(sbcol, weights=lengths, minlength=self._next_sb) if len(sbcol) else None
+        live = (np.bincount(sbcol, weights=lengths, minlength=self._files.next_id)
+                if len(sbcol) else None)
         out = []
-        for sb in self._sbs.values():
+        for sb in self._files:
             lb = int(live[sb.id]) if live is not None and sb.id < live.size else 0
-            out.append((sb.id, sb.size, lb, sb is self._active))
+            out.append((sb.id, sb.size, lb, sb is self._files.active))
         return out
 
     def compaction_candidates(self, garbage_ratio: float) -> list[int]:
@@ -629,14 +359,14 @@ class SuperblockStore:
         return [
             sb_id for sb_id, size, live, active in self.superblock_usage()
             if not active and size and (size - live) / size >= garbage_ratio
-            and not self._sbs[sb_id].inflight
+            and not self._files[sb_id].inflight
         ]
 
     def live_records(self, sb_id: int) -> list[Location]:
         rows = np.flatnonzero(self.index.col("sb") == sb_id).tolist()
         out = []
         for row in rows:
-            hdr = self._header_at(sb_id, self.index.get(row, "off") * ALIGN)
+            hdr = self._files.header_at(sb_id, self.index.get(row, "off") * ALIGN)
             if hdr is not None:
                 loc = self._find(hdr.key)
                 if loc is not None and loc.sb == sb_id:
@@ -644,7 +374,7 @@ class SuperblockStore:
         return out
 
     def header(self, loc: Location) -> RecordHeader | None:
-        return self._header_at(loc.sb, loc.offset)
+        return self._files.header_at(loc.sb, loc.offset)
 
     def tombstones_to_carry(self, fd: int, sb_id: int, size: int) -> list[RecordHeader]:
         """Blocking: tombstones in ``sb_id`` still needed to hide an older record."""
@@ -652,7 +382,7 @@ class SuperblockStore:
         return [
             rec for rec in scan(fd, sb_id, 0, size, result, verify=False)
             if rec.tombstone and rec.target_sb != sb_id
-            and (self.data_dir / f"superblock_{rec.target_sb}.dat").exists()
+            and self._files.exists_on_disk(rec.target_sb)
         ]
 
     def drop(self, loc: Location) -> None:
@@ -662,58 +392,31 @@ class SuperblockStore:
 
     def retire(self, sb_id: int) -> Path:
         """Stop using superblock ``sb_id``; the caller then checkpoints and unlinks it."""
-        sb = self._sbs.pop(sb_id)
-        if sb is self._active:
-            raise ValueError("cannot retire the active superblock")
-        sb.retired = True
-        if sb.refs == 0:
-            self._close_retired(sb)
-        else:
-            self._retired[sb_id] = sb
-        return sb.path
-
-    @staticmethod
-    def _close_retired(sb: Superblock) -> None:
-        if sb.fd >= 0:
-            os.close(sb.fd)
-            sb.fd = -1
+        return self._files.retire(sb_id)
 
     def unlink(self, path: Path) -> None:
         """Blocking: remove a retired superblock file for good."""
-        path.unlink(missing_ok=True)
-        _fsync_dir(self.data_dir)
+        self._files.unlink(path)
 
     def file_bytes(self) -> int:
         """Bytes in all superblock files (live and garbage)."""
-        return sum(sb.size for sb in self._sbs.values())
+        return self._files.file_bytes()
 
     def superblock_fd(self, sb_id: int) -> tuple[int, int]:
-        sb = self._sbs[sb_id]
+        sb = self._files[sb_id]
         return sb.fd, sb.size
 
     # -- checkpoints ---------------------------------------------------------------
 
     def checkpoint_snapshot(self) -> dict[str, Any]:
         """A consistent copy of the index and its watermarks (event-loop thread)."""
-        arrays: dict[str, Any] = self.index.arrays()
-        meta = {
-            "version": 1,
-            "next_seq": self._next_seq,
-            "next_sb": self._next_sb,
-            "watermarks": {str(i): sb.watermark() for i, sb in self._sbs.items()},
-        }
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        return arrays
+        return recovery.checkpoint_snapshot(self.index, next_seq=self._next_seq,
+                                            next_sb=self._files.next_id,
+                                            watermarks=self._files.watermarks())
 
     def write_checkpoint(self, snapshot: dict[str, npt.NDArray[Any]]) -> None:
         """Blocking: write a snapshot atomically (tmp, fsync, rename, fsync dir)."""
-        tmp = self.index_dir / (CHECKPOINT_NAME + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **snapshot)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.index_dir / CHECKPOINT_NAME)
-        _fsync_dir(self.index_dir)
+        recovery.write_checkpoint(self.index_dir, snapshot)
 
     def checkpoint(self) -> None:
         """Blocking convenience: snapshot and write in one go."""
@@ -732,7 +435,7 @@ class SuperblockStore:
             file_bytes=file_bytes,
             garbage_bytes=file_bytes - live,
             quarantined=len(self.quarantined),
-            pending_writes=sum(len(sb.inflight) for sb in self._sbs.values()),
+            pending_writes=sum(len(sb.inflight) for sb in self._files),
             index_bytes=self.index.nbytes,
         )
 
@@ -743,38 +446,12 @@ class SuperblockStore:
         """The location in ``row`` (for the scrubber's walk), or ``None``."""
         if row >= len(self.index):
             return None
-        hdr = self._header_at(self.index.get(row, "sb"), self.index.get(row, "off") * ALIGN)
+        hdr = row_header(self.index, self._files, row)
         return None if hdr is None else self._find(hdr.key)
 
     def close(self) -> None:
         self.closed = True
-        for sb in [*self._sbs.values(), *self._retired.values()]:
-            if sb.fd >= 0:
-                os.close(sb.fd)
-                sb.fd = -1
-        self._sbs.clear()
-        self._retired.clear()
+        self._files.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
-
-
-def _advance(
-    bufs: list[bytes | bytearray | memoryview], n: int
-) -> list[bytes | bytearray | memoryview]:
-    out: list[bytes | bytearray | memoryview] = []
-    for b in bufs:
-        if n >= len(b):
-            n -= len(b)
-            continue
-        out.append(memoryview(b)[n:] if n else b)
-        n = 0
-    return out
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,186 @@
+"""Group commit: the bookkeeping that lets many writes share one ``fdatasync``.
+
+Theory of operation
+-------------------
+Every change to a superblock file (a chunk, a tombstone, a record moved by
+compaction) is a :class:`PendingWrite` that passes through these states, each
+changed on one thread only, so no locks are needed:
+
+``reserved``
+    The event-loop thread gave it a sequence number and the byte range at the
+    end of the active superblock, encoded its header (:func:`make_write`) and
+    queued it on that superblock's ``inflight`` list
+    (:meth:`~vstack.superblock.Superblock.queue`). Ranges never overlap, so
+    any number of writes proceed at once.
+``written`` or ``failed``
+    A worker thread put header, data and padding in place with ``pwritev``
+    (:func:`write_record`), without syncing; the event-loop thread records
+    the outcome.
+``done``
+    :func:`collect_batch` took, per superblock, the longest run of finished
+    writes at the *front* of its queue; a worker thread synced those files
+    (:func:`fsync_batch`); the store applied the run to its index, and only
+    then are the chunks visible and the writers acknowledged.
+
+Taking only a front run is what makes acknowledgements safe: a write is never
+acknowledged while an earlier byte range of its file is still being written,
+so after a crash the valid records of a file always cover every acknowledged
+one. It also makes the offset of the first queued write a *watermark*: every
+byte below it is reflected in the index (:meth:`Superblock.watermark`), which
+is what a checkpoint records.
+
+A second write of a key while one is in flight is refused with :class:`Busy`,
+which carries the pending write so the caller can wait for it and retry.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from protocol.errors import LocalProtocolError
+
+from .records import ALIGN, HEADER_SIZE, RecordHeader, encode_header, record_length
+
+__all__ = [
+    "Busy",
+    "PendingWrite",
+    "SyncBatch",
+    "WriteKind",
+    "collect_batch",
+    "fsync_batch",
+    "make_write",
+    "write_record",
+]
+
+_PAD: Final = bytes(ALIGN)
+
+
+class WriteKind(enum.Enum):
+    PUT = "put"
+    TOMBSTONE = "tombstone"
+    COPY = "copy"  # compaction: a live record moved forward
+    TOMBSTONE_COPY = "tombstone_copy"  # compaction: a tombstone carried forward
+
+
+@dataclass(eq=False, kw_only=True)
+class PendingWrite:
+    """One record on its way into a superblock file (see the module docstring)."""
+
+    kind: WriteKind
+    key: bytes
+    seq: int
+    sb: int
+    offset: int
+    length: int
+    header: bytes
+    data: bytes | bytearray = b""
+    size: int = 0
+    crc: int = 0
+    sha: bytes = b""
+    source: tuple[int, int] | None = None  # COPY: (sb, offset) it was copied from
+    target_row_seq: int = 0  # TOMBSTONE: seq of the record it deletes
+    state: str = "reserved"  # reserved -> written | failed -> done
+    error: BaseException | None = None
+    waiter: Any = None  # for the I/O layer (a trio.Event)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done" and self.error is None
+
+
+class Busy(LocalProtocolError):
+    """Another write of the same key is in flight; wait for it, then retry."""
+
+    def __init__(self, pending: PendingWrite) -> None:
+        super().__init__("a write of this chunk is in progress", 409)
+        self.pending = pending
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncBatch:
+    """Writes ready to be synced, per superblock id, and the files to sync."""
+
+    writes: dict[int, list[PendingWrite]]
+    fds: list[int]
+
+
+def make_write(kind: WriteKind, key: bytes, *, sb_id: int, offset: int, seq: int,
+               data: bytes | bytearray = b"", size: int = 0, crc: int = 0, sha: bytes = bytes(32),
+               target_sb: int = 0, source: tuple[int, int] | None = None,
+               target_row_seq: int = 0) -> PendingWrite:
+    """A write of one record at ``offset`` of superblock ``sb_id``, its header encoded.
+
+    The caller took the byte range (the end of the active superblock) and
+    queues the write there (:meth:`~vstack.superblock.Superblock.queue`).
+    """
+    header = encode_header(RecordHeader(
+        key=key, seq=seq, sb_id=sb_id, offset=offset, size=size, crc=crc, sha256=sha,
+        tombstone=kind in (WriteKind.TOMBSTONE, WriteKind.TOMBSTONE_COPY), target_sb=target_sb,
+    ))
+    return PendingWrite(kind=kind, key=key, seq=seq, sb=sb_id, offset=offset,
+                        length=record_length(size), header=header, data=data, size=size, crc=crc,
+                        sha=sha, source=source, target_row_seq=target_row_seq)
+
+
+def write_record(fd: int, pw: PendingWrite) -> None:
+    """Blocking: put the record's header, data and padding in place (no fsync)."""
+    pad = pw.length - HEADER_SIZE - pw.size
+    bufs: list[bytes | bytearray | memoryview] = [pw.header]
+    if pw.size:
+        bufs.append(pw.data)
+    if pad:
+        bufs.append(_PAD[:pad])
+    pos, total = pw.offset, pw.length
+    while total:
+        n = os.pwritev(fd, bufs, pos)
+        if n <= 0:
+            raise OSError("pwritev wrote nothing")
+        pos += n
+        total -= n
+        bufs = _advance(bufs, n)
+
+
+def collect_batch(queues: Iterable[tuple[int, int, list[PendingWrite]]]) -> SyncBatch | None:
+    """The finished writes at the front of each queue, if any.
+
+    Args:
+        queues: per superblock, ``(id, descriptor, writes in flight in file order)``.
+    """
+    writes: dict[int, list[PendingWrite]] = {}
+    fds: list[int] = []
+    for sb_id, fd, inflight in queues:
+        run = []
+        for pw in inflight:
+            if pw.state == "reserved":
+                break
+            run.append(pw)
+        if run:
+            writes[sb_id] = run
+            fds.append(fd)
+    if not writes:
+        return None
+    return SyncBatch(writes=writes, fds=fds)
+
+
+def fsync_batch(batch: SyncBatch) -> None:
+    """Blocking: make the batch's files durable."""
+    for fd in batch.fds:
+        os.fdatasync(fd)
+
+
+def _advance(
+    bufs: list[bytes | bytearray | memoryview], n: int
+) -> list[bytes | bytearray | memoryview]:
+    """``bufs`` without their first ``n`` bytes (after a short ``pwritev``)."""
+    out: list[bytes | bytearray | memoryview] = []
+    for b in bufs:
+        if n >= len(b):
+            n -= len(b)
+            continue
+        out.append(memoryview(b)[n:] if n else b)
+        n = 0
+    return out

@@ -1,0 +1,245 @@
+"""Restart: the index checkpoint, and the scan of what was appended after it.
+
+Theory of operation
+-------------------
+The superblock files are the truth; the index is memory. Rebuilding it from
+the files alone means reading every record and checking every chunk's CRC,
+minutes on a full disk, so the store writes a *checkpoint* now and then
+(``index/checkpoint.npz``): the index arrays, hash table included
+(:meth:`~vstack.index.ChunkIndex.arrays`), the next sequence number and
+superblock id, and per superblock its *watermark*, the offset below which
+the index reflects the file exactly (:meth:`~vstack.superblock.Superblock.watermark`).
+The snapshot is taken on the event-loop thread
+(:func:`checkpoint_snapshot`, a copy, so writes go on) and written from a
+worker thread atomically: temporary file, fsync, rename, fsync of the
+directory (:func:`write_checkpoint`).
+
+On open, :func:`recover`:
+
+1. loads the checkpoint if there is a readable one, clearing every VERIFIED
+   flag (a check holds only for the process that made it); an unreadable
+   checkpoint is logged and ignored, and every file is scanned instead;
+2. drops rows that point into superblock files which no longer exist;
+3. opens every superblock file, then scans each from its watermark (from 0
+   if the checkpoint does not know it, or there is none), checking CRCs and
+   skipping torn or failed records (:func:`vstack.records.scan`). Records
+   apply in file order, files in id order: a record replaces the row of its
+   key if its sequence number is not lower; a tombstone removes an older row
+   and hides older records of its key scanned after it;
+4. cuts a torn tail, so appending resumes just past the last valid record;
+5. lists the chunks whose rows are flagged quarantined.
+
+Everything here blocks; the store calls it before serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .index import FLAG_QUARANTINED, FLAG_VERIFIED, ChunkIndex
+from .location import find, insert, relocate, row_header
+from .records import ALIGN, RecordHeader, ScanResult, scan
+from .superblock import Superblock, SuperblockFiles, fsync_dir
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "Checkpoint",
+    "Recovered",
+    "checkpoint_snapshot",
+    "load_checkpoint",
+    "recover",
+    "write_checkpoint",
+]
+
+log = logging.getLogger("vstack.store")
+
+CHECKPOINT_NAME: Final = "checkpoint.npz"
+_VERSION: Final = 1
+
+
+# -- the checkpoint file ----------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """What a checkpoint file holds."""
+
+    index: ChunkIndex
+    next_seq: int
+    next_sb: int
+    watermarks: dict[int, int]
+
+
+def checkpoint_snapshot(index: ChunkIndex, *, next_seq: int, next_sb: int,
+                        watermarks: dict[int, int]) -> dict[str, npt.NDArray[Any]]:
+    """A copy of the index and its watermarks, ready for :func:`write_checkpoint`."""
+    arrays: dict[str, Any] = index.arrays()
+    meta = {
+        "version": _VERSION,
+        "next_seq": next_seq,
+        "next_sb": next_sb,
+        "watermarks": {str(i): w for i, w in watermarks.items()},
+    }
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return arrays
+
+
+def write_checkpoint(index_dir: Path, snapshot: dict[str, npt.NDArray[Any]]) -> None:
+    """Blocking: write a snapshot atomically (tmp, fsync, rename, fsync dir)."""
+    tmp = index_dir / (CHECKPOINT_NAME + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **snapshot)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, index_dir / CHECKPOINT_NAME)
+    fsync_dir(index_dir)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Blocking: read a checkpoint file; VERIFIED flags come back cleared.
+
+    Raises:
+        OSError, ValueError, KeyError, zipfile.BadZipFile: not a readable checkpoint.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        if meta.get("version") != _VERSION:
+            raise ValueError("unknown checkpoint version")
+        arrays = {name: z[name] for name in z.files if name != "meta"}
+    arrays["flags"] = np.bitwise_and(arrays["flags"], np.uint8(~FLAG_VERIFIED & 0xFF))
+    return Checkpoint(
+        index=ChunkIndex.from_arrays(arrays),
+        next_seq=int(meta["next_seq"]),
+        next_sb=int(meta["next_sb"]),
+        watermarks={int(k): int(v) for k, v in meta["watermarks"].items()},
+    )
+
+
+# -- recovery on open ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recovered:
+    """The state :func:`recover` rebuilt, and a report of what it did (for health)."""
+
+    index: ChunkIndex
+    next_seq: int
+    quarantined: dict[str, str]
+    report: dict[str, Any]
+
+
+def recover(files: SuperblockFiles, index_dir: Path) -> Recovered:
+    """Blocking: rebuild the index of ``files`` (unopened) from the checkpoint and a tail scan.
+
+    Opens every superblock file in ``files`` (the caller closes them if this
+    raises), cuts torn tails and sets each file's append position.
+    """
+    ckpt = _load_if_readable(index_dir / CHECKPOINT_NAME)
+    index = ckpt.index if ckpt is not None else ChunkIndex()
+    if ckpt is not None:
+        files.next_id = ckpt.next_sb
+    ids = files.ids_on_disk()
+    _drop_rows_of_missing_superblocks(index, ids)
+    files.open_existing(ids)  # all open first: lookups during the scan read any of them
+    tail = _TailScan(index, files, next_seq=ckpt.next_seq if ckpt is not None else 1)
+    for sb_id in ids:
+        tail.scan_superblock(files[sb_id], ckpt.watermarks.get(sb_id, 0) if ckpt is not None else 0)
+    report = {
+        "checkpoint_loaded": ckpt is not None,
+        "records_scanned": tail.scanned,
+        "bytes_skipped": tail.skipped,
+        "damaged_records": tail.damaged[:100],
+        "chunks": len(index),
+    }
+    log.info(
+        "store open: %d chunks in %d superblocks (checkpoint %s, %d records scanned)",
+        len(index), len(files), "loaded" if ckpt is not None else "absent", tail.scanned,
+    )
+    return Recovered(index=index, next_seq=tail.next_seq,
+                     quarantined=_quarantined(index, files), report=report)
+
+
+def _load_if_readable(path: Path) -> Checkpoint | None:
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        log.error("checkpoint %s unreadable (%s); rebuilding from superblocks", path, exc)
+        return None
+
+
+def _drop_rows_of_missing_superblocks(index: ChunkIndex, ids: list[int]) -> None:
+    """Rows that point into superblocks that no longer exist cannot be served."""
+    sbcol = index.col("sb")
+    if len(index) and not np.isin(sbcol, np.array(ids, dtype=np.uint32)).all():
+        # Highest rows first: each removal moves the last row, already checked, into place.
+        for row in sorted(np.flatnonzero(~np.isin(sbcol, ids)).tolist(), reverse=True):
+            log.error("checkpoint row points to missing superblock; dropped")
+            index.remove(row)
+
+
+@dataclass
+class _TailScan:
+    """Applies the records found past the watermarks to the index."""
+
+    index: ChunkIndex
+    files: SuperblockFiles
+    next_seq: int
+    scanned: int = 0
+    skipped: int = 0
+    damaged: list[str] = field(default_factory=list)
+    #: Highest tombstone sequence number seen per key: hides older records scanned later.
+    tombstones: dict[bytes, int] = field(default_factory=dict)
+
+    def scan_superblock(self, sb: Superblock, start: int) -> None:
+        file_size = sb.size
+        result = ScanResult(end=start)
+        for rec in scan(sb.fd, sb.id, start, file_size, result):
+            self._apply(rec)
+            self.next_seq = max(self.next_seq, rec.seq + 1)
+            self.scanned += 1
+        self.skipped += result.skipped_bytes
+        for key in result.damaged:
+            log.warning("superblock %d: record of chunk %s failed its CRC during recovery "
+                        "(torn write or damage); not restored", sb.id, key.decode(errors="replace"))
+            self.damaged.append(key.decode(errors="replace"))
+        if result.end < file_size:
+            log.warning("superblock %d: cut %d bytes of torn tail", sb.id, file_size - result.end)
+            os.ftruncate(sb.fd, result.end)
+            os.fsync(sb.fd)
+        sb.size = -(-result.end // ALIGN) * ALIGN
+
+    def _apply(self, rec: RecordHeader) -> None:
+        existing = find(self.index, self.files, rec.key)
+        if rec.tombstone:
+            self.tombstones[rec.key] = max(self.tombstones.get(rec.key, 0), rec.seq)
+            if existing is not None and existing.seq < rec.seq:
+                self.index.remove(existing.row)
+            return
+        if self.tombstones.get(rec.key, 0) > rec.seq:
+            return
+        if existing is None:
+            insert(self.index, rec, flags=FLAG_VERIFIED)
+        elif rec.seq >= existing.seq:
+            relocate(self.index, existing.row, rec)
+
+
+def _quarantined(index: ChunkIndex, files: SuperblockFiles) -> dict[str, str]:
+    """The chunks flagged quarantined in ``index``, by key."""
+    out: dict[str, str] = {}
+    flags = index.col("flags")
+    for row in np.flatnonzero(np.bitwise_and(flags, FLAG_QUARANTINED)).tolist():
+        hdr = row_header(index, files, row)
+        if hdr is not None:
+            out[hdr.key.decode()] = "found corrupt before restart"
+    return out
