@@ -52,14 +52,14 @@ __all__ = [
 ]
 
 #: The chunk-id rule of the contract; nothing outside it ever reaches a store.
-CHUNK_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CHUNK_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 VIDEO_STATUSES: Final = ("uploading", "active", "deleted")
 REDUNDANCY_MODES: Final = ("replication", "erasure_coding")
 MAX_TITLE: Final = 255
 MAX_NODE_ID: Final = 128
 MAX_URL: Final = 2048
 
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _SHA256_RULE = "a SHA-256: 64 hex digits, optionally prefixed 'sha256:'"
 
 

@@ -1,10 +1,13 @@
 """``vstack-put``: upload a video with progress bars, then wait until it is stored.
 
-The file is streamed (never read whole) as a multipart body to the uploader,
-with a progress bar for the bytes sent; then the upload's status is polled
-with a second bar for processing. Prints the video id and how to play it;
-exits non-zero with the reason on failure. ``--json`` prints the final status
-object instead.
+The file is streamed (never read whole) as a multipart body to the uploader
+through the pooled :class:`~nodes.net.http_client.HttpClient` (a
+:class:`~nodes.net.http_client.StreamBody`, its progress reported by
+``on_sent``), with a progress bar for the bytes sent; then the upload's
+status is polled on the same connection pool, with a second bar for
+processing. Prints the video id and how to play it; exits non-zero with the
+reason, in one line, on failure. ``--json`` prints the final status object
+instead.
 """
 
 from __future__ import annotations
@@ -13,90 +16,135 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Final
 
 import click
-import h11
 import trio
 
-from nodes.net.http_client import request
+from nodes.net.errors import deadline
+from nodes.net.http_client import HttpClient, HttpResult, StreamBody
+from protocol.errors import VStackError
 
-__all__ = ["main"]
+__all__ = ["PutError", "main", "send_multipart"]
+
+#: Bytes read from the file per piece sent.
+PIECE: Final = 256 * 1024
+#: How long one status check may take.
+STATUS_SECONDS: Final = 30.0
+
+OnSent = Callable[[int], Awaitable[None] | None]
 
 
-class PutError(Exception):
-    pass
+class PutError(VStackError):
+    """The upload was refused or could not be followed; the message says why."""
 
 
-async def _send_multipart(url: str, path: Path, title: str, on_bytes: Any) -> dict[str, Any]:
+def _form(path: Path, title: str) -> tuple[bytes, bytes, str]:
+    """The multipart head (title part, video part headers), tail and Content-Type."""
     boundary = f"vstack-{uuid.uuid4().hex}"
+    filename = path.name.replace('"', "")
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n{title}\r\n"
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; "
-            f"filename=\"{path.name.replace(chr(34), '')}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+            f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
-    size = (await trio.Path(path).stat()).st_size
-    parts = urlsplit(url)
-    conn = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream(parts.hostname or "localhost", parts.port or 80)
-    async with stream:
-        await stream.send_all(conn.send(h11.Request(method="POST", target="/upload", headers=[
-            ("Host", parts.netloc), ("Connection", "close"),
-            ("Content-Type", f"multipart/form-data; boundary={boundary}"),
-            ("Content-Length", str(len(head) + size + len(tail)))])) or b"")
-        await stream.send_all(conn.send(h11.Data(data=head)) or b"")
-        async with await trio.open_file(path, "rb") as f:
-            while chunk := await f.read(256 * 1024):
-                await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
-                on_bytes(len(chunk))
-        await stream.send_all((conn.send(h11.Data(data=tail)) or b"") +
-                              (conn.send(h11.EndOfMessage()) or b""))
-        status, body = 0, b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(65536)))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                break
+    return head, tail, f"multipart/form-data; boundary={boundary}"
+
+
+async def _pieces(path: Path, size: int, head: bytes, tail: bytes,
+                  read: Callable[[int], Awaitable[bytes]]) -> AsyncIterator[bytes]:
+    """``head``, the file's ``size`` bytes, ``tail``; a file that changes size is a PutError."""
+    yield head
+    left = size
+    while left:
+        try:
+            piece = await read(min(PIECE, left))
+        except OSError as exc:
+            raise PutError(f"reading {path} failed: {exc.strerror or exc}") from None
+        if not piece:
+            raise PutError(f"{path} shrank while it was being uploaded")
+        left -= len(piece)
+        yield piece
+    yield tail
+
+
+async def send_multipart(url: str, path: Path, title: str, on_sent: OnSent | None = None, *,
+                         http: HttpClient | None = None) -> dict[str, Any]:
+    """``POST {url}/upload`` the file; returns the uploader's answer.
+
+    Args:
+        on_sent: called with the size of each piece of the body as it is sent.
+        http: the connection pool to use (default: a new one, closed after).
+
+    Raises:
+        PutError: the uploader refused the file (its reason) or answered nonsense.
+        TransportError: the uploader could not be reached, or the connection broke.
+        OSError: the file could not be opened.
+    """
+    if http is None:
+        async with HttpClient(max_idle_per_host=0) as own:
+            return await send_multipart(url, path, title, on_sent, http=own)
+    head, tail, content_type = _form(path, title)
+    async with await trio.open_file(path, "rb") as f:  # before sending: an OSError is ours
+        size = (await trio.Path(path).stat()).st_size
+        body = StreamBody(_pieces(path, size, head, tail, f.read), len(head) + size + len(tail))
+        res = await http.request("POST", f"{url}/upload", body=body, on_sent=on_sent,
+                                 headers=[("Content-Type", content_type)])
+    return _answer(res)
+
+
+def _answer(res: HttpResult) -> dict[str, Any]:
+    """The uploader's answer to the upload, checked."""
     try:
-        answer: dict[str, Any] = json.loads(body)
-    except ValueError:
-        raise PutError(f"the uploader answered {status}: {body[:200]!r}") from None
-    if status != 200:
-        raise PutError(f"the uploader refused the file ({status}): {answer.get('error') or answer}")
+        answer = json.loads(res.body)
+    except (ValueError, UnicodeDecodeError):
+        raise PutError(f"the uploader answered {res.status}: {res.body[:200]!r}") from None
+    if not isinstance(answer, dict):
+        raise PutError(f"the uploader answered {res.status}: {res.body[:200]!r}")
+    if res.status != 200:
+        raise PutError(f"the uploader refused the file ({res.status}): "
+                       f"{answer.get('error') or answer}")
+    if not isinstance(answer.get("upload_session_id"), str):
+        raise PutError(f"the uploader's answer has no upload_session_id: {answer}")
     return answer
 
 
+async def _status(http: HttpClient, url: str, session: str) -> dict[str, Any]:
+    """The session's status object, checked."""
+    with deadline(STATUS_SECONDS, "upload status"):
+        res = await http.request("GET", f"{url}/upload/status/{session}")
+    if res.status != 200:
+        raise PutError(f"status check failed ({res.status}): {res.error_detail()}")
+    state = res.json()
+    if not isinstance(state, dict) or not isinstance(state.get("status"), str):
+        raise PutError(f"the uploader's status answer is malformed: {res.body[:200]!r}")
+    return state
+
+
 async def _put(url: str, path: Path, title: str, as_json: bool, poll: float) -> dict[str, Any]:
-    size = (await trio.Path(path).stat()).st_size
     quiet = as_json or (not sys.stderr.isatty() and os.environ.get("VSTACK_PROGRESS") != "1")
+    size = (await trio.Path(path).stat()).st_size
     bar: Any
-    with click.progressbar(length=size, label="uploading ", file=sys.stderr, show_eta=True,
-                           show_percent=True, hidden=quiet) as bar:
-        answer = await _send_multipart(url, path, title, bar.update)
-    session = answer["upload_session_id"]
-    if not as_json:
-        click.echo(f"video id {answer['video_id']} (session {session})", err=True)
-    last = 0
-    with click.progressbar(length=100, label="processing", file=sys.stderr, hidden=quiet,
-                           show_percent=True) as bar:
-        while True:
-            res = await request("GET", f"{url}/upload/status/{session}")
-            if res.status != 200:
-                raise PutError(f"status check failed ({res.status}): {res.body[:200]!r}")
-            state = res.json()
-            bar.label = f"{state['status']:<16}"
-            bar.update(max(0, int(state.get("progress", 0)) - last))
-            last = max(last, int(state.get("progress", 0)))
-            if state["status"] in ("completed", "failed"):
-                return dict(state)
-            await trio.sleep(poll)
+    async with HttpClient() as http:
+        with click.progressbar(length=size, label="uploading ", file=sys.stderr, show_eta=True,
+                               show_percent=True, hidden=quiet) as bar:
+            answer = await send_multipart(url, path, title, bar.update, http=http)
+        session = answer["upload_session_id"]
+        if not as_json:
+            click.echo(f"video id {answer.get('video_id')} (session {session})", err=True)
+        last = 0
+        with click.progressbar(length=100, label="processing", file=sys.stderr, hidden=quiet,
+                               show_percent=True) as bar:
+            while True:
+                state = await _status(http, url, session)
+                progress = int(state.get("progress") or 0)
+                bar.label = f"{state['status']:<16}"
+                bar.update(max(0, progress - last))
+                last = max(last, progress)
+                if state["status"] in ("completed", "failed"):
+                    return state
+                await trio.sleep(poll)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,8 +162,10 @@ def main(file: Path, title: str | None, uploader: str, metadata: str, as_json: b
     """Upload FILE (MP4, AVI, MOV, MKV, WebM, FLV) to V-Stack and wait until it is stored."""
     try:
         state = trio.run(_put, uploader.rstrip("/"), file, title or file.stem, as_json, poll)
-    except (PutError, OSError) as exc:
+    except VStackError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or file}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(state, indent=2))
     if state["status"] != "completed":
@@ -124,10 +174,13 @@ def main(file: Path, title: str | None, uploader: str, metadata: str, as_json: b
         sys.exit(1)
     if not as_json:
         base = metadata.split(",")[0].rstrip("/")
-        click.echo(f"stored: {state['total_chunks']} chunks of video {state['video_id']}")
-        click.echo(f"manifest: {base}{state['manifest_url']}")
-        click.echo(f"play:     vstack-play {state['video_id']} | ffplay -")
+        click.echo(f"stored: {state.get('total_chunks')} chunks of video {state.get('video_id')}")
+        click.echo(f"manifest: {base}{state.get('manifest_url')}")
+        click.echo(f"play:     vstack-play {state.get('video_id')} | ffplay -")
 
+
+#: The name ``benchmarks/ingest_bench.py`` imports.
+_send_multipart = send_multipart
 
 if __name__ == "__main__":
     main()

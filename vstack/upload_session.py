@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -85,7 +85,12 @@ class Session:
         return {k: v for k, v in out.items() if v is not None or k in ("error",)}
 
 
+_FIELDS: Final = frozenset(f.name for f in fields(Session))
+
+
 class SessionStore:
+    """Sessions as one JSON file each under ``root``."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -103,11 +108,19 @@ class SessionStore:
         os.replace(tmp, self.path(session.session_id))
 
     def load(self, session_id: str) -> Session | None:
+        """Blocking: the saved session, or ``None`` if it is missing or unreadable.
+
+        Fields this version does not know are ignored; a file that lacks a
+        required one (or is not a session at all) counts as unreadable, so
+        one bad file cannot stop the uploader from starting.
+        """
         try:
             data = json.loads(self.path(session_id).read_text())
-        except (OSError, ValueError):
+            if not isinstance(data, dict):
+                return None
+            return Session(**{k: v for k, v in data.items() if k in _FIELDS})
+        except (OSError, ValueError, TypeError):
             return None
-        return Session(**data)
 
     def all(self) -> list[Session]:
         out = []

@@ -1,87 +1,151 @@
 """Fetching a stored video back, chunk by chunk, verified (a first, simple client).
 
-Reads the manifest, then downloads chunks in order, a few ahead in parallel,
-from the first replica that serves bytes matching the manifest's SHA-256
-(failing over to the next replica otherwise), and hands each chunk to a sink
-in sequence. The smart client (node scoring, buffering, hedging) builds on it.
+Reads the manifest (:class:`protocol.api.Manifest`), then downloads chunks
+in order, ``ahead`` at once, from the first replica that serves bytes
+matching the manifest's SHA-256 (failing over to the next replica
+otherwise), and hands each chunk to a sink in sequence. The smart client
+(node scoring, buffering, hedging) builds on it.
+
+Theory of operation: one task per chunk fills a :class:`_Slot`; a window
+semaphore lets at most ``ahead`` chunks be fetched or waiting to be
+delivered; the caller's task delivers the slots in order. A failure (a
+chunk no replica serves, or the sink failing, as when the player reading
+stdout quits) stops every fetch and is raised *as itself*, never inside an
+exception group, so a command-line tool can print it in one line.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
-from nodes.net.http_client import request
+from nodes.net.errors import deadline
+from nodes.net.http_client import HttpClient
 from nodes.net.metadata_client import MetadataClient
-from protocol.errors import VStackError
+from protocol.api import Manifest, ManifestChunk
+from protocol.errors import ProtocolError, VStackError
 
 __all__ = ["FetchFailed", "fetch_chunk", "stream_video"]
 
+log = logging.getLogger("vstack.client")
 
-class FetchFailed(Exception):
-    pass
+#: How long one replica may take to serve one chunk.
+CHUNK_SECONDS: Final = 30.0
+
+Sink = Callable[[bytes], Awaitable[object]]
 
 
-async def fetch_chunk(chunk: dict[str, Any]) -> bytes:
-    """The chunk's bytes from the first replica whose copy checks out."""
-    want = str(chunk["checksum"]).removeprefix("sha256:")
+class FetchFailed(ProtocolError):
+    """The video or one of its chunks could not be fetched (404: no such video; 502 otherwise)."""
+
+    def __init__(self, msg: str, status: int = 502) -> None:
+        super().__init__(msg, status)
+
+
+async def fetch_chunk(http: HttpClient, chunk: ManifestChunk) -> bytes:
+    """The chunk's bytes from the first replica whose copy checks out.
+
+    Raises:
+        FetchFailed: no replica served a copy with the right SHA-256.
+    """
+    if not chunk.replicas:
+        what = "is erasure-coded (not supported here)" if chunk.fragments else "has no replica"
+        raise FetchFailed(f"chunk {chunk.sequence_num} {what}")
     errors = []
-    for url in chunk.get("replicas") or []:
+    for url in chunk.replicas:
         try:
-            with trio.fail_after(30):
-                res = await request("GET", f"{url}/chunk/{chunk['chunk_id']}")
-        except (VStackError, trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
-            errors.append(f"{url}: {exc}")
+            with deadline(CHUNK_SECONDS, f"GET {chunk.chunk_id} from {url}"):
+                res = await http.request("GET", f"{url}/chunk/{chunk.chunk_id}")
+        except VStackError as exc:
+            errors.append(str(exc))
             continue
         if res.status != 200:
             errors.append(f"{url}: {res.status}")
             continue
-        if hashlib.sha256(res.body).hexdigest() != want:
+        if await trio.to_thread.run_sync(_sha256, res.body) != chunk.checksum:
             errors.append(f"{url}: damaged copy")
             continue
         return res.body
-    raise FetchFailed(f"chunk {chunk['sequence_num']}: no replica served it ({'; '.join(errors)})")
+    raise FetchFailed(f"chunk {chunk.sequence_num}: no replica served it ({'; '.join(errors)})")
 
 
-async def stream_video(metadata: MetadataClient, video_id: str,
-                       sink: Callable[[bytes], Awaitable[None]], *, ahead: int = 4) -> int:
-    """Send every chunk of ``video_id`` to ``sink`` in order; returns the byte count."""
-    res = await metadata.call("GET", f"/manifest/{video_id}")
-    if res.status == 404:
-        raise FetchFailed(f"no video {video_id}")
-    if res.status != 200:
-        raise FetchFailed(f"manifest: {res.status}")
-    chunks = sorted(res.json()["chunks"], key=lambda c: c["sequence_num"])
-    results: dict[int, trio.Event] = {i: trio.Event() for i in range(len(chunks))}
-    data: dict[int, bytes | BaseException] = {}
-    window = trio.Semaphore(ahead)
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def stream_video(metadata: MetadataClient, video_id: str, sink: Sink, *, ahead: int = 4,
+                       http: HttpClient | None = None) -> int:
+    """Send every chunk of ``video_id`` to ``sink`` in order; returns the byte count.
+
+    Args:
+        http: the connection pool for the storage nodes (default: the
+            metadata client's).
+
+    Raises:
+        FetchFailed: no such video (404), or a chunk could not be fetched.
+        ProtocolError: the metadata service failed (``MetadataUnavailable``).
+        Exception: whatever ``sink`` raised (``BrokenPipeError``, ...).
+    """
+    manifest = await _manifest(metadata, video_id)
+    slots = [_Slot(c) for c in manifest.chunks]
+    window = trio.Semaphore(max(1, ahead))
+    failure: Exception | None = None
     total = 0
-
-    async def get(i: int) -> None:
-        try:
-            data[i] = await fetch_chunk(chunks[i])
-        except FetchFailed as exc:
-            data[i] = exc
-        results[i].set()
-
     async with trio.open_nursery() as nursery:
-
-        async def producer() -> None:
-            for i in range(len(chunks)):
-                await window.acquire()
-                nursery.start_soon(get, i)
-
-        nursery.start_soon(producer)
-        for i in range(len(chunks)):
-            await results[i].wait()
-            item = data.pop(i)
-            window.release()
-            if isinstance(item, BaseException):
-                nursery.cancel_scope.cancel()
-                raise item
-            await sink(item)
-            total += len(item)
+        nursery.start_soon(_prefetch, http or metadata.http, slots, window)
+        try:
+            for slot in slots:
+                total += await slot.deliver(window, sink)
+        except Exception as exc:  # raised below, outside the nursery: no exception group
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return total
+
+
+async def _manifest(metadata: MetadataClient, video_id: str) -> Manifest:
+    manifest = await metadata.manifest(video_id)
+    if manifest is None:
+        raise FetchFailed(f"no video {video_id}", 404)
+    return manifest
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One chunk on its way: fetched by one task, delivered by another."""
+
+    chunk: ManifestChunk
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: FetchFailed | None = None
+
+    async def fill(self, http: HttpClient) -> None:
+        try:
+            self.data = await fetch_chunk(http, self.chunk)
+        except FetchFailed as exc:
+            self.error = exc
+        self.done.set()  # not on a bug: that one ends the nursery, and so the delivery
+
+    async def deliver(self, window: trio.Semaphore, sink: Sink) -> int:
+        """Wait for the chunk, free its place in the window, hand it to ``sink``."""
+        await self.done.wait()
+        window.release()
+        if self.error is not None:
+            raise self.error
+        data, self.data = self.data, None
+        assert data is not None
+        await sink(data)
+        return len(data)
+
+
+async def _prefetch(http: HttpClient, slots: Sequence[_Slot], window: trio.Semaphore) -> None:
+    async with trio.open_nursery() as nursery:
+        for slot in slots:
+            await window.acquire()
+            nursery.start_soon(slot.fill, http)

@@ -1,0 +1,1 @@
+"""The uploader service: video files in, chunks on the storage nodes out (see :mod:`.service`)."""

@@ -1,0 +1,268 @@
+"""One upload's processing, from its received file to an ``active`` video or to nothing.
+
+Theory of operation. An :class:`UploadJob` holds everything about one
+upload: its session (what ``/upload/status`` shows), its files, what FFmpeg
+found in it, the segment plan, and which chunks are stored where and which
+are committed. :meth:`UploadJob.run` is the task the service starts for it:
+
+1. wait in :class:`~nodes.uploader.state.UploadQueue` for a processing slot;
+2. cut the video with FFmpeg and store each chunk as soon as FFmpeg closes
+   it (:mod:`nodes.uploader.placer`; ``chunks_in_flight`` at once), so
+   cutting and distribution overlap. If copying the video would make a
+   chunk larger than a node accepts (keyframes too sparse), the chunks
+   stored so far are deleted and the video is cut again, re-encoded;
+3. check that the manifest lists every chunk, and mark the video ``active``.
+
+Any failure ends the session ``failed`` with a message for a person, and
+removes the video record and every copy stored (:mod:`nodes.uploader.cleanup`).
+:meth:`run` never raises (except for cancellation): one upload going wrong
+in an unexpected way is logged and failed, and the service goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from protocol.errors import VStackError
+from vstack.media import ChunkingReport, ProbeResult, Segment, SegmentPlan, plan_segments
+from vstack.settings import UploaderSettings
+from vstack.upload_session import Session
+
+from .cleanup import delete_copies, remove_files, remove_upload
+from .errors import ChunkingFailed, Oversize, UploadFailed
+from .ffmpeg import cut_streaming
+from .placer import Chunk, Placer, healthy_nodes
+from .state import Uploader
+
+__all__ = ["UploadJob"]
+
+log = logging.getLogger("vstack.uploader")
+
+#: How long cleaning up after a failure may delay a shutdown.
+CLEANUP_SECONDS: Final = 120.0
+
+
+class UploadJob:
+    """One upload: its session, files, plan and chunk bookkeeping, and its pipeline."""
+
+    def __init__(self, up: Uploader, session: Session, info: ProbeResult) -> None:
+        self.up = up
+        self.session = session
+        self.info = info
+        self.source: Path = up.upload_path(session.session_id)
+        self.work: Path = up.work_dir(session.session_id)
+        self.plan: SegmentPlan | None = None
+        self.report: ChunkingReport | None = None
+        self.stored: dict[int, list[str]] = {}  # seq -> nodes holding a copy
+        self.committed: set[int] = set()
+
+    @property
+    def settings(self) -> UploaderSettings:
+        return self.up.settings
+
+    @property
+    def video_id(self) -> str:
+        return self.session.video_id
+
+    async def submit(self) -> None:
+        """Queue the upload, save its session and start :meth:`run` in the service's nursery.
+
+        If the session cannot be saved, the upload is withdrawn (its video
+        record deleted) and the error raised.
+        """
+        up, s = self.up, self.session
+        up.sessions[s.session_id] = s
+        up.queue.enter(s)
+        try:
+            await up.save(s)
+        except BaseException:
+            del up.sessions[s.session_id]
+            up.queue.leave(s)
+            with trio.move_on_after(CLEANUP_SECONDS) as scope:
+                scope.shield = True
+                await remove_upload(up, s.video_id, {})
+            raise
+        up.nursery.start_soon(self.run)
+
+    async def run(self) -> None:
+        """Process the upload; a failure fails the session, never the service."""
+        try:
+            async with self.up.queue.slot(self.session):
+                await self._pipeline()
+        except Exception as exc:
+            await self._fail(_reason(exc, self.session.session_id))
+        finally:
+            with trio.move_on_after(CLEANUP_SECONDS) as scope:
+                scope.shield = True
+                await remove_files(self.up, self.session.session_id)
+
+    # -- the pipeline -----------------------------------------------------------------
+
+    async def _pipeline(self) -> None:
+        await self._advance("processing")
+        await trio.Path(self.work).mkdir(parents=True, exist_ok=True)
+        placer = Placer(pool=self.up.pool, metadata=self.up.metadata,
+                        nodes=await healthy_nodes(self.up.metadata),
+                        replicas=self.settings.replicas, tracker=self.up.nodes)
+        t0 = time.monotonic()
+        report = await self._chunk(placer)
+        count = len(report.segments)
+        self.session.total_chunks = count
+        log.info("upload %s: %d chunks of ~%.1f s (%s), cut and stored in %.2f s",
+                 self.session.session_id, count, report.segment_time,
+                 "transcoded" if report.transcoded else "remuxed", time.monotonic() - t0)
+        await self._advance("finalizing")
+        await self._activate(count)
+        log.info("upload %s completed: video %s, %d chunks", self.session.session_id,
+                 self.video_id, count)
+
+    async def _chunk(self, placer: Placer) -> ChunkingReport:
+        """Cut and store, copying the video if it can be, re-encoding it otherwise."""
+        cfg = self.settings
+        size = (await trio.Path(self.source).stat()).st_size
+        for force in (False, True):
+            self.plan = plan = plan_segments(self.info, size, chunk_size=cfg.chunk_size,
+                                             chunk_duration=cfg.chunk_duration,
+                                             force_transcode=force)
+            self.session.transcoded = plan.transcode_video
+            await self._advance("chunking")
+            try:
+                return await self._cut_and_store(placer)
+            except Oversize as exc:
+                if plan.transcode_video:
+                    raise ChunkingFailed(f"{exc} even after re-encoding") from None
+                log.info("upload %s: keyframes too sparse for %d-byte chunks; re-encoding",
+                         self.session.session_id, cfg.chunk_size)
+                await self._discard()
+        raise AssertionError("unreachable: the second plan re-encodes")
+
+    async def _cut_and_store(self, placer: Placer) -> ChunkingReport:
+        """Store each chunk as soon as FFmpeg finishes it."""
+        send, recv = trio.open_memory_channel[Segment](math.inf)
+        self.report = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._cut, send)
+                await self._store_all(nursery, recv, placer)
+        except BaseExceptionGroup as group:
+            first = _first_error(group)
+            if first is None:
+                raise
+            raise first from None
+        assert self.report is not None
+        return self.report
+
+    async def _cut(self, send: trio.MemorySendChannel[Segment]) -> None:
+        assert self.plan is not None
+        self.report = await cut_streaming(self.up.ffmpeg, self.source, self.work, self.info,
+                                          self.plan, send,
+                                          max_segment_bytes=self.settings.max_segment_bytes)
+
+    async def _store_all(self, nursery: trio.Nursery, recv: trio.MemoryReceiveChannel[Segment],
+                         placer: Placer) -> None:
+        """Start storing each segment FFmpeg sends, ``chunks_in_flight`` at a time."""
+        in_flight = trio.Semaphore(self.settings.chunks_in_flight)
+        origin: float | None = None
+        seq = 0
+        async with recv:
+            async for seg in recv:
+                if origin is None:
+                    origin = seg.start
+                    await self._advance("uploading_chunks")
+                await in_flight.acquire()
+                nursery.start_soon(self._store_segment, placer, seq, seg, origin, in_flight)
+                seq += 1
+
+    async def _store_segment(self, placer: Placer, seq: int, seg: Segment, origin: float,
+                             in_flight: trio.Semaphore) -> None:
+        try:
+            data = await trio.to_thread.run_sync(seg.path.read_bytes)
+            sha = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+            chunk = Chunk(video_id=self.video_id, seq=seq, data=data, sha256=sha,
+                          duration=seg.duration, start=seg.start - origin)
+            await placer.place(chunk, self.stored.setdefault(seq, []))
+        finally:
+            in_flight.release()
+        self.committed.add(seq)
+        self._progress()
+
+    def _progress(self) -> None:
+        assert self.plan is not None
+        s = self.session
+        expected = max(1, math.ceil(self.info.duration / self.plan.segment_time))
+        s.chunks_done = len(self.committed)
+        s.progress = max(s.progress, min(89, 50 + int(40 * len(self.committed) / expected)))
+
+    async def _discard(self) -> None:
+        """Delete every chunk placed so far from its nodes (before cutting again)."""
+        await delete_copies(self.up.pool, self.video_id, self.stored)
+        self.stored.clear()
+        self.committed.clear()
+        self.session.chunks_done = 0
+
+    async def _activate(self, count: int) -> None:
+        """Check the manifest lists every chunk with a copy; make the video ``active``."""
+        manifest = await self.up.metadata.manifest(self.video_id)
+        if manifest is None:
+            raise UploadFailed("the video record disappeared while it was stored; upload again")
+        if manifest.total_chunks != count or any(
+                not (c.replicas or c.fragments) for c in manifest.chunks):
+            raise UploadFailed("the manifest does not list every chunk; upload again")
+        await self.up.metadata.set_status(self.video_id, "active")
+        self.session.manifest_url = f"/manifest/{self.video_id}"
+        await self._advance("completed")
+
+    async def _advance(self, stage: str) -> None:
+        self.session.advance(stage)
+        await self.up.save(self.session)
+
+    # -- failure ------------------------------------------------------------------------
+
+    async def _fail(self, error: str) -> None:
+        """Fail the session and remove what was stored; never raises."""
+        s = self.session
+        log.warning("upload %s (video %s) failed: %s", s.session_id, s.video_id, error)
+        s.fail(error)
+        uncommitted = {seq: urls for seq, urls in self.stored.items()
+                       if seq not in self.committed}  # the video's deletion removes the rest
+        with trio.move_on_after(CLEANUP_SECONDS) as scope:
+            scope.shield = True
+            try:
+                await self.up.save(s)
+            except OSError as exc:  # the status is still served from memory
+                log.error("upload %s: could not save its session: %s", s.session_id, exc)
+            try:
+                await remove_upload(self.up, s.video_id, uncommitted)
+            except Exception:
+                log.exception("upload %s: cleaning up after the failure failed", s.session_id)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first failure in a (nested) exception group that is not a cancellation."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _first_error(exc)
+            if inner is not None:
+                return inner
+        elif not isinstance(exc, trio.Cancelled):
+            return exc
+    return None
+
+
+def _reason(exc: Exception, session_id: str) -> str:
+    """The message a failed session shows for ``exc``."""
+    if isinstance(exc, BaseExceptionGroup):
+        first = _first_error(exc)
+        if isinstance(first, Exception):
+            exc = first
+    if isinstance(exc, VStackError):
+        return str(exc)
+    log.error("upload %s failed unexpectedly", session_id, exc_info=exc)
+    return f"internal error: {exc}"
