@@ -9,88 +9,21 @@ virtual time).
 
 from __future__ import annotations
 
-import json
-import socket
-import struct
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import h11
 import trio
 import trio.testing
 
 from nodes.net.http_client import request
 
-MODES = ("reset", "hang", "garbage", "bad-status", "ok")
-
-
-class HostileReplica:
-    """A fake metadata replica: every connection gets the current ``mode``."""
-
-    def __init__(self) -> None:
-        self.mode = "reset"
-        self.seen: Counter[str] = Counter()  # mode -> requests received in that mode
-        self.paths: list[str] = []
-        self.port = 0
-        self.changed = trio.Event()
-
-    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self.handle, listeners)
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        mode = self.mode
-        try:
-            data = await stream.receive_some(65536)
-            self.seen[mode] += 1  # a request arrived
-            self.changed.set()
-            self.changed = trio.Event()
-            if mode == "reset":
-                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            elif mode == "hang":
-                await trio.sleep_forever()
-            elif mode == "garbage":
-                await stream.send_all(b"\x00\xff\x13 this is not HTTP at all\r\n\r\n\x00")
-            elif mode == "bad-status":
-                await stream.send_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 5\r\n\r\n{{{{{")
-            else:
-                await self._answer(stream, data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        finally:
-            await stream.aclose()
-
-    async def _answer(self, stream: trio.SocketStream, data: bytes) -> None:
-        conn = h11.Connection(h11.SERVER)
-        conn.receive_data(data)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-                continue
-            if isinstance(event, h11.Request):
-                self.paths.append(event.target.decode())
-            if isinstance(event, h11.EndOfMessage):
-                break
-        body = json.dumps({"status": "ok"}).encode()
-        out = conn.send(h11.Response(status_code=200, headers=[
-            ("Content-Length", str(len(body))), ("Content-Type", "application/json"),
-            ("Connection", "close")])) or b""
-        out += (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        await stream.send_all(out)
-
-    async def wait_seen(self, mode: str, count: int) -> None:
-        while self.seen[mode] < count:
-            await self.changed.wait()
+from .hostile import MODES, HostileServer
 
 
 async def test_node_survives_reset_hang_and_garbage(
     clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any]
 ) -> None:
-    replica = HostileReplica()
+    replica = HostileServer()
     port = await nursery.start(replica.serve)
     node, _ = await start_node(metadata_urls=(f"http://127.0.0.1:{port}",),
                                node_url="http://127.0.0.1:1", heartbeat_interval=1.0)

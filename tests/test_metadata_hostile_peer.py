@@ -1,0 +1,50 @@
+"""A metadata replica survives a peer replica and a storage node that reset, hang or answer garbage.
+
+Replica 0 is real; replica 1 of its two-replica cluster, and the storage
+node it probes, are one hostile server whose behaviour the test switches.
+Whatever that peer does, replica 0 stays up: it answers reads, refuses
+writes it cannot get a quorum for with a 503 (never a wrong answer, never a
+crash), and its background jobs (Paxos batches, catch-up, view merging,
+probing) keep trying. Timing runs on the MockClock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+from nodes.net.http_client import request
+
+from .conftest import free_port
+from .hostile import MODES, HostileServer
+
+
+async def test_replica_survives_a_hostile_peer(
+    clock: trio.testing.MockClock, nursery: trio.Nursery, start_metadata: Callable[..., Any]
+) -> None:
+    peer = HostileServer()
+    peer_port = await nursery.start(peer.serve)
+    port = free_port()
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    svc = await start_metadata(port=port, replica_id=0,
+                               peers=(f"http://127.0.0.1:{port}", peer_url),
+                               storage_nodes=(peer_url,), heartbeat_interval=1.0,
+                               views_merge_interval=0.5)
+    base = f"http://127.0.0.1:{svc.port}"
+
+    with trio.fail_after(900):  # virtual seconds
+        for mode in MODES:
+            peer.mode = mode
+            await peer.wait_seen(mode, 6)
+            assert (await request("GET", f"{base}/health")).status == 200
+            assert (await request("GET", f"{base}/videos")).json() == []
+            write = await request("POST", f"{base}/video", json_body={"title": "t",
+                                                                      "duration_sec": 5})
+            assert write.status == 503, write.body  # no quorum: refused, nothing decided
+            assert "quorum" in write.json()["error"]
+    asked = {r.split("?")[0] for r in peer.requests}
+    assert {"/paxos", "/paxos/committed", "/paxos/views", "/health"} <= asked
+    assert (await request("GET", f"{base}/videos")).json() == []
