@@ -27,7 +27,7 @@ import trio
 from nodes.net.http_client import request
 from nodes.uploader.ffmpeg import find_ffmpeg
 from tools.make_sample import make_sample
-from tools.put_cli import _send_multipart
+from tools.put_cli import send_multipart
 from vstack.media import ProbeResult, parse_probe, plan_segments, probe_command
 
 from .harness import RESULTS, ROOT, Report, Row, wait_port
@@ -71,7 +71,7 @@ def write_three_times(path: Path, out: Path) -> float:
 
 async def ingest(path: Path) -> tuple[float, dict[str, object]]:
     t0 = time.perf_counter()
-    answer = await _send_multipart("http://localhost:8084", path, "ingest benchmark", lambda n: None)
+    answer = await send_multipart("http://localhost:8084", path, "ingest benchmark", lambda n: None)
     received = time.perf_counter() - t0
     session = answer["upload_session_id"]
     while True:

@@ -16,6 +16,7 @@ import trio
 from nodes.client.fetcher import stream_video
 from nodes.net.http_client import HttpResult, request
 from nodes.net.metadata_client import MetadataClient
+from tools.put_cli import PutError, send_multipart
 from vstack.media import parse_probe, probe_command
 
 from .conftest import ROOT, ffmpeg_exe, make_video
@@ -265,6 +266,10 @@ async def test_bad_requests(
     assert no_title.status == 422
     big = await upload(c, media["clip.webm"], data=os.urandom(200_000))
     assert big.status == 413
+    huge = tmp_path / "huge.mp4"  # streamed: the uploader answers 413 and stops reading
+    huge.write_bytes(os.urandom(16 << 20))
+    with pytest.raises(PutError, match=r"413.*larger than the limit"):
+        await send_multipart(c.url, huge, "too big")
     assert (await request("GET", f"{c.url}/upload/status/nope")).status == 404
     assert (await request("GET", f"{c.meta_url}/videos")).json() == []
 

@@ -179,8 +179,5 @@ def main(file: Path, title: str | None, uploader: str, metadata: str, as_json: b
         click.echo(f"play:     vstack-play {state.get('video_id')} | ffplay -")
 
 
-#: The name ``benchmarks/ingest_bench.py`` imports.
-_send_multipart = send_multipart
-
 if __name__ == "__main__":
     main()

@@ -220,16 +220,15 @@ class HttpClient:
                 out = conn.h11.send(h11.Request(method=method, target=target, headers=hdrs)) or b""
                 if isinstance(body, StreamBody):
                     await conn.stream.send_all(out)
-                    sent = 0
-                    async for piece in body.chunks:
-                        sent += len(piece)
-                        if sent > body.length:
-                            raise LocalProtocolError("request body longer than its length")
-                        await conn.stream.send_all(conn.h11.send(h11.Data(data=piece)) or b"")
-                        if on_sent is not None:
-                            maybe = on_sent(len(piece))
-                            if maybe is not None:
-                                await maybe
+                    try:
+                        await _send_stream(conn, body, on_sent)
+                    except ConnectionLost:
+                        # The server may have answered early and closed (413: too
+                        # large): that answer is the one to report.
+                        early = await _early_answer(conn, max_bytes)
+                        if early is None:
+                            raise
+                        return early
                     out = b""
                 elif body:
                     out += conn.h11.send(h11.Data(data=body)) or b""
@@ -271,6 +270,56 @@ class HttpClient:
         for conns in idle.values():
             for conn in conns:
                 await _close(conn)
+
+
+async def _send_stream(conn: _Conn, body: StreamBody,
+                       on_sent: Callable[[int], Awaitable[None] | None] | None) -> None:
+    sent = 0
+    try:
+        with map_io_errors(conn.peer):
+            async for piece in body.chunks:
+                sent += len(piece)
+                if sent > body.length:
+                    raise LocalProtocolError("request body longer than its length")
+                await conn.stream.send_all(conn.h11.send(h11.Data(data=piece)) or b"")
+                if on_sent is not None:
+                    maybe = on_sent(len(piece))
+                    if maybe is not None:
+                        await maybe
+    finally:
+        aclose = getattr(body.chunks, "aclose", None)  # an async generator: finish it now
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()
+
+
+async def _early_answer(conn: _Conn, max_bytes: int) -> HttpResult | None:
+    """A complete answer the server sent before it stopped reading our body, if any."""
+    status, headers, chunks = 0, {}, []
+    with trio.move_on_after(2):
+        try:
+            while True:
+                event = conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    data = await conn.stream.receive_some(_RECV)
+                    if not data:
+                        return None
+                    conn.h11.receive_data(data)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                               for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                    if sum(map(len, chunks)) > max_bytes:
+                        return None
+                elif isinstance(event, h11.EndOfMessage) and status:
+                    return HttpResult(status=status, headers=headers, body=b"".join(chunks))
+                else:
+                    return None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            return None
+    return None
 
 
 async def _close(conn: _Conn) -> None:
