@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 
@@ -40,11 +41,14 @@ async def test_a_failing_step_backs_off_then_recovers(
     with trio.move_on_after(100):
         await run_forever("job", step, log=log, every=30.0,
                           backoff=Backoff(initial=1.0, maximum=60.0, rng=random.Random(0)))
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
-    assert 0.75 <= gaps[0] <= 1.25 and 1.5 <= gaps[1] <= 2.5 and 3.0 <= gaps[2] <= 5.0
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert 0.75 <= gaps[0] <= 1.25
+    assert 1.5 <= gaps[1] <= 2.5
+    assert 3.0 <= gaps[2] <= 5.0
     assert gaps[3] == pytest.approx(30.0)  # back to the normal period after a success
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "peer down" in warnings[0].getMessage()  # once per streak
+    assert len(warnings) == 1
+    assert "peer down" in warnings[0].getMessage()
     assert any("recovered after 3 failed attempts" in r.getMessage() for r in caplog.records)
 
 
@@ -56,7 +60,8 @@ async def test_an_unexpected_error_is_logged_with_its_traceback(
     with trio.move_on_after(10):
         await run_forever("job", step, log=log, every=1.0)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
 
 
 async def test_the_step_chooses_its_next_delay(autojump_clock: trio.testing.MockClock) -> None:
@@ -68,4 +73,5 @@ async def test_the_step_chooses_its_next_delay(autojump_clock: trio.testing.Mock
 
     with trio.move_on_after(11):
         await run_forever("job", step, log=log, every=100.0, initial_delay=1.0)
-    assert calls == [1.0, 1.0, 6.0, 11.0][: len(calls)] and len(calls) >= 3
+    assert calls == [1.0, 1.0, 6.0, 11.0][: len(calls)]
+    assert len(calls) >= 3
