@@ -136,8 +136,15 @@ def parse_target(target: bytes) -> tuple[str, dict[str, str]]:
         text = target.decode("ascii")
     except UnicodeDecodeError:
         raise RemoteProtocolError("request target must be ASCII") from None
-    parts = urlsplit(text)
-    return parts.path or "/", dict(parse_qsl(parts.query, keep_blank_values=True))
+    if text.startswith("/"):  # origin-form (RFC 9112 3.2.1): never a URL with a host
+        path, _, query = text.partition("?")
+    else:
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            raise RemoteProtocolError("malformed request target") from None
+        path, query = parts.path, parts.query
+    return path or "/", dict(parse_qsl(query, keep_blank_values=True))
 
 
 H = TypeVar("H")
@@ -177,13 +184,15 @@ class Router(Generic[H]):
         return register
 
     def match(self, method: str, path: str) -> tuple[H, dict[str, str]]:
+        allowed: set[str] = set()
         for regex, methods in self._routes:
             m = regex.match(path)
             if m is None:
                 continue
             handler = methods.get(method.upper())
-            if handler is None:
-                allowed = ", ".join(sorted(methods))
-                raise ProtocolError(f"Method Not Allowed (allowed: {allowed})", 405)
-            return handler, {k: unquote(v) for k, v in m.groupdict().items()}
+            if handler is not None:
+                return handler, {k: unquote(v) for k, v in m.groupdict().items()}
+            allowed.update(methods)
+        if allowed:
+            raise ProtocolError(f"Method Not Allowed (allowed: {', '.join(sorted(allowed))})", 405)
         raise ProtocolError("Not Found", 404)

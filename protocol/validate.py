@@ -27,7 +27,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 422."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ValidationError([{"type": "json_invalid", "loc": ["body"],
                                 "msg": "body is not valid JSON", "input": None}]) from None
     if not isinstance(value, dict):
@@ -111,7 +111,7 @@ class Validator:
         except (TypeError, ValueError):
             self._fail(name, "float_parsing", "Input should be a valid number", raw)
             return default
-        if (ge is not None and value < ge) or (le is not None and value > le):
+        if (ge is not None and not value >= ge) or (le is not None and not value <= le):  # NaN too
             self._fail(name, "range", f"Input should be between {ge} and {le}", raw)
         return value
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> StorageSettings:
 @pytest.fixture
 async def start_node(
     nursery: trio.Nursery, tmp_path: Path
-) -> AsyncIterator[Callable[..., Any]]:
+) -> Callable[..., Any]:
     """``await start_node(**settings)`` runs a node in this test's nursery.
 
     Returns ``(node, stop)``; ``await stop()`` shuts that node down cleanly.
@@ -110,7 +110,7 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 @pytest.fixture
 async def start_metadata(
     nursery: trio.Nursery, tmp_path: Path
-) -> AsyncIterator[Callable[..., Any]]:
+) -> Callable[..., Any]:
     """``await start_metadata(**settings)`` runs a metadata replica in this test's nursery."""
     from nodes.metadata.service import serve_metadata
     from nodes.metadata.state import MetadataService
@@ -128,7 +128,7 @@ async def start_metadata(
 @pytest.fixture
 async def start_uploader(
     nursery: trio.Nursery, tmp_path: Path
-) -> AsyncIterator[Callable[..., Any]]:
+) -> Callable[..., Any]:
     """``await start_uploader(metadata_urls=(...), **settings)`` runs an uploader here."""
     from nodes.uploader.service import Uploader, serve_uploader
     from vstack.settings import UploaderSettings

@@ -17,8 +17,8 @@ import trio
 import trio.testing
 
 from nodes.net.http_client import request
+from tools.launch import free_port
 
-from .conftest import free_port
 from .hostile import MODES, HostileServer
 
 

@@ -46,11 +46,14 @@ TS_VIDEO: Final = frozenset({"h264", "hevc", "mpeg2video"})
 TS_AUDIO: Final = frozenset({"aac", "mp3", "ac3", "eac3", "mp2"})
 
 _INPUT = re.compile(r"^Input #0, (.+?), from '", re.M)
-_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_BITRATE = re.compile(r"bitrate: (\d+) kb/s")
-_STREAM = re.compile(r"Stream #0:(\d+)\S*: (Video|Audio|Subtitle|Data|Attachment): ([A-Za-z0-9_]+)")
+# Anchored to FFmpeg's own two-space indent: tag values (a title the uploader
+# chose, say) are indented deeper and must never be read as a duration or a stream.
+_DURATION = re.compile(r"^  Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.M)
+_BITRATE = re.compile(r"^  Duration: .*?bitrate: (\d+) kb/s", re.M)
+_STREAM = re.compile(
+    r"^  Stream #0:(\d+)\S*: (Video|Audio|Subtitle|Data|Attachment): ([A-Za-z0-9_]+)")
 _DIMS = re.compile(r", (\d{2,5})x(\d{2,5})[ ,]")
-_FPS = re.compile(r", ([\d.]+) fps")
+_FPS = re.compile(r", (\d+(?:\.\d+)?) fps")
 
 
 class ProbeError(ValueError):

@@ -54,7 +54,7 @@ def required_copies(replicas: int, available: int) -> int:
     """How many acknowledged copies a chunk needs before it is committed.
 
     All ``replicas`` when that many nodes are up; otherwise as many as there
-    are, but never fewer than 2 while 2 exist (one lost node must not lose
-    the chunk).
+    are (so with ``replicas >= 2`` and two nodes up, both: one lost node must
+    not lose the chunk), and never more than ``replicas``.
     """
-    return max(1, min(replicas, available)) if available < 2 else max(2, min(replicas, available))
+    return max(1, min(replicas, available))

@@ -6,15 +6,12 @@ fills them from options and the usage guide's environment variables.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["CHUNK_ID_RE", "DEFAULT_MAX_CHUNK_BYTES", "StorageSettings", "binary_port_for"]
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "StorageSettings", "binary_port_for"]
 
-#: The chunk-id rule of the contract; nothing outside it ever reaches a store.
-CHUNK_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_MAX_CHUNK_BYTES: Final = 8 * 1024 * 1024
 #: The binary protocol listens on the HTTP port plus this, unless configured.
 BINARY_PORT_OFFSET: Final = 100

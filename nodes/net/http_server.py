@@ -39,7 +39,7 @@ from protocol.http import (
 
 from .zerocopy import sendfile
 
-__all__ = ["Body", "Handler", "HttpLimits", "serve_http"]
+__all__ = ["Body", "Handler", "HttpLimits", "serve_http", "serve_stream"]
 
 log = logging.getLogger("vstack.http")
 
@@ -60,12 +60,16 @@ class _Timeout(Exception):
 class Body:
     """The body of one request, read on demand."""
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, declared: int | None = None) -> None:
         self._conn = conn
+        self._declared = declared  # Content-Length, if the request has one
         self.consumed = False
 
     async def chunks(self, limit: int) -> AsyncIterator[bytes]:
-        """Yield the body in pieces; 413 as soon as it passes ``limit`` bytes."""
+        """Yield the body in pieces; 413 before reading if its declared length
+        passes ``limit``, and as soon as it passes ``limit`` bytes otherwise."""
+        if self._declared is not None and self._declared > limit:
+            raise ProtocolError(f"body larger than {limit} bytes", 413)
         seen = 0
         while True:
             event = await self._conn.next_event()
@@ -89,7 +93,7 @@ Handler = Callable[[Request, Body], Awaitable[Response]]
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream, limits: HttpLimits) -> None:
+    def __init__(self, stream: trio.abc.HalfCloseableStream, limits: HttpLimits) -> None:
         self.stream = stream
         self.limits = limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
@@ -106,7 +110,7 @@ class _Connection:
             size = _RECV if self.conn.their_state is h11.SEND_BODY else self.limits.max_header_bytes
             with trio.move_on_after(timeout):
                 data = await self.stream.receive_some(size)
-                self.conn.receive_data(data)
+                self.conn.receive_data(bytes(data))  # no copy: sockets give bytes already
                 continue
             raise _Timeout
 
@@ -156,21 +160,39 @@ async def serve_http(
     task_status.started(bound)
 
     async def handle(stream: trio.SocketStream) -> None:
-        conn = _Connection(stream, limits)
-        try:
-            await _serve_connection(conn, router, default_headers)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, _Timeout):
-            pass
-        except h11.RemoteProtocolError as exc:
-            log.debug("bad HTTP from peer: %s", exc)
-        except Exception:
-            log.exception("HTTP connection failed")
-        finally:
-            with trio.move_on_after(1) as cs:
-                cs.shield = True
-                await _lingering_close(stream)
+        await serve_stream(stream, router, limits=limits, default_headers=default_headers)
 
     await trio.serve_listeners(handle, listeners)
+
+
+async def serve_stream(
+    stream: trio.abc.HalfCloseableStream,
+    router: Router[Handler],
+    *,
+    limits: HttpLimits,
+    default_headers: Callable[[], list[tuple[str, str]]] = list,
+) -> None:
+    """Serve the requests of one open connection, then close ``stream``.
+
+    What :func:`serve_http` runs for each accepted socket; any other stream
+    (``trio.testing.memory_stream_pair``, TLS) works too, its
+    :class:`~protocol.http.FileRange` bodies sent by read and send. Returns
+    once the peer closes, times out, breaks the protocol or the connection
+    must close; never raises for what a peer can cause.
+    """
+    conn = _Connection(stream, limits)
+    try:
+        await _serve_connection(conn, router, default_headers)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, _Timeout):
+        pass
+    except h11.RemoteProtocolError as exc:
+        log.debug("bad HTTP from peer: %s", exc)
+    except Exception:
+        log.exception("HTTP connection failed")
+    finally:
+        with trio.move_on_after(1) as cs:
+            cs.shield = True
+            await _lingering_close(stream)
 
 
 async def _serve_connection(
@@ -190,7 +212,8 @@ async def _serve_connection(
         if not isinstance(event, h11.Request):
             return
         started = time.perf_counter()
-        body = Body(conn)
+        length = dict(event.headers).get(b"content-length")
+        body = Body(conn, int(length) if length is not None else None)  # h11 checked it
         method = event.method.decode("ascii", "replace")
         conn.head_request = method == "HEAD"
         try:
@@ -215,7 +238,7 @@ async def _serve_connection(
             log.exception("unhandled error serving %s %s", method, event.target)
             response = error_response(500, "Internal server error")
         extra = default_headers()
-        if not body.consumed and conn.conn.their_state is h11.SEND_BODY:
+        if not body.consumed and conn.conn.their_state is h11.SEND_BODY and response.status != 408:
             await _drain_small(conn, body, event)
         unread = conn.conn.their_state is not h11.DONE
         if unread:
@@ -250,7 +273,7 @@ async def _drain_small(conn: _Connection, body: Body, request: h11.Request) -> N
         await body.read(_DRAIN_LIMIT)
 
 
-async def _lingering_close(stream: trio.SocketStream) -> None:
+async def _lingering_close(stream: trio.abc.HalfCloseableStream) -> None:
     """Close so that a response is not lost to a reset (RFC 9112, section 9.6).
 
     Closing with unread request bytes makes the kernel send RST, which can
