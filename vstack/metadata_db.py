@@ -9,18 +9,26 @@ One file holds everything a replica knows:
   writes a whole batch of changed slots in one transaction, with
   ``synchronous=FULL``, before any reply for that batch leaves: concurrent
   rounds share one commit.
+* ``learned``: the learner's state, apart from the acceptor's: the newest
+  chosen value of each key, its ballot, and a change sequence number
+  (``seq``) that peers catching up use as a cursor. Learning never depends
+  on what the acceptor promised since;
 * the *materialized* tables the guide documents (``videos``, ``chunks``,
   ``chunk_replicas``, ``chunk_fragments``, ``storage_nodes``,
-  ``redundancy_overrides``), rewritten from a register's value **in the same
-  transaction** that marks it committed, so ``sqlite3 metadata.db "SELECT *
-  FROM videos"`` always shows chosen values only;
+  ``redundancy_overrides``), written from a learned value **in the same
+  transaction** that records it, so ``sqlite3 metadata.db "SELECT * FROM
+  videos"`` always shows chosen values only; each row is a function of
+  register values alone, whatever order they were learned in
+  (:mod:`vstack.metadata_tables`);
 * ``view_counts``: one counter per (video, replica), merged by taking each
   replica's maximum, so views never need consensus and are never lost or
   counted twice;
-* ``node_heartbeats``: what this replica itself last heard from each storage
-  node (local, not replicated: every node heartbeats every replica);
+* heartbeat columns of ``storage_nodes``: what this replica itself last
+  heard from each node (local, not replicated: every node heartbeats every
+  replica);
 * ``meta``: the highest ballot round this replica may use, persisted before
-  it is used.
+  it is used, and the database's ``epoch`` (a random id: a peer whose
+  change cursor points into another epoch starts over).
 
 Register keys and values are described in :mod:`vstack.registers`; every
 read the API makes is a method of :class:`~vstack.metadata_reads.MetadataReads`.
@@ -32,7 +40,9 @@ one ``CapacityLimiter(1)``.
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -40,10 +50,16 @@ from typing import Any
 import apsw
 
 from .metadata_reads import MetadataReads
+from .metadata_tables import SCHEMA as TABLES
+from .metadata_tables import materialize, migrate
 from .paxos import Ballot, Phase, Slot, Value
-from .registers import parse_key
 
-__all__ = ["MetadataDB", "utc_now"]
+__all__ = ["Learned", "MetadataDB", "utc_now"]
+
+log = logging.getLogger("vstack.metadata.db")
+
+#: A chosen value as a learner records it: key, ballot (as an integer), value.
+Learned = tuple[str, int, Value]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,57 +70,13 @@ CREATE TABLE IF NOT EXISTS consensus (
     accepted_value TEXT,
     phase TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS videos (
-    video_id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    duration_sec INTEGER NOT NULL,
-    total_chunks INTEGER NOT NULL DEFAULT 0,
-    chunk_size_bytes INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    created_ns INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS learned (
+    key TEXT PRIMARY KEY,
+    ballot INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    seq INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS videos_by_age ON videos (created_ns DESC, video_id);
-CREATE TABLE IF NOT EXISTS chunks (
-    chunk_id TEXT PRIMARY KEY,
-    video_id TEXT NOT NULL,
-    sequence_num INTEGER NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    checksum TEXT NOT NULL,
-    redundancy_mode TEXT NOT NULL,
-    duration_sec REAL,
-    start_sec REAL,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chunks_by_video ON chunks (video_id, sequence_num);
-CREATE TABLE IF NOT EXISTS chunk_replicas (
-    chunk_id TEXT NOT NULL,
-    node_url TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',
-    PRIMARY KEY (chunk_id, node_url)
-);
-CREATE TABLE IF NOT EXISTS chunk_fragments (
-    fragment_id TEXT PRIMARY KEY,
-    chunk_id TEXT NOT NULL,
-    fragment_index INTEGER NOT NULL,
-    node_url TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    checksum TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS fragments_by_chunk ON chunk_fragments (chunk_id, fragment_index);
-CREATE TABLE IF NOT EXISTS storage_nodes (
-    node_url TEXT PRIMARY KEY,
-    node_id TEXT UNIQUE NOT NULL,
-    last_heartbeat TEXT,
-    disk_usage_percent REAL NOT NULL DEFAULT 0,
-    chunk_count INTEGER NOT NULL DEFAULT 0,
-    free_bytes INTEGER,
-    status TEXT NOT NULL,
-    version TEXT
-);
-CREATE TABLE IF NOT EXISTS redundancy_overrides (video_id TEXT PRIMARY KEY, mode TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS learned_by_seq ON learned (seq);
 CREATE TABLE IF NOT EXISTS view_counts (
     video_id TEXT NOT NULL,
     replica INTEGER NOT NULL,
@@ -141,6 +113,14 @@ class MetadataDB(MetadataReads):
         cur.execute("PRAGMA foreign_keys=OFF")
         with self.conn:
             cur.execute(SCHEMA)
+            cur.execute(TABLES)
+            migrate(cur)
+            if self.get_meta("epoch") is None:
+                self.set_meta("epoch", uuid.uuid4().hex)
+            if not self._rows("SELECT 1 FROM learned LIMIT 1"):
+                self._learn_committed_slots(cur)
+        self.epoch = str(self.get_meta("epoch"))
+        self._next_seq = int(self._rows("SELECT COALESCE(MAX(seq), 0) FROM learned")[0][0]) + 1
 
     def close(self) -> None:
         self.conn.close()
@@ -172,9 +152,15 @@ class MetadataDB(MetadataReads):
                 "SELECT key, promised_ballot, accepted_ballot, accepted_value, phase FROM consensus")
         }
 
-    def persist(self, slots: dict[str, Slot], learned: Iterable[tuple[str, Value]] = (), *,
+    def persist(self, slots: dict[str, Slot], learned: Iterable[Learned] = (), *,
                 sync: bool = True) -> None:
-        """Write changed slots and apply learned (committed) values: one transaction.
+        """Write changed slots and learned (chosen) values with their table rows:
+        one transaction.
+
+        Each learned value gets the next change sequence number (the cursor
+        peers catch up by). A value whose table rows cannot be written is
+        logged and its rows left out; the learned value itself is kept, and
+        nothing else in the batch is affected.
 
         ``sync=False`` (only learned values, already durable on a quorum) skips
         the fsync: with WAL, the transaction is still atomic and ordered, and
@@ -190,7 +176,7 @@ class MetadataDB(MetadataReads):
                 cur.execute("PRAGMA synchronous=FULL")
 
     def _persist(self, cur: apsw.Cursor, slots: dict[str, Slot],
-                 learned: Iterable[tuple[str, Value]]) -> None:
+                 learned: Iterable[Learned]) -> None:
         with self.conn:
             for key, slot in slots.items():
                 cur.execute(
@@ -202,92 +188,48 @@ class MetadataDB(MetadataReads):
                     (key, slot.promised.to_int(), slot.accepted.to_int(),
                      None if slot.value is None else json.dumps(slot.value, sort_keys=True),
                      slot.phase.value))
-            for key, value in learned:
-                self._materialize(cur, key, value)
+            for key, ballot, value in learned:
+                cur.execute(
+                    "INSERT INTO learned (key, ballot, value, seq) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET ballot = excluded.ballot,"
+                    " value = excluded.value, seq = excluded.seq WHERE excluded.ballot > ballot",
+                    (key, ballot, json.dumps(value, sort_keys=True), self._next_seq))
+                self._next_seq += 1
+                if not self.conn.changes():
+                    continue  # a newer value of this key is learned already
+                cur.execute("SAVEPOINT row")
+                try:
+                    materialize(cur, key, value)
+                except (apsw.Error, KeyError, TypeError, ValueError, AttributeError) as exc:
+                    cur.execute("ROLLBACK TO row")
+                    log.error("chosen value of %s cannot be stored in the tables (%s); skipped",
+                              key, exc)
+                cur.execute("RELEASE row")
 
-    # -- materialized tables --------------------------------------------------------------
+    def _learn_committed_slots(self, cur: apsw.Cursor) -> None:
+        """A database from before the learned table: committed slots were learned."""
+        for key, ballot, value in list(cur.execute(
+                "SELECT key, accepted_ballot, accepted_value FROM consensus"
+                " WHERE phase = 'committed' AND accepted_value IS NOT NULL ORDER BY key")):
+            seq = int(self._rows("SELECT COALESCE(MAX(seq), 0) FROM learned")[0][0]) + 1
+            cur.execute("INSERT INTO learned (key, ballot, value, seq) VALUES (?, ?, ?, ?)",
+                        (key, ballot, value, seq))
 
-    def _materialize(self, cur: apsw.Cursor, key: str, value: Value) -> None:
-        try:
-            rk = parse_key(key)
-        except ValueError:
-            return  # a register with no table behind it
-        kind, ident = rk.kind, rk.ident
-        if kind == "video":
-            self._put_video(cur, ident, value)
-        elif kind == "chunk":
-            self._put_chunk(cur, ident, value)
-        elif kind == "override":
-            if value.get("mode"):
-                cur.execute("INSERT INTO redundancy_overrides (video_id, mode) VALUES (?, ?) "
-                            "ON CONFLICT(video_id) DO UPDATE SET mode = excluded.mode",
-                            (ident, value["mode"]))
-            else:
-                cur.execute("DELETE FROM redundancy_overrides WHERE video_id = ?", (ident,))
-        elif kind == "node":
-            cur.execute("DELETE FROM storage_nodes WHERE node_id = ? AND node_url != ?",
-                        (ident, value["node_url"]))
-            cur.execute(
-                "INSERT INTO storage_nodes (node_url, node_id, status, version, last_heartbeat)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(node_url) DO UPDATE SET"
-                " node_id = excluded.node_id, status = excluded.status,"
-                " version = excluded.version",
-                (value["node_url"], ident, value["status"], value.get("version"),
-                 value.get("since")))
+    # -- learned values ----------------------------------------------------------------
 
-    @staticmethod
-    def _put_video(cur: apsw.Cursor, video_id: str, v: Value) -> None:
-        if v.get("removed"):
-            chunk_ids = [r[0] for r in cur.execute(
-                "SELECT chunk_id FROM chunks WHERE video_id = ?", (video_id,))]
-            for cid in chunk_ids:
-                cur.execute("DELETE FROM chunk_replicas WHERE chunk_id = ?", (cid,))
-                cur.execute("DELETE FROM chunk_fragments WHERE chunk_id = ?", (cid,))
-            cur.execute("DELETE FROM chunks WHERE video_id = ?", (video_id,))
-            cur.execute("DELETE FROM videos WHERE video_id = ?", (video_id,))
-            return
-        cur.execute(
-            "INSERT INTO videos (video_id, title, duration_sec, chunk_size_bytes, status,"
-            " created_at, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(video_id) DO UPDATE"
-            " SET title = excluded.title, duration_sec = excluded.duration_sec,"
-            " status = excluded.status",
-            (video_id, v["title"], v["duration_sec"], v.get("chunk_size_bytes", 2097152),
-             v["status"], v["created_at"], v["created_ns"]))
-        cur.execute("UPDATE videos SET total_chunks = (SELECT COUNT(*) FROM chunks WHERE video_id = ?)"
-                    " WHERE video_id = ?", (video_id, video_id))
+    def load_learned(self) -> dict[str, int]:
+        """Every learned key with the ballot it was chosen at."""
+        return {k: int(b) for k, b in self._rows("SELECT key, ballot FROM learned")}
 
-    @staticmethod
-    def _put_chunk(cur: apsw.Cursor, chunk_id: str, c: Value) -> None:
-        # Another chunk id at the same (video, sequence) is replaced (contract).
-        for (old,) in list(cur.execute(
-                "SELECT chunk_id FROM chunks WHERE video_id = ? AND sequence_num = ? AND chunk_id != ?",
-                (c["video_id"], c["sequence_num"], chunk_id))):
-            cur.execute("DELETE FROM chunks WHERE chunk_id = ?", (old,))
-            cur.execute("DELETE FROM chunk_replicas WHERE chunk_id = ?", (old,))
-            cur.execute("DELETE FROM chunk_fragments WHERE chunk_id = ?", (old,))
-        cur.execute(
-            "INSERT INTO chunks (chunk_id, video_id, sequence_num, size_bytes, checksum,"
-            " redundancy_mode, duration_sec, start_sec, created_at) VALUES (?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(chunk_id) DO UPDATE SET video_id = excluded.video_id,"
-            " sequence_num = excluded.sequence_num, size_bytes = excluded.size_bytes,"
-            " checksum = excluded.checksum, redundancy_mode = excluded.redundancy_mode,"
-            " duration_sec = excluded.duration_sec, start_sec = excluded.start_sec",
-            (chunk_id, c["video_id"], c["sequence_num"], c["size_bytes"], c["checksum"],
-             c.get("redundancy_mode", "replication"), c.get("duration_sec"), c.get("start_sec"),
-             c["created_at"]))
-        cur.execute("DELETE FROM chunk_replicas WHERE chunk_id = ?", (chunk_id,))
-        for url in c.get("replicas") or []:
-            cur.execute("INSERT OR IGNORE INTO chunk_replicas (chunk_id, node_url) VALUES (?, ?)",
-                        (chunk_id, url))
-        cur.execute("DELETE FROM chunk_fragments WHERE chunk_id = ?", (chunk_id,))
-        for f in c.get("fragments") or []:
-            cur.execute(
-                "INSERT OR REPLACE INTO chunk_fragments (fragment_id, chunk_id, fragment_index,"
-                " node_url, size_bytes, checksum, created_at) VALUES (?,?,?,?,?,?,?)",
-                (f["fragment_id"], chunk_id, f["fragment_index"], f["node_url"], f["size_bytes"],
-                 f["checksum"], c["created_at"]))
-        cur.execute("UPDATE videos SET total_chunks = (SELECT COUNT(*) FROM chunks WHERE video_id = ?)"
-                    " WHERE video_id = ?", (c["video_id"], c["video_id"]))
+    def learned_value(self, key: str) -> tuple[int, Value] | None:
+        rows = self._rows("SELECT ballot, value FROM learned WHERE key = ?", (key,))
+        return (int(rows[0][0]), json.loads(rows[0][1])) if rows else None
+
+    def learned_since(self, seq: int, limit: int) -> list[tuple[int, str, int, Value]]:
+        """``(seq, key, ballot, value)`` learned after change ``seq``, oldest first."""
+        return [(int(s), k, int(b), json.loads(v)) for s, k, b, v in self._rows(
+            "SELECT seq, key, ballot, value FROM learned WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit))]
 
     # -- heartbeats (local) and view counts (merged) -----------------------------------------
 

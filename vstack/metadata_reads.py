@@ -2,7 +2,9 @@
 
 The HTTP handlers never write SQL: they call these. Each method reads
 committed (chosen) values only, since the tables are written in the same
-transaction that marks a register committed (:mod:`vstack.metadata_db`).
+transaction that records a learned value (:mod:`vstack.metadata_db`), and
+chunks through the view ``visible_chunks`` (:mod:`vstack.metadata_tables`):
+those of existing videos, the newest commit at each sequence number.
 Rows come back as plain dicts keyed by column name, ready for JSON.
 """
 
@@ -50,13 +52,13 @@ class MetadataReads:
         """The manifest's chunk rows, in sequence order (checksums as bare hex)."""
         return self.query(
             "SELECT chunk_id, sequence_num, size_bytes, checksum, redundancy_mode, duration_sec,"
-            " start_sec FROM chunks WHERE video_id = ? ORDER BY sequence_num", (video_id,))
+            " start_sec FROM visible_chunks WHERE video_id = ? ORDER BY sequence_num", (video_id,))
 
     def replicas_of_video(self, video_id: str) -> dict[str, list[str]]:
         """chunk id -> node URLs holding a replica, in the order they were committed."""
         out: dict[str, list[str]] = {}
         for row in self.query(
-                "SELECT r.chunk_id, r.node_url FROM chunk_replicas r JOIN chunks c"
+                "SELECT r.chunk_id, r.node_url FROM chunk_replicas r JOIN visible_chunks c"
                 " ON c.chunk_id = r.chunk_id WHERE c.video_id = ? ORDER BY r.rowid", (video_id,)):
             out.setdefault(row["chunk_id"], []).append(row["node_url"])
         return out
@@ -65,8 +67,9 @@ class MetadataReads:
         """chunk id -> its fragment rows, by index."""
         out: dict[str, list[dict[str, Any]]] = {}
         for row in self.query(
-                "SELECT f.* FROM chunk_fragments f JOIN chunks c ON c.chunk_id = f.chunk_id"
-                " WHERE c.video_id = ? ORDER BY f.fragment_index", (video_id,)):
+                "SELECT f.* FROM chunk_fragments f JOIN visible_chunks c"
+                " ON c.chunk_id = f.chunk_id WHERE c.video_id = ? ORDER BY f.fragment_index",
+                (video_id,)):
             out.setdefault(row["chunk_id"], []).append(row)
         return out
 
@@ -75,7 +78,8 @@ class MetadataReads:
                           " ORDER BY fragment_index", (chunk_id,))
 
     def stored_copies_of_video(self, video_id: str) -> list[tuple[str, str]]:
-        """``(node URL, stored id)`` of every replica and fragment of the video's chunks."""
+        """``(node URL, stored id)`` of every replica and fragment of the video's chunks
+        (superseded chunk ids included: deleting a video deletes them all)."""
         rows = self.query(
             "SELECT r.node_url, r.chunk_id AS stored FROM chunk_replicas r JOIN chunks c"
             " ON c.chunk_id = r.chunk_id WHERE c.video_id = ?"
@@ -103,8 +107,9 @@ class MetadataReads:
     def totals(self) -> dict[str, int]:
         [row] = self.query(
             "SELECT (SELECT COUNT(*) FROM videos) AS total_videos,"
-            " (SELECT COUNT(*) FROM chunks) AS total_chunks,"
-            " (SELECT COUNT(*) FROM chunk_replicas WHERE status = 'active') AS total_replicas")
+            " (SELECT COUNT(*) FROM visible_chunks) AS total_chunks,"
+            " (SELECT COUNT(*) FROM chunk_replicas r JOIN visible_chunks c"
+            "   ON c.chunk_id = r.chunk_id WHERE r.status = 'active') AS total_replicas")
         return {k: int(v) for k, v in row.items()}
 
     def storage_overhead(self, *, replication_factor: int) -> dict[str, Any]:
@@ -118,11 +123,12 @@ class MetadataReads:
             "   AS repl_logical,"
             " COALESCE(SUM(CASE WHEN redundancy_mode != 'replication' THEN size_bytes END), 0)"
             "   AS ec_logical"
-            " FROM chunks")
+            " FROM visible_chunks")
         [phys] = self.query(
-            "SELECT COALESCE((SELECT SUM(c.size_bytes) FROM chunk_replicas r JOIN chunks c"
+            "SELECT COALESCE((SELECT SUM(c.size_bytes) FROM chunk_replicas r JOIN visible_chunks c"
             "   ON c.chunk_id = r.chunk_id), 0) AS repl_physical,"
-            " COALESCE((SELECT SUM(size_bytes) FROM chunk_fragments), 0) AS ec_physical")
+            " COALESCE((SELECT SUM(f.size_bytes) FROM chunk_fragments f JOIN visible_chunks c"
+            "   ON c.chunk_id = f.chunk_id), 0) AS ec_physical")
         physical = phys["repl_physical"] + phys["ec_physical"]
         logical = row["logical"]
         savings = 100.0 * (1 - physical / (replication_factor * logical)) if logical else 0.0

@@ -129,15 +129,19 @@ def remove_video(cur: Value | None) -> Value:
 
 
 def commit_chunk(chunk_id: str, commit: ChunkCommit, *, nodes: list[str],
-                 fragments: list[Fragment], created_at: str) -> Change:
-    """Record where a chunk lives: the verified ``nodes`` (or ``fragments``)."""
+                 fragments: list[Fragment], created_at: str, committed_ns: int) -> Change:
+    """Record where a chunk lives: the verified ``nodes`` (or ``fragments``).
+
+    ``committed_ns`` orders commits of different chunk ids at the same
+    (video, sequence): the newest is the one manifests list.
+    """
     value: Value = {
         "chunk_id": chunk_id, "video_id": commit.video_id, "sequence_num": commit.sequence_num,
         "size_bytes": commit.size_bytes, "checksum": commit.checksum,
         "redundancy_mode": commit.redundancy_mode, "duration_sec": commit.duration_sec,
         "start_sec": commit.start_sec, "replicas": [] if fragments else nodes,
         "fragments": [dict(f.to_json(), status="active") for f in fragments] or None,
-        "created_at": created_at,
+        "created_at": created_at, "committed_ns": committed_ns,
     }
     return lambda cur: value
 

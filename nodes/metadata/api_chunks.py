@@ -28,9 +28,11 @@ async def commit(svc: MetadataService, req: Request, body: Body) -> Response:
         return ok(CommitResult(success=False, committed_nodes=(),
                                message=f"Failed to reach consensus for chunk {chunk_id}").to_json())
     nodes, fragments = verified
-    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    await svc.decide(chunk_key(chunk_id), commit_chunk(chunk_id, request, nodes=nodes,
-                                                       fragments=fragments, created_at=created))
+    now_ns = time.time_ns()
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now_ns / 1e9))
+    await svc.decide(chunk_key(chunk_id), commit_chunk(
+        chunk_id, request, nodes=nodes, fragments=fragments, created_at=created,
+        committed_ns=now_ns))
     return ok(CommitResult(success=True, committed_nodes=tuple(nodes),
                            message=f"Chunk {chunk_id} committed to {len(nodes)} nodes").to_json())
 

@@ -25,10 +25,12 @@ async def state(svc: MetadataService, req: Request, body: Body) -> Response:
 
 
 async def committed(svc: MetadataService, req: Request, body: Body) -> Response:
-    after = req.query.get("after", "")
+    """``GET /paxos/committed?since=N``: values learned after change N, oldest first."""
+    since = max(query_int(req, "since", 0), 0)
     limit = min(max(query_int(req, "limit", 500), 1), 5000)
-    entries = svc.replica.committed_since(after, limit)
-    return ok({"entries": [encode_message(e) for e in entries]})
+    epoch, changes = await svc.replica.changes_since(since, limit)
+    return ok({"epoch": epoch,
+               "entries": [{"s": seq, **encode_message(c)} for seq, c in changes]})
 
 
 async def views(svc: MetadataService, req: Request, body: Body) -> Response:

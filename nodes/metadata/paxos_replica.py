@@ -45,8 +45,8 @@ from protocol.consensus import (
     Promise,
 )
 from protocol.consensus import Reply as WireReply
-from protocol.errors import ProtocolError, VStackError
-from vstack.metadata_db import MetadataDB
+from protocol.errors import VStackError
+from vstack.metadata_db import Learned, MetadataDB
 from vstack.paxos import (
     Acceptor,
     Ballot,
@@ -58,7 +58,9 @@ from vstack.paxos import (
     apply_op,
 )
 
-__all__ = ["ChangeRejected", "NoQuorum", "PaxosReplica", "ReplicaStopped", "Transport"]
+from .learner import Change, LearnerMixin, NoQuorum, ReplicaStopped
+
+__all__ = ["Change", "ChangeRejected", "NoQuorum", "PaxosReplica", "ReplicaStopped", "Transport"]
 
 log = logging.getLogger("vstack.paxos")
 
@@ -66,20 +68,6 @@ T = TypeVar("T")
 RunBlocking = Callable[[Callable[[], T]], Awaitable[T]]
 
 ROUND_BLOCK = 1000  # rounds reserved per persisted ceiling
-
-
-class NoQuorum(ProtocolError):
-    """No quorum of replicas answered in time; nothing was decided."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"no quorum of metadata replicas reachable to decide {key}", 503)
-
-
-class ReplicaStopped(ProtocolError):
-    """This replica is shutting down."""
-
-    def __init__(self) -> None:
-        super().__init__("metadata replica is stopping", 503)
 
 
 class Transport(Protocol):
@@ -91,6 +79,17 @@ class Transport(Protocol):
                 the answer was not one reply per message (RemoteProtocolError).
         """
         ...
+
+    async def changes(self, peer: int, since: int, limit: int) -> tuple[str, list[Change]]:
+        """What ``peer`` learned after its change number ``since``: its epoch and
+        up to ``limit`` ``(seq, commit)`` pairs, oldest first.
+
+        Raises:
+            VStackError: as :meth:`call`.
+        """
+        ...
+
+
 
 
 @dataclass(eq=False)
@@ -111,7 +110,7 @@ async def _run_in_thread(fn: Callable[[], T]) -> T:
     return await trio.to_thread.run_sync(fn)
 
 
-class PaxosReplica:
+class PaxosReplica(LearnerMixin):
     """Proposer, acceptor and learner for every register key, on one replica."""
 
     def __init__(
@@ -141,12 +140,17 @@ class PaxosReplica:
         self.commit_wait = commit_wait
         self.on_learn = on_learn
         self.acceptor = self.make_acceptor(db.load_slots())
+        # The learner, apart from the acceptor: the ballot each key's newest
+        # known chosen value was chosen at. Learning never asks the acceptor.
+        self.learned: dict[str, int] = db.load_learned()
+        self._cursors: dict[int, tuple[str, int]] = {}  # peer -> (its epoch, last change seen)
+        self._accepted_at: dict[str, float] = {}  # key -> when this acceptor last accepted
         self._round = int(db.get_meta("round_ceiling", "0") or 0)
         self._ceiling = self._round
         self._db_lock = trio.Lock()
         # group commit of acceptor state
         self._dirty: dict[str, Slot] = {}
-        self._learned: list[tuple[str, Value]] = []
+        self._learned: list[Learned] = []
         self._gen = 0
         self._must_sync = False
         self._flushed_gen = 0
@@ -194,7 +198,7 @@ class PaxosReplica:
             self._flushed_gen = gen
             self._flushed.set()
             self._flushed = trio.Event()
-            for key, value in learned:
+            for key, _, value in learned:
                 if self.on_learn is not None:
                     self.on_learn(key, value)
 
@@ -275,15 +279,6 @@ class PaxosReplica:
         self._learn(msg.key, Ballot.from_int(msg.ballot), msg.value)
         return Ack()
 
-    def _learn(self, key: str, ballot: Ballot, value: Value) -> None:
-        slot = self.acceptor.learn(key, ballot, value)
-        if slot is not None:
-            # What is learned is already durable on a quorum of acceptors: it is
-            # committed to the tables but need not wait for an fsync of its own.
-            # (If it is lost with the machine, recover() learns it again.)
-            self._changed(key, slot, promise=False)
-            self._learned.append((key, value))
-
     # -- proposer ------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -342,7 +337,12 @@ class PaxosReplica:
                 if self.stopped:
                     raise ReplicaStopped
                 proposal = self.make_proposal(key, Ballot(1, self.id), wrapped)
-                proposal.value = wrapped(None)
+                try:
+                    proposal.value = wrapped(None)
+                except ChangeRejected:
+                    # Refused on "nothing", which only this replica has seen:
+                    # a refusal must rest on a value read from a quorum too.
+                    proposal.value = None
                 proposal.state = "accept"
                 if proposal.value is not None:
                     local_first = not fresh
@@ -425,50 +425,6 @@ class PaxosReplica:
         with trio.move_on_after(self.phase_timeout):
             await done.wait()
         return result
-
-    async def recover(self) -> int:
-        """Settle registers left accepted-but-not-known-committed (e.g. by a crash).
-
-        A read round on each finds the chosen value (or chooses the accepted
-        one) and commits it to the tables. Retries until a quorum answers.
-        """
-        pending = sorted(k for k, s in self.acceptor.slots.items() if s.phase.value == "accept")
-        settled = 0
-        for key in pending:
-            while True:
-                try:
-                    await self.change(key, lambda cur: None)
-                    settled += 1
-                    break
-                except NoQuorum:
-                    await trio.sleep(1 + self.rng.random())
-                except ChangeRejected:
-                    break
-        if settled:
-            log.info("settled %d registers left undecided by a restart", settled)
-        return settled
-
-    # -- catch-up --------------------------------------------------------------------------
-
-    def committed_since(self, after: str, limit: int) -> list[Commit]:
-        """Committed registers with keys after ``after``, for a peer catching up."""
-        out = []
-        for key in sorted(k for k in self.acceptor.slots if k > after):
-            slot = self.acceptor.slots[key]
-            if slot.phase.value == "committed" and slot.value is not None:
-                out.append(Commit(key=key, ballot=slot.accepted.to_int(), value=slot.value))
-                if len(out) >= limit:
-                    break
-        return out
-
-    async def absorb(self, entries: Sequence[Commit]) -> int:
-        """Learn committed registers fetched from a peer; returns how many were new."""
-        before = self._gen
-        for e in entries:
-            self._learn(e.key, Ballot.from_int(e.ballot), e.value)
-        await self._durable()
-        return self._gen - before
-
 
 def _domain_reply(reply: Promise | Accepted) -> Reply:
     value = reply.value if isinstance(reply, Promise) else None

@@ -1,8 +1,11 @@
 """Replica housekeeping: catching up on missed decisions, merging view counters.
 
-* **catch-up**: committed registers this replica missed while it was down,
-  pulled page by page (``GET /paxos/committed``) from each reachable peer,
-  at start and every :data:`CATCH_UP_INTERVAL` seconds;
+* **catch-up**: chosen values this replica missed (it was down, cut off, or
+  a commit message was lost), pulled from each reachable peer by change
+  cursor (``GET /paxos/committed?since=N``: what the peer learned after its
+  change N), at start and every :data:`CATCH_UP_INTERVAL` second, so a
+  replica that was behind converges within about a second of reaching a
+  peer, and a pass costs what changed;
 * **view counters**: each replica counts the views it received; replicas
   merge each other's counters (each replica's maximum), so popularity needs
   no consensus round and no view is lost or counted twice;
@@ -17,27 +20,19 @@ from urllib.parse import quote
 
 from nodes.net.errors import deadline
 from protocol.api import decode_answer
-from protocol.consensus import Commit, decode_message
 from protocol.errors import VStackError
 from vstack.paxos import ZERO
 
 from .state import MetadataService
 
-__all__ = ["CATCH_UP_INTERVAL", "catch_up", "merge_views", "peer_slot_states", "slot_state"]
+__all__ = ["CATCH_UP_INTERVAL", "SETTLE_AFTER", "catch_up", "merge_views", "peer_slot_states",
+           "settle", "slot_state"]
 
 log = logging.getLogger("vstack.metadata.replication")
 
-CATCH_UP_INTERVAL = 30.0
-PAGE = 500
-
-
-def _commits(data: Any) -> list[Commit]:
-    out = []
-    for e in data["entries"]:
-        msg = decode_message({"t": "commit", **e})
-        assert isinstance(msg, Commit)
-        out.append(msg)
-    return out
+CATCH_UP_INTERVAL = 1.0  # cheap: a peer answers with what changed since the last pass
+#: An accepted value nobody committed for this long is settled by a read round.
+SETTLE_AFTER = 5.0
 
 
 def _counts(data: Any) -> list[tuple[str, int, int]]:
@@ -45,25 +40,13 @@ def _counts(data: Any) -> list[tuple[str, int, int]]:
 
 
 async def catch_up(svc: MetadataService) -> int:
-    """Learn committed registers from every reachable peer; returns how many were new."""
-    learned = 0
-    for peer in svc.transport.peers:
-        after = ""
-        try:
-            while True:
-                with deadline(10, f"catch-up from replica {peer}"):
-                    data = await svc.transport.get_json(
-                        peer, f"/paxos/committed?after={after}&limit={PAGE}")
-                entries = decode_answer(_commits, data, "GET /paxos/committed")
-                if not entries:
-                    break
-                learned += await svc.replica.absorb(entries)
-                after = entries[-1].key
-        except VStackError as exc:
-            log.debug("catch-up from replica %d stopped: %s", peer, exc)
-    if learned:
-        log.info("caught up %d committed decisions from peers", learned)
-    return learned
+    """Learn what the peers learned since we last asked (their change cursors)."""
+    return await svc.replica.catch_up()
+
+
+async def settle(svc: MetadataService) -> int:
+    """Settle registers whose proposer accepted a value here but never committed it."""
+    return await svc.replica.settle(older_than=SETTLE_AFTER)
 
 
 async def merge_views(svc: MetadataService) -> None:

@@ -52,6 +52,8 @@ def _start_jobs(nursery: trio.Nursery, svc: MetadataService) -> None:
         job("storage node probe", liveness.probe_step, s.heartbeat_interval)
     if s.replicas > 1:
         job("catch-up", replication.catch_up, replication.CATCH_UP_INTERVAL)
+        job("settling", replication.settle, replication.SETTLE_AFTER,
+            initial_delay=replication.SETTLE_AFTER)
         job("view counter merge", replication.merge_views, s.views_merge_interval,
             initial_delay=s.views_merge_interval)
 

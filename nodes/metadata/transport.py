@@ -11,10 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 from nodes.net.http_client import HttpClient
-from protocol.consensus import Batch, Message, Reply, decode_reply
+from protocol.api import decode_answer
+from protocol.consensus import Batch, Commit, Message, Reply, decode_message, decode_reply
 from protocol.errors import RemoteProtocolError
 
+from .learner import Change
+
 __all__ = ["HttpTransport"]
+
+
+def _changes(data: Any) -> tuple[str, list[Change]]:
+    out: list[Change] = []
+    for e in data["entries"]:
+        msg = decode_message({**e, "t": "commit"})
+        seq = e["s"]
+        if not isinstance(msg, Commit) or isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError("an entry must be a commit with a change number")
+        out.append((seq, msg))
+    return str(data["epoch"]), out
 
 
 class HttpTransport:
@@ -39,6 +53,11 @@ class HttpTransport:
             return [decode_reply(r, m) for r, m in zip(raw, batch, strict=True)]
         except ValueError as exc:
             raise RemoteProtocolError(f"replica {peer}: {exc}", 502) from None
+
+    async def changes(self, peer: int, since: int, limit: int) -> tuple[str, list[Change]]:
+        """``GET /paxos/committed?since=N``: what ``peer`` learned after its change ``since``."""
+        data = await self.get_json(peer, f"/paxos/committed?since={since}&limit={limit}")
+        return decode_answer(_changes, data, "GET /paxos/committed")
 
     async def get_json(self, peer: int, path: str) -> Any:
         """``GET`` a replica-to-replica path on ``peer``; its JSON (200 only).

@@ -1,0 +1,202 @@
+"""The learner side of a metadata replica: what was chosen, and catching up on it.
+
+Kept apart from the acceptor on purpose: a replica learns a chosen value
+whatever its acceptor promised since (a later prepare that never completed
+must not hide a chosen value), and keeps, per key, the ballot of the newest
+chosen value it knows (:attr:`LearnerMixin.learned`; the values themselves
+are in the database's ``learned`` table, with the tables written from them).
+
+A replica can miss a commit message (it was down or cut off, or the message
+was lost). Three mechanisms make sure it never stays stale:
+
+* **catch-up** asks each peer what it learned since the last pass, by the
+  peer's change cursor (``changes_since``): a pass costs what changed;
+* **settling** runs a read round on every key whose acceptor slot holds an
+  accepted value newer than anything learned and older than a few seconds
+  (its proposer died before committing): the round finds what was chosen and
+  commits it everywhere;
+* **recovery** at start settles every such key, retrying until a quorum
+  answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from nodes.net.errors import deadline
+from protocol.consensus import Commit
+from protocol.errors import ProtocolError, VStackError
+from vstack.metadata_db import Learned, MetadataDB
+from vstack.paxos import Acceptor, Ballot, ChangeRejected, Phase, Slot, Value
+
+__all__ = ["CATCH_UP_PAGE", "Change", "LearnerMixin", "NoQuorum", "ReplicaStopped"]
+
+log = logging.getLogger("vstack.paxos")
+
+CATCH_UP_PAGE = 500
+
+#: One learned value as a peer serves it for catch-up: its change number and the commit.
+Change = tuple[int, Commit]
+
+
+class NoQuorum(ProtocolError):
+    """No quorum of replicas answered in time; nothing was decided."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no quorum of metadata replicas reachable to decide {key}", 503)
+
+
+class ReplicaStopped(ProtocolError):
+    """This replica is shutting down."""
+
+    def __init__(self) -> None:
+        super().__init__("metadata replica is stopping", 503)
+
+
+class LearnerMixin:
+    """Learning, catch-up and settling; mixed into :class:`~.paxos_replica.PaxosReplica`."""
+
+    id: int
+    n: int
+    db: MetadataDB
+    acceptor: Acceptor
+    learned: dict[str, int]
+    transport: Any
+    rng: random.Random
+    run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]]
+    _learned: list[Learned]
+    _gen: int
+    _cursors: dict[int, tuple[str, int]]
+    _accepted_at: dict[str, float]
+
+    def _changed(self, key: str, slot: Slot | None, *, promise: bool = True) -> None:
+        raise NotImplementedError
+
+    async def _durable(self) -> None:
+        raise NotImplementedError
+
+    async def change(self, key: str, change: Callable[[Value | None], Value | None],
+                     *, op: str | None = None, fresh: bool = False,
+                     leader_fast: bool = False) -> Value | None:
+        raise NotImplementedError
+
+    def _learn(self, key: str, ballot: Ballot, value: Value) -> bool:
+        """Learn that ``value`` was chosen for ``key`` at ``ballot``; ``False`` if a
+        value chosen at that ballot or a later one is known already.
+
+        The learner keeps the newest chosen value whatever the acceptor has
+        promised since (a later prepare that never completed must not hide a
+        chosen value). The acceptor's slot is marked committed only where that
+        is its own accepted value.
+        """
+        b = ballot.to_int()
+        if self.learned.get(key, -1) >= b:
+            return False
+        self.learned[key] = b
+        # What is learned is already durable on a quorum of acceptors: it goes
+        # to the tables but need not wait for an fsync of its own. (If it is
+        # lost with the machine, recover() or catch-up learns it again.)
+        self._learned.append((key, b, value))
+        self._gen += 1
+        self._changed(key, self.acceptor.learn(key, ballot, value), promise=False)
+        return True
+
+    # -- catch-up --------------------------------------------------------------------------
+
+    async def changes_since(self, since: int, limit: int) -> tuple[str, list[Change]]:
+        """What this replica learned after change ``since`` (for a peer catching up)."""
+        rows = await self.run_blocking(functools.partial(self.db.learned_since, since, limit))
+        return self.db.epoch, [(seq, Commit(key=k, ballot=b, value=v)) for seq, k, b, v in rows]
+
+    async def absorb(self, entries: Sequence[Commit]) -> int:
+        """Learn committed registers fetched from a peer; returns how many were new."""
+        new = sum(self._learn(e.key, Ballot.from_int(e.ballot), e.value) for e in entries)
+        await self._durable()
+        return new
+
+    async def catch_up(self) -> int:
+        """Learn what each reachable peer learned since we last asked it; returns how
+        many values were new. A peer that cannot be reached is skipped."""
+        learned = 0
+        for peer in range(self.n):
+            if peer != self.id:
+                try:
+                    learned += await self._catch_up_from(peer)
+                except VStackError as exc:
+                    log.debug("catch-up from replica %d stopped: %s", peer, exc)
+        if learned:
+            log.info("caught up %d chosen values from peers", learned)
+        return learned
+
+    async def _catch_up_from(self, peer: int) -> int:
+        learned = 0
+        epoch, seen = self._cursors.get(peer, ("", 0))
+        while True:
+            with deadline(10, f"catch-up from replica {peer}"):
+                their_epoch, changes = await self.transport.changes(peer, seen, CATCH_UP_PAGE)
+            if their_epoch != epoch:  # a new database there: its numbers start over
+                if epoch:
+                    log.info("replica %d has a new database; catching up from its start", peer)
+                epoch, seen = their_epoch, 0
+                self._cursors[peer] = (epoch, 0)
+                continue
+            if not changes:
+                return learned
+            learned += await self.absorb([c for _, c in changes])
+            seen = changes[-1][0]
+            self._cursors[peer] = (epoch, seen)
+
+    # -- settling --------------------------------------------------------------------------
+
+    async def settle(self, *, older_than: float) -> int:
+        """One pass: a read round on every key this acceptor accepted a value for
+        more than ``older_than`` seconds ago that is newer than anything learned
+        (its proposer died before committing it). Stops at the first key no
+        quorum answers for; returns how many were settled."""
+        now = trio.current_time()
+        pending = sorted(
+            k for k, s in self.acceptor.slots.items()
+            if s.phase is Phase.ACCEPT and s.accepted.to_int() > self.learned.get(k, -1)
+            and now - self._accepted_at.get(k, -math.inf) >= older_than)
+        settled = 0
+        for key in pending:
+            try:
+                await self.change(key, lambda cur: None)
+            except ChangeRejected:
+                continue
+            except NoQuorum:
+                break  # the next pass tries again
+            settled += 1
+        if settled:
+            log.info("settled %d registers whose proposer never committed them", settled)
+        return settled
+
+    async def recover(self) -> int:
+        """Settle registers left accepted-but-not-known-committed (e.g. by a crash).
+
+        A read round on each finds the chosen value (or chooses the accepted
+        one) and commits it to the tables. Retries until a quorum answers.
+        """
+        pending = sorted(k for k, s in self.acceptor.slots.items()
+                         if s.phase.value == "accept" and s.accepted.to_int() > self.learned.get(k, -1))
+        settled = 0
+        for key in pending:
+            while True:
+                try:
+                    await self.change(key, lambda cur: None)
+                    settled += 1
+                    break
+                except NoQuorum:
+                    await trio.sleep(1 + self.rng.random())
+                except ChangeRejected:
+                    break
+        if settled:
+            log.info("settled %d registers left undecided by a restart", settled)
+        return settled
