@@ -261,3 +261,29 @@ async def test_manifest_announces_the_configured_chunk_duration(
     manifest = (await api("GET", f"/manifest/{vid['video_id']}")).json()
     assert manifest["chunk_duration_sec"] == 4
     assert manifest["chunks"] == []
+
+
+async def test_a_create_retried_with_its_idempotency_key_gets_the_first_decision(
+        start_metadata: Callable[..., Any]) -> None:
+    api = Api((await start_metadata()).port)
+    body = {"title": "once", "duration_sec": 12}
+
+    async def create(key: str, payload: dict[str, Any]) -> HttpResult:
+        with trio.fail_after(20):
+            return await request("POST", api.base + "/video", json_body=payload,
+                                 headers=[("Idempotency-Key", key)])
+
+    first = await create("upload-1", body)
+    assert first.status == 200
+    again = await create("upload-1", body)
+    assert again.json()["video_id"] == first.json()["video_id"]
+    assert [v["video_id"] for v in (await api("GET", "/videos")).json()] == [first.json()["video_id"]]
+    other = await create("upload-2", body)
+    assert other.json()["video_id"] != first.json()["video_id"]
+    reused = await create("upload-1", {"title": "something else", "duration_sec": 12})
+    assert reused.status == 422
+    assert "Idempotency-Key" in reused.json()["error"]
+    assert (await create("x" * 256, body)).status == 400
+    assert (await api("DELETE", f"/video/{first.json()['video_id']}")).status == 200
+    assert (await create("upload-1", body)).status == 409  # created, then deleted
+    assert len((await api("GET", "/videos")).json()) == 1

@@ -23,6 +23,9 @@ its status. Changes are pure: time and ids come in as arguments.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -37,12 +40,14 @@ __all__ = [
     "RegisterKey",
     "chunk_key",
     "commit_chunk",
+    "idempotent_video_id",
     "new_video",
     "node_key",
     "override_key",
     "parse_key",
     "register_node",
     "remove_video",
+    "request_fingerprint",
     "set_liveness",
     "set_override",
     "set_video_status",
@@ -52,6 +57,7 @@ __all__ = [
 Change = Callable[[Value | None], Value | None]
 KINDS: Final = ("video", "chunk", "override", "node")
 DEFAULT_CHUNK_SIZE: Final = 2 * 1024 * 1024
+_IDEMPOTENT_NAMESPACE: Final = uuid.UUID("6f1c2a1e-9f3b-4d51-a7f0-5b2f0c7d4e11")
 
 
 def video_key(video_id: str) -> str:
@@ -91,16 +97,40 @@ def parse_key(key: str) -> RegisterKey:
 # -- videos ------------------------------------------------------------------------------
 
 
-def new_video(video_id: str, title: str, duration_sec: int, *, created_at: str,
-              created_ns: int) -> Change:
-    """Create a video record; refused (409) if the id is taken."""
+def idempotent_video_id(idempotency_key: str) -> str:
+    """The video id a keyed create uses: the same for every retry, on every replica."""
+    return str(uuid.uuid5(_IDEMPOTENT_NAMESPACE, idempotency_key))
 
-    def create(cur: Value | None) -> Value:
+
+def request_fingerprint(*fields: object) -> str:
+    """What a retry must repeat to count as the same request."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def new_video(video_id: str, title: str, duration_sec: int, *, created_at: str,
+              created_ns: int, fingerprint: str | None = None) -> Change:
+    """Create a video record; refused (409) if the id is taken.
+
+    A keyed create (``fingerprint`` set: the id came from an Idempotency-Key)
+    that finds its own earlier attempt leaves it as it is: the retry gets the
+    first decision. The same key with another request is refused (422).
+    """
+
+    def create(cur: Value | None) -> Value | None:
         if cur is not None:
-            raise ChangeRejected("video id already in use", 409)
-        return {"video_id": video_id, "title": title, "duration_sec": duration_sec,
-                "status": "uploading", "created_at": created_at, "created_ns": created_ns,
-                "chunk_size_bytes": DEFAULT_CHUNK_SIZE}
+            if fingerprint is None or cur.get("request") is None:
+                raise ChangeRejected("video id already in use", 409)
+            if cur["request"] != fingerprint:
+                raise ChangeRejected("Idempotency-Key reused with a different request", 422)
+            if cur.get("removed"):
+                raise ChangeRejected("this video was created, then deleted", 409)
+            return None  # the first attempt took effect: keep it
+        value: Value = {"video_id": video_id, "title": title, "duration_sec": duration_sec,
+                        "status": "uploading", "created_at": created_at,
+                        "created_ns": created_ns, "chunk_size_bytes": DEFAULT_CHUNK_SIZE}
+        if fingerprint is not None:
+            value["request"] = fingerprint
+        return value
 
     return create
 

@@ -12,7 +12,14 @@ from protocol.api import StatusChange, VideoCreate, format_sha256
 from protocol.errors import ProtocolError
 from protocol.http import Request, Response
 from vstack.metadata_db import utc_now
-from vstack.registers import new_video, remove_video, set_video_status, video_key
+from vstack.registers import (
+    idempotent_video_id,
+    new_video,
+    remove_video,
+    request_fingerprint,
+    set_video_status,
+    video_key,
+)
 
 from .api_common import ok, query_int, read_json
 from .state import MetadataService
@@ -22,6 +29,8 @@ __all__ = ["create_video", "delete_video", "health", "list_videos", "manifest", 
            "set_status"]
 
 log = logging.getLogger("vstack.metadata.api")
+
+MAX_IDEMPOTENCY_KEY = 255
 
 
 async def health(svc: MetadataService, req: Request, body: Body) -> Response:
@@ -38,14 +47,35 @@ async def root(svc: MetadataService, req: Request, body: Body) -> Response:
 
 
 async def create_video(svc: MetadataService, req: Request, body: Body) -> Response:
+    """``POST /video``. With an ``Idempotency-Key`` header, a retry (on any replica,
+    after any failure, a 503 "outcome unknown" included) gets the first decision."""
+    idem = _idempotency_key(req)
     video = VideoCreate.from_json(await read_json(body))
-    video_id = str(uuid.uuid4())
     created_ns = time.time_ns()
+    if idem is None:
+        video_id, fingerprint = str(uuid.uuid4()), None
+    else:
+        video_id = idempotent_video_id(idem)
+        fingerprint = request_fingerprint(video.title, video.duration_sec)
     change = new_video(video_id, video.title, video.duration_sec,
-                       created_at=utc_now(created_ns / 1e9), created_ns=created_ns)
-    await svc.decide(video_key(video_id), change, fresh=True)
+                       created_at=utc_now(created_ns / 1e9), created_ns=created_ns,
+                       fingerprint=fingerprint)
+    # A random id is a key nobody else can know yet (the fresh fast path); a
+    # keyed one may be retried at another replica at the same time: full rounds.
+    await svc.decide(video_key(video_id), change, fresh=idem is None)
     log.info("video %s created (%r)", video_id, video.title)
     return ok({"video_id": video_id, "upload_url": f"/upload/{video_id}"})
+
+
+def _idempotency_key(req: Request) -> str | None:
+    key = req.header("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip().strip('"')
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise ProtocolError(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII "
+                            "characters", 400)
+    return key
 
 
 async def set_status(svc: MetadataService, req: Request, body: Body) -> Response:

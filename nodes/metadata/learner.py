@@ -47,10 +47,17 @@ Change = tuple[int, Commit]
 
 
 class NoQuorum(ProtocolError):
-    """No quorum of replicas answered in time; nothing was decided."""
+    """No quorum of replicas answered in time: the outcome is unknown.
+
+    The change may have been chosen anyway (accepted by a quorum whose
+    answers were lost) or be chosen later (a read round adopts it). Callers
+    retry a create with the same ``Idempotency-Key`` to learn which.
+    """
 
     def __init__(self, key: str) -> None:
-        super().__init__(f"no quorum of metadata replicas reachable to decide {key}", 503)
+        super().__init__(f"no quorum of metadata replicas answered in time for {key}: the "
+                         "outcome is unknown (it may still take effect); retry with the same "
+                         "Idempotency-Key to find out", 503)
 
 
 class ReplicaStopped(ProtocolError):

@@ -53,7 +53,8 @@ class MetadataClient:
         self._best = 0
 
     async def call(self, method: str, path: str, json_body: Any = None, *,
-                   retry: bool | None = None) -> HttpResult:
+                   retry: bool | None = None,
+                   headers: list[tuple[str, str]] | None = None) -> HttpResult:
         """The first answer that is not a transport failure or a 503.
 
         Raises:
@@ -65,7 +66,7 @@ class MetadataClient:
             try:
                 with deadline(self.timeout, f"metadata {method} {path}"):
                     res = await self.http.request(method, self.urls[i] + path, json_body=json_body,
-                                                  retry=retry)
+                                                  retry=retry, headers=headers)
             except TransportError as exc:
                 last = f"{self.urls[i]}: {exc.msg}"
                 continue
@@ -77,14 +78,15 @@ class MetadataClient:
         raise MetadataUnavailable(last)
 
     async def json(self, method: str, path: str, json_body: Any = None, *,
-                   ok: tuple[int, ...] = (200,)) -> Any:
+                   ok: tuple[int, ...] = (200,),
+                   headers: list[tuple[str, str]] | None = None, retry: bool | None = None) -> Any:
         """The JSON answer of a call that must succeed.
 
         Raises:
             ProtocolError: the answer's status (e.g. 404), with its reason.
             MetadataUnavailable: no replica answered.
         """
-        res = await self.call(method, path, json_body)
+        res = await self.call(method, path, json_body, headers=headers, retry=retry)
         if res.status not in ok:
             raise ProtocolError(f"metadata {method} {path}: {res.status} {res.error_detail()}",
                                 res.status)
@@ -92,8 +94,13 @@ class MetadataClient:
 
     # -- typed calls -------------------------------------------------------------------
 
-    async def create_video(self, video: VideoCreate) -> VideoCreated:
-        data = await self.json("POST", "/video", video.to_json())
+    async def create_video(self, video: VideoCreate, *,
+                           idempotency_key: str | None = None) -> VideoCreated:
+        """Create a video; with ``idempotency_key``, safe to retry on any replica
+        (a 503 "outcome unknown" on one is retried on the next)."""
+        headers = [("Idempotency-Key", idempotency_key)] if idempotency_key else None
+        data = await self.json("POST", "/video", video.to_json(), headers=headers,
+                               retry=idempotency_key is not None)
         return decode_answer(VideoCreated.from_json, data, "POST /video")
 
     async def set_status(self, video_id: str, status: str) -> None:

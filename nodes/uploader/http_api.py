@@ -65,7 +65,8 @@ async def upload(up: Uploader, req: Request, body: Body) -> Response:
         form = await receive_upload(body, boundary, path, limit=limit)
         info = await _probe(up, path)
         created = await up.metadata.create_video(
-            VideoCreate(title=form.title, duration_sec=max(1, math.ceil(info.duration))))
+            VideoCreate(title=form.title, duration_sec=max(1, math.ceil(info.duration))),
+            idempotency_key=f"upload-{session_id}")
         job = UploadJob(up, _session(session_id, created.video_id, form, info), info)
         await job.submit()
     except BaseException:
