@@ -28,6 +28,10 @@ values are JSON objects.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -36,9 +40,12 @@ from .errors import ProtocolError
 from .validate import ValidationError
 
 __all__ = [
+    "CATCH_UP_REQUEST",
+    "MAC_SIZE",
     "MAX_BALLOT",
     "MAX_BATCH",
     "MAX_KEY",
+    "MAX_PEER_PAYLOAD",
     "Accept",
     "Accepted",
     "Ack",
@@ -49,10 +56,16 @@ __all__ = [
     "Prepare",
     "Promise",
     "Reply",
+    "check_mac",
+    "decode_batch",
     "decode_message",
+    "decode_replies",
     "decode_reply",
+    "encode_batch",
     "encode_message",
+    "encode_replies",
     "encode_reply",
+    "frame_mac",
 ]
 
 MAX_BALLOT: Final = (1 << 53) - 1
@@ -126,8 +139,15 @@ def _key(raw: Any) -> str:
 
 
 def _value(raw: Any) -> JsonObject:
+    """A register value: a JSON object whose bookkeeping fields, if present, are sane
+    (``v`` a version, ``op`` an operation id): nothing a proposer adopts can break it."""
     if not isinstance(raw, dict):
         raise ValueError("value must be a JSON object")
+    version = raw.get("v", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_BALLOT:
+        raise ValueError("a value's version must be a non-negative integer")
+    if not isinstance(raw.get("op", ""), str):
+        raise ValueError("a value's operation id must be a string")
     return raw
 
 
@@ -212,3 +232,151 @@ class Batch:
             except ValueError as exc:
                 decoded.append(Malformed(error=f"malformed message: {exc}"))
         return cls(sender=sender, messages=tuple(decoded))
+
+
+# -- the compact binary form, for the replicas' peer port --------------------------------
+#
+#   Batch   := sender u8, count u32, Message*
+#   Message := kind u8 (1 prepare, 2 accept, 3 commit), ballot u64, key_len u16, key (UTF-8),
+#              [value_len u32, value (UTF-8 JSON object)]   -- accept and commit only
+#   Replies := count u32, Reply*
+#   Reply   := kind u8 (1 promise, 2 accepted, 3 ack, 4 malformed), ok u8, promised u64,
+#              accepted u64, value_len u32 (0xFFFFFFFF: none), value (UTF-8 JSON)
+
+_BATCH_HEAD = struct.Struct("!BI")
+_MSG_HEAD = struct.Struct("!BQH")
+_LEN = struct.Struct("!I")
+_REPLY_HEAD = struct.Struct("!BBQQI")
+_NONE = 0xFFFFFFFF
+_KINDS = {Prepare: 1, Accept: 2, Commit: 3}
+_REPLY_KINDS = {Promise: 1, Accepted: 2, Ack: 3, Malformed: 4}
+MAC_SIZE: Final = 32
+#: Payload of a CATCH_UP request: the change number to start after, and a page size.
+CATCH_UP_REQUEST: Final = struct.Struct("!QI")
+#: The largest frame payload replicas exchange.
+MAX_PEER_PAYLOAD: Final = 64 * 1024 * 1024
+
+
+def _json_bytes(value: JsonObject) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _Reader:
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.view = memoryview(data)
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.view):
+            raise ValueError("truncated")
+        out = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        return fmt.unpack(self.take(fmt.size))
+
+    def json_object(self, n: int) -> JsonObject:
+        try:
+            value = json.loads(bytes(self.take(n)))
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"value is not JSON: {exc}") from None
+        return _value(value)
+
+    def done(self) -> None:
+        if self.pos != len(self.view):
+            raise ValueError("trailing bytes")
+
+
+def encode_batch(batch: Batch) -> bytes:
+    msgs = [m for m in batch.messages if not isinstance(m, Malformed)]
+    out = [_BATCH_HEAD.pack(batch.sender, len(msgs))]
+    for m in msgs:
+        key = m.key.encode()
+        out.append(_MSG_HEAD.pack(_KINDS[type(m)], m.ballot, len(key)) + key)
+        if not isinstance(m, Prepare):
+            value = _json_bytes(m.value)
+            out.append(_LEN.pack(len(value)) + value)
+    return b"".join(out)
+
+
+def decode_batch(data: bytes | bytearray) -> Batch:
+    """Raises ValueError on anything but a well-formed batch (a peer must not
+    send one: the whole batch is refused)."""
+    r = _Reader(data)
+    sender, count = r.unpack(_BATCH_HEAD)
+    if count > MAX_BATCH:
+        raise ValueError(f"more than {MAX_BATCH} messages")
+    msgs: list[Message | Malformed] = []
+    for _ in range(count):
+        kind, ballot, key_len = r.unpack(_MSG_HEAD)
+        key = _key(bytes(r.take(key_len)).decode())
+        _ballot(ballot)
+        if kind == 1:
+            msgs.append(Prepare(key=key, ballot=ballot))
+            continue
+        if kind not in (2, 3):
+            raise ValueError(f"unknown message kind {kind}")
+        (n,) = r.unpack(_LEN)
+        value = r.json_object(n)
+        msgs.append(Accept(key=key, ballot=ballot, value=value) if kind == 2
+                    else Commit(key=key, ballot=ballot, value=value))
+    r.done()
+    return Batch(sender=sender, messages=tuple(msgs))
+
+
+def encode_replies(replies: list[Reply]) -> bytes:
+    out = [_LEN.pack(len(replies))]
+    for reply in replies:
+        promised = getattr(reply, "promised", 0)
+        accepted = getattr(reply, "accepted", 0)
+        ok = bool(getattr(reply, "ok", False))
+        value = reply.value if isinstance(reply, Promise) else None
+        if isinstance(reply, Malformed):
+            body = reply.error.encode()[:1024]
+        else:
+            body = b"" if value is None else _json_bytes(value)
+        size = _NONE if (value is None and not isinstance(reply, Malformed)) else len(body)
+        out.append(_REPLY_HEAD.pack(_REPLY_KINDS[type(reply)], ok, promised, accepted, size) + body)
+    return b"".join(out)
+
+
+def decode_replies(data: bytes | bytearray, sent: list[Message]) -> list[Reply]:
+    """One reply per message ``sent``; raises ValueError otherwise."""
+    r = _Reader(data)
+    (count,) = r.unpack(_LEN)
+    if count != len(sent):
+        raise ValueError(f"{count} replies to {len(sent)} messages")
+    out: list[Reply] = []
+    for msg in sent:
+        kind, ok, promised, accepted, size = r.unpack(_REPLY_HEAD)
+        _ballot(promised)
+        _ballot(accepted)
+        if kind == 4:
+            out.append(Malformed(error=bytes(r.take(size)).decode("utf-8", "replace")))
+            continue
+        value = None if size == _NONE else r.json_object(size)
+        expected = {Prepare: 1, Accept: 2, Commit: 3}[type(msg)]
+        if kind != expected:
+            raise ValueError(f"reply kind {kind} to a {type(msg).__name__}")
+        if kind == 1:
+            out.append(Promise(ok=bool(ok), promised=promised, accepted=accepted, value=value))
+        elif kind == 2:
+            out.append(Accepted(ok=bool(ok), promised=promised, accepted=accepted))
+        else:
+            out.append(Ack(ok=bool(ok)))
+    r.done()
+    return out
+
+
+def frame_mac(secret: bytes, opcode: int, request_id: int, status: int,
+              payload: bytes | bytearray) -> bytes:
+    """The HMAC-SHA256 that authenticates one replica frame (its ``key`` field)."""
+    mac = hmac.new(secret, struct.pack("!HIH", opcode, request_id, status), hashlib.sha256)
+    mac.update(payload)
+    return mac.digest()
+
+
+def check_mac(secret: bytes, key: bytes, opcode: int, request_id: int, status: int,
+              payload: bytes | bytearray) -> bool:
+    return hmac.compare_digest(key, frame_mac(secret, opcode, request_id, status, payload))

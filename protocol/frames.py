@@ -92,6 +92,11 @@ class Opcode(enum.IntEnum):
     HEAD = 4
     DELETE = 5
     STAT = 6
+    # Between metadata replicas, on their peer port (see protocol/consensus.py).
+    PAXOS = 16  # a batch of Paxos messages -> one reply each
+    CATCH_UP = 17  # what the replica learned after a change number
+    VIEWS = 18  # the replica's own view counters
+    SLOT = 19  # the acceptor state of one key
 
 
 class NeedData:

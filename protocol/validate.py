@@ -8,12 +8,13 @@ of the original V-Stack already parse.
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Any
+from typing import Any, Final
 
 from .errors import ProtocolError
 
-__all__ = ["ValidationError", "Validator", "parse_json_object"]
+__all__ = ["INT64_MAX", "INT64_MIN", "ValidationError", "Validator", "parse_json_object"]
 
 
 class ValidationError(ProtocolError):
@@ -23,11 +24,41 @@ class ValidationError(ProtocolError):
         self.problems = problems
 
 
+#: JSON integers must fit SQLite's (and every peer's) signed 64-bit integers.
+INT64_MIN: Final = -(1 << 63)
+INT64_MAX: Final = (1 << 63) - 1
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{text[:30]} is out of range")
+    return value
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or a 422."""
+    """The body as a JSON object, or a 422.
+
+    Stricter than :func:`json.loads`, because what it returns is stored and
+    sent on: no ``NaN``/``Infinity`` (nor numbers that overflow to them), no
+    integer outside 64 bits, no lone surrogate (``"\\ud800"``) in a string.
+    """
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float,
+                           parse_int=_int64)
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError on a lone surrogate
+    except (ValueError, UnicodeError, RecursionError):  # RecursionError: nested too deep
         raise ValidationError([{"type": "json_invalid", "loc": ["body"],
                                 "msg": "body is not valid JSON", "input": None}]) from None
     if not isinstance(value, dict):
@@ -82,9 +113,11 @@ class Validator:
         elif isinstance(raw, int):
             value = raw
         elif (isinstance(raw, float) and raw.is_integer()) or (
-            isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw)
+            isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d{1,19}\s*", raw)
         ):
             value = int(raw)
+        if value is not None and not INT64_MIN <= value <= INT64_MAX:
+            value = None  # 1e300, "9" * 30: no column or peer holds it
         if value is None:
             self._fail(name, "int_parsing", "Input should be a valid integer", raw)
             return default

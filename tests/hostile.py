@@ -3,7 +3,8 @@
 Every connection gets the server's current ``mode``: ``reset`` (RST after
 the request), ``hang`` (never answers), ``garbage`` (bytes that are not
 HTTP), ``bad-status`` (a 500 with a broken JSON body) or ``ok`` (200 with
-``{"status": "ok"}``). It records which paths it was asked for.
+``{"status": "ok"}``); ``forget`` (not in :data:`MODES`) answers 200 to a
+registration and 404 to every heartbeat. It records which paths it was asked for.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ class HostileServer:
                 await stream.send_all(b"\x00\xff\x13 this is not HTTP at all\r\n\r\n\x00")
             elif mode == "bad-status":
                 await stream.send_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 5\r\n\r\n{{{{{")
-            else:
-                await self._answer(stream, data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            else:  # "ok", or "forget": 404 to heartbeats, as a replica with a fresh database
+                await self._answer(stream, data, forget=mode == "forget")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.ProtocolError):
             pass
         finally:
             await stream.aclose()
 
-    async def _answer(self, stream: trio.SocketStream, data: bytes) -> None:
+    async def _answer(self, stream: trio.SocketStream, data: bytes, *, forget: bool = False) -> None:
         conn = h11.Connection(h11.SERVER)
         conn.receive_data(data)
         while True:
@@ -73,8 +74,12 @@ class HostileServer:
                 self.paths.append(event.target.decode())
             if isinstance(event, h11.EndOfMessage):
                 break
-        body = json.dumps({"status": "ok"}).encode()
-        out = conn.send(h11.Response(status_code=200, headers=[
+            if isinstance(event, h11.ConnectionClosed):
+                return  # the client gave up mid-request (looping here would hang the test)
+        status = 404 if forget and self.paths[-1].endswith("/heartbeat") else 200
+        body = json.dumps({"status": "ok"} if status == 200 else {"error": "Node not found",
+                                                                  "detail": "Node not found"}).encode()
+        out = conn.send(h11.Response(status_code=status, headers=[
             ("Content-Length", str(len(body))), ("Content-Type", "application/json"),
             ("Connection", "close")])) or b""
         out += (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")

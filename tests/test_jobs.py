@@ -75,3 +75,35 @@ async def test_the_step_chooses_its_next_delay(autojump_clock: trio.testing.Mock
         await run_forever("job", step, log=log, every=100.0, initial_delay=1.0)
     assert calls == [1.0, 1.0, 6.0, 11.0][: len(calls)]
     assert len(calls) >= 3
+
+
+async def test_a_second_failure_streak_starts_over(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    # After a recovery the back-off starts again from its initial delay, and the
+    # new streak is warned about once more (it is news, not a repeat).
+    calls: list[float] = []
+    outcomes: list[BaseException | None] = [ConnectionLost("down"), ConnectionLost("down"),
+                                            ConnectionLost("down"), None,
+                                            ConnectionLost("down again"), None]
+
+    async def step() -> None:
+        calls.append(trio.current_time())
+        outcome = outcomes.pop(0) if outcomes else None
+        if outcome is not None:
+            raise outcome
+
+    caplog.set_level(logging.DEBUG, logger="test.jobs")
+    with trio.move_on_after(50):
+        await run_forever("job", step, log=log, every=10.0,
+                          backoff=Backoff(initial=1.0, maximum=60.0, rng=random.Random(0)))
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps[3] == pytest.approx(10.0)  # recovered: the normal period
+    assert 0.75 <= gaps[4] <= 1.25  # the new streak backs off from the start
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2
+    assert "down again" in warnings[1]
+
+
+def test_backoff_jitter_spreads_the_delays() -> None:
+    b = Backoff(initial=1.0, maximum=1.0, rng=random.Random(3))
+    assert len({b.next_delay() for _ in range(5)}) == 5

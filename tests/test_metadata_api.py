@@ -115,6 +115,27 @@ async def test_bad_video_input_changes_nothing(start_metadata: Callable[..., Any
     assert (await api("GET", "/videos")).json() == []
 
 
+async def test_values_no_table_holds_are_refused_and_the_replica_lives(
+        start_metadata: Callable[..., Any]) -> None:
+    # Each of these once reached the tables and killed the replica's flusher (and
+    # so the replica, at every restart too): OverflowError, UnicodeEncodeError.
+    api = Api((await start_metadata()).port)
+    for path, payload in (
+        ("/video", {"title": "t", "duration_sec": 2**70}),
+        ("/video", {"title": "t", "duration_sec": 1e300}),
+        ("/video", {"title": "t", "duration_sec": "9" * 30}),
+        ("/video", {"title": "\ud800x", "duration_sec": 5}),
+        ("/nodes/register", {"node_url": "http://127.0.0.1:1", "node_id": "\ud800"}),
+    ):
+        res = await api("POST", path, payload)
+        assert res.status == 422, (payload, res.body)
+        assert isinstance(res.json()["detail"], list)
+        assert (await api("GET", "/health")).status == 200
+    assert (await api("GET", "/videos")).json() == []
+    assert (await api("GET", "/nodes/all")).json() == {"nodes": []}
+    assert (await api("POST", "/video", {"title": "t", "duration_sec": 5})).status == 200
+
+
 async def test_commit_verifies_nodes_then_decides(
     start_node: Callable[..., Any], start_metadata: Callable[..., Any], tmp_path: Path
 ) -> None:

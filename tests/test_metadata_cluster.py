@@ -12,17 +12,21 @@ from nodes.net.http_client import HttpResult, request
 from protocol.errors import TransportError
 from tools.launch import ServiceProcess, free_port
 
+SECRET = "test cluster secret, 32 bytes long"
+
 
 class Replica(ServiceProcess):
     """Metadata replica ``i`` of the group on ``ports``; :meth:`start` does not wait for it."""
 
-    def __init__(self, tmp: Path, i: int, ports: list[int]) -> None:
+    def __init__(self, tmp: Path, i: int, ports: list[int], peer_ports: list[int]) -> None:
         self.i, self.port, self.tmp = i, ports[i], tmp
         super().__init__(
             "metadata",
             {"PORT": str(self.port), "HOST": "127.0.0.1",
              "DATABASE_URL": str(tmp / f"replica-{i}" / "metadata.db"),
              "METADATA_PEERS": ",".join(f"http://127.0.0.1:{p}" for p in ports),
+             "METADATA_PEER_ADDRS": ",".join(f"127.0.0.1:{p}" for p in peer_ports),
+             "METADATA_PEER_PORT": str(peer_ports[i]), "CLUSTER_SECRET": SECRET,
              "METADATA_ID": str(i), "LOG_LEVEL": "WARNING", "VIEWS_MERGE_INTERVAL": "0.2"},
             log=tmp / f"replica-{i}.log",
         )
@@ -47,7 +51,8 @@ async def wait_up(port: int) -> None:
 @pytest.mark.slow
 async def test_sigkill_one_replica_during_commits(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
-    replicas = [Replica(tmp_path, i, ports) for i in range(3)]
+    peer_ports = [free_port() for _ in range(3)]
+    replicas = [Replica(tmp_path, i, ports, peer_ports) for i in range(3)]
     try:
         for r in replicas:
             r.start()

@@ -34,7 +34,7 @@ from protocol.consensus import Batch, Message, decode_reply, encode_reply
 from protocol.consensus import Reply as WireReply
 from protocol.errors import ConnectionLost
 from vstack.metadata_db import MetadataDB
-from vstack.paxos import Acceptor, Ballot, ChangeRejected, Proposal, Reply, Slot, Value
+from vstack.paxos import Acceptor, Ballot, ChangeRejected, Phase, Proposal, Reply, Slot, Value
 
 N = 3
 KEYS = ["k0", "k1", "k2"]
@@ -47,8 +47,8 @@ class SimReplica(PaxosReplica):
 
     async def _accept_and_learn(self, proposal: Proposal, *, skip_self: bool = False) -> str:
         outcome = await super()._accept_and_learn(proposal, skip_self=skip_self)
-        if outcome == "chosen" and proposal.value is not None:
-            v = proposal.value
+        v = proposal.value
+        if outcome == "chosen" and v is not None and isinstance(v.get("log"), list):
             self.chosen_log.append((proposal.key, int(v["v"]), tuple(v["log"])))
         return outcome
 
@@ -441,4 +441,31 @@ async def test_the_fast_path_never_refuses_on_what_only_it_has_seen(
         value = await zero.change("video/x", must_exist("edited"), op="edit", leader_fast=True)
         assert value is not None
         assert value["log"] == ["created", "edited"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_value_that_breaks_the_change_fails_the_round_not_the_replica(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Replicas hold an accepted value the change cannot read (a bug, or a peer that
+    went wrong): the request fails with a 502; the proposer lives on."""
+    net = Net(random.Random(6), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(tmp_path, net, nursery, SimReplica)
+        for i in range(N):
+            await cluster.start(i)
+        weird = {"v": 3, "op": "z", "log": 7}  # log should be a list
+        for i in (1, 2):
+            rep = net.replicas[i]
+            assert rep is not None
+            rep.acceptor.slots["k-weird"] = Slot(promised=Ballot(5, 1), accepted=Ballot(5, 1),
+                                                 value=weird, phase=Phase.ACCEPT)
+        zero = net.replicas[0]
+        assert zero is not None
+        with pytest.raises(ChangeRejected) as refused:
+            await zero.change("k-weird", append_to_log("a"), op="a")
+        assert refused.value.status == 502
+        value = await zero.change("k-fine", append_to_log("b"), op="b")
+        assert value is not None
+        assert value["log"] == ["b"]
         nursery.cancel_scope.cancel()

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
-from protocol.validate import ValidationError, Validator, parse_json_object
+from protocol.validate import INT64_MAX, INT64_MIN, ValidationError, Validator, parse_json_object
 
 
 def problems_of(data: dict[str, Any], read: str, name: str, **kwargs: Any) -> tuple[Any, list[Any]]:
@@ -48,13 +48,16 @@ def test_string() -> None:
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
-    (5, 5), (-3, -3), (4.0, 4), ("12", 12), (" +7 ", 7), (10**20, 10**20),
+    (5, 5), (-3, -3), (4.0, 4), ("12", 12), (" +7 ", 7), (INT64_MAX, INT64_MAX),
+    (INT64_MIN, INT64_MIN), (str(INT64_MAX), INT64_MAX),
 ])
 def test_integer_accepts_integral_values(raw: Any, expected: int) -> None:
     assert problems_of({"n": raw}, "integer", "n") == (expected, [])
 
 
-@pytest.mark.parametrize("raw", [True, False, 4.5, "4.0", "1e3", "", "x", [], {}, math.inf, math.nan])
+@pytest.mark.parametrize("raw", [True, False, 4.5, "4.0", "1e3", "", "x", [], {}, math.inf, math.nan,
+                                 # beyond 64 bits: crashed the metadata flusher (OverflowError)
+                                 10**20, INT64_MIN - 1, 1e300, "9" * 30, "9" * 5000])
 def test_integer_refuses_the_rest(raw: Any) -> None:
     assert problems_of({"n": raw}, "integer", "n") == (
         None, [problem("int_parsing", "n", "Input should be a valid integer", raw)])
@@ -145,13 +148,33 @@ def test_parse_json_object() -> None:
                                        "msg": "body must be a JSON object", "input": value}]
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"n": 1180591620717411303424}', b'{"n": -9223372036854775809}', b'{"n": 1e400}',
+    b'{"n": -1e400}', b'{"n": NaN}', b'{"n": Infinity}', b'{"n": -Infinity}',
+    b'{"s": "\\ud800"}', b'{"s": ["ok", {"k": "x\\udfff"}]}', b'{"\\ud800": 1}',
+])
+def test_what_no_column_or_peer_holds_is_a_422(raw: bytes) -> None:
+    # Such values reached the metadata tables and killed the replica (OverflowError,
+    # UnicodeEncodeError in the flusher), at every restart too.
+    with pytest.raises(ValidationError) as err:
+        parse_json_object(raw)
+    assert err.value.problems[0]["type"] == "json_invalid"
+
+
+def test_the_64_bit_limits_and_paired_surrogates_pass() -> None:
+    raw = b'{"a": 9223372036854775807, "b": -9223372036854775808, "c": 1e308, "d": "\\ud83d\\ude00"}'
+    assert parse_json_object(raw) == {"a": INT64_MAX, "b": INT64_MIN, "c": 1e308, "d": "\U0001f600"}
+
+
 def test_deeply_nested_json_is_a_422() -> None:
     with pytest.raises(ValidationError) as err:
         parse_json_object(b"[" * 100_000)
     assert err.value.status == 422
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+json_values = st.recursive(st.none() | st.booleans()
+                           | st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
+                           | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=10)
 

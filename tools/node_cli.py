@@ -168,10 +168,21 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
 @click.option("--chunk-duration", envvar="CHUNK_DURATION", default=10.0,
               type=click.FloatRange(1.0, 3600.0), help="Nominal chunk length manifests announce "
               "as chunk_duration_sec, in whole seconds [env CHUNK_DURATION].")
+@click.option("--peer-port", envvar="METADATA_PEER_PORT", type=click.IntRange(0, 65535),
+              default=None, help="Port for traffic between replicas [env METADATA_PEER_PORT; "
+              "default: HTTP port + 100].")
+@click.option("--peer-addrs", envvar="METADATA_PEER_ADDRS", default="",
+              help="Each replica's host:port for traffic between replicas, comma-separated, in "
+              "METADATA_PEERS order [env METADATA_PEER_ADDRS; default: each peer's HTTP port "
+              "+ 100].")
+@click.option("--cluster-secret", envvar="CLUSTER_SECRET", default=None, show_default=False,
+              help="Shared secret (16+ bytes) authenticating traffic between replicas "
+              "[env CLUSTER_SECRET; unset: replicas accept peers on loopback only].")
 def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
              heartbeat_interval: float, node_timeout: float, popularity_threshold: int,
              storage_nodes: str, aliases: str, views_merge_interval: float,
-             chunk_duration: float) -> None:
+             chunk_duration: float, peer_port: int | None, peer_addrs: str,
+             cluster_secret: str | None) -> None:
     """Run one metadata replica: videos, chunk placements and nodes, agreed by Paxos."""
     try:
         settings = MetadataSettings(
@@ -180,6 +191,8 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
             node_timeout=node_timeout, popularity_threshold=popularity_threshold,
             storage_nodes=_split(storage_nodes), aliases=parse_aliases(aliases),
             views_merge_interval=views_merge_interval, chunk_duration=round(chunk_duration),
+            peer_port=peer_port, peer_addresses=_split(peer_addrs),
+            cluster_secret=cluster_secret.encode() if cluster_secret else None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

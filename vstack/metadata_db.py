@@ -200,7 +200,8 @@ class MetadataDB(MetadataReads):
                 cur.execute("SAVEPOINT row")
                 try:
                     materialize(cur, key, value)
-                except (apsw.Error, KeyError, TypeError, ValueError, AttributeError) as exc:
+                except (apsw.Error, KeyError, TypeError, ValueError, AttributeError,
+                        OverflowError) as exc:
                     cur.execute("ROLLBACK TO row")
                     log.error("chosen value of %s cannot be stored in the tables (%s); skipped",
                               key, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 __all__ = ["DEFAULT_MAX_CHUNK_BYTES", "StorageSettings", "binary_port_for"]
 
@@ -81,6 +82,9 @@ class MetadataSettings:
     probe_timeout: float = 2.0
     views_merge_interval: float = 5.0  # how often replicas exchange view counters
     chunk_duration: int = 10  # the nominal chunk length manifests announce (CHUNK_DURATION)
+    peer_port: int | None = None  # replica-to-replica listener; None: port + 100; 0: any free port
+    peer_addresses: tuple[str, ...] = ()  # each replica's host:port for peer traffic (default: derived)
+    cluster_secret: bytes | None = None  # authenticates peer traffic; None: loopback peers only
     read_timeout: float = 30.0
     idle_timeout: float = 75.0
 
@@ -89,10 +93,31 @@ class MetadataSettings:
             raise ValueError("METADATA_ID must index METADATA_PEERS")
         if self.node_timeout <= 0 or self.heartbeat_interval <= 0:
             raise ValueError("intervals must be positive")
+        if self.peer_addresses and len(self.peer_addresses) != len(self.peers):
+            raise ValueError("METADATA_PEER_ADDRS must list one host:port per METADATA_PEERS entry")
+        for addr in self.peer_addresses:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"peer address {addr!r} is not host:port")
+        if self.cluster_secret is not None and len(self.cluster_secret) < 16:
+            raise ValueError("CLUSTER_SECRET must be at least 16 bytes")
 
     @property
     def replicas(self) -> int:
         return max(1, len(self.peers))
+
+    @property
+    def effective_peer_port(self) -> int:
+        return binary_port_for(self.port) if self.peer_port is None else self.peer_port
+
+    def peer_address(self, replica: int) -> tuple[str, int]:
+        """Where replica ``replica`` listens for peer traffic: ``METADATA_PEER_ADDRS``,
+        else its ``METADATA_PEERS`` host at that URL's port + 100."""
+        if self.peer_addresses:
+            host, _, port = self.peer_addresses[replica].rpartition(":")
+            return host.strip("[]"), int(port)
+        parts = urlsplit(self.peers[replica])
+        return parts.hostname or "127.0.0.1", binary_port_for(parts.port or 80)
 
 
 def parse_database_url(value: str) -> Path:

@@ -32,7 +32,7 @@ import trio
 
 from nodes.net.errors import deadline
 from protocol.consensus import Commit
-from protocol.errors import ProtocolError, VStackError
+from protocol.errors import ProtocolError, RemoteProtocolError, VStackError
 from vstack.metadata_db import Learned, MetadataDB
 from vstack.paxos import Acceptor, Ballot, ChangeRejected, Phase, Slot, Value
 
@@ -156,6 +156,8 @@ class LearnerMixin:
                 continue
             if not changes:
                 return learned
+            if changes[-1][0] <= seen:  # a cursor that does not move: a broken peer
+                raise RemoteProtocolError(f"replica {peer} repeats changes already seen", 502)
             learned += await self.absorb([c for _, c in changes])
             seen = changes[-1][0]
             self._cursors[peer] = (epoch, seen)

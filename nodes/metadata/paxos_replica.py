@@ -412,7 +412,14 @@ class PaxosReplica(LearnerMixin):
             nonlocal result
             if done.is_set() or not isinstance(reply, Promise | Accepted):
                 return
-            outcome = feed(peer, _domain_reply(reply))
+            try:
+                outcome = feed(peer, _domain_reply(reply))
+            except Exception as exc:  # a peer's value our change cannot read
+                log.warning("replica %d answered %s with a value that breaks it: %r", peer,
+                            proposal.key, exc)
+                proposal.error = ChangeRejected(f"a replica holds an unreadable value for "
+                                                f"{proposal.key}: {exc!r}", 502)
+                outcome = "failed"
             if outcome is not None:
                 result = outcome
                 done.set()

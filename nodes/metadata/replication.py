@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote
 
 from nodes.net.errors import deadline
-from protocol.api import decode_answer
 from protocol.errors import VStackError
 from vstack.paxos import ZERO
 
@@ -53,8 +51,7 @@ async def merge_views(svc: MetadataService) -> None:
     for peer in svc.transport.peers:
         try:
             with deadline(5, f"view counters of replica {peer}"):
-                data = await svc.transport.get_json(peer, f"/paxos/views?replica={peer}")
-            counts = decode_answer(_counts, data, "GET /paxos/views")
+                counts = await svc.transport.views(peer)
         except VStackError as exc:
             log.debug("view counters of replica %d: %s", peer, exc)
             continue
@@ -75,14 +72,11 @@ def slot_state(svc: MetadataService, key: str) -> dict[str, Any]:
 
 
 async def peer_slot_states(svc: MetadataService, key: str) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for peer in svc.transport.peers:
         try:
             with deadline(1, f"state of replica {peer}"):
-                state = await svc.transport.get_json(peer, f"/paxos/state?key={quote(key, safe='')}")
-            if not isinstance(state, dict):
-                raise ValueError
-            out.append(state)
-        except (VStackError, ValueError):
+                out.append(await svc.transport.slot(peer, key))
+        except VStackError:
             out.append({"replica": peer, "reachable": False})
     return out

@@ -1,4 +1,7 @@
-"""The metadata service's route table (the contract's section 1, plus ``/paxos``).
+"""The metadata service's route table (the contract's section 1).
+
+Replica-to-replica traffic is not here: it has a port of its own
+(:mod:`.peer_api`).
 
 Client endpoints keep the original's paths, status codes and fields; errors
 are ``{"error": msg, "detail": msg}`` (``detail`` is where FastAPI clients
@@ -17,7 +20,7 @@ import trio
 from nodes.net.http_server import Handler, HttpLimits, serve_http
 from protocol.http import Router
 
-from . import api_chunks, api_nodes, api_redundancy, api_replica, api_videos
+from . import api_chunks, api_nodes, api_redundancy, api_videos
 from .api_common import Endpoint
 from .state import MetadataService
 
@@ -48,10 +51,6 @@ ROUTES: Final[list[tuple[str, str, Endpoint]]] = [
     ("DELETE", "/redundancy/override/{video_id}", api_redundancy.clear_override),
     ("GET", "/redundancy/efficiency", api_redundancy.efficiency),
     ("GET", "/redundancy/config", api_redundancy.config),
-    ("POST", "/paxos", api_replica.batch),
-    ("GET", "/paxos/state", api_replica.state),
-    ("GET", "/paxos/committed", api_replica.committed),
-    ("GET", "/paxos/views", api_replica.views),
 ]
 
 

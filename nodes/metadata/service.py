@@ -3,7 +3,8 @@
 The only module of :mod:`nodes.metadata` that knows every other one:
 
 * :mod:`.state` - the replica's state (database, Paxos engine, liveness view);
-* :mod:`.paxos_replica` - the consensus engine, :mod:`.transport` its network;
+* :mod:`.paxos_replica` and :mod:`.learner` - the consensus engine;
+  :mod:`.transport` and :mod:`.peer_api` - its peer port (frames, HMAC);
 * :mod:`.routes` - the HTTP API (handlers in ``api_*.py``);
 * :mod:`.liveness` - node registration, heartbeats, the monitor and prober;
 * :mod:`.replication` - catch-up and view-counter merging between replicas;
@@ -27,6 +28,7 @@ from vstack.metadata_db import MetadataDB
 from vstack.settings import MetadataSettings
 
 from . import liveness, replication
+from .peer_api import serve_peers
 from .routes import serve_api
 from .state import MetadataService
 
@@ -71,7 +73,10 @@ async def serve_metadata(
     try:
         async with open_storage_pool() as storage, trio.open_nursery() as nursery:
             svc.storage = storage
+            await nursery.start(svc.transport.run)
             await nursery.start(svc.replica.run)
+            if settings.replicas > 1:
+                svc.peer_port = await nursery.start(serve_peers, svc)
             nursery.start_soon(svc.replica.recover)
             svc.port = await nursery.start(serve_api, svc)
             _start_jobs(nursery, svc)

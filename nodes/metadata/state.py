@@ -26,7 +26,7 @@ from vstack.registers import Change
 from vstack.settings import MetadataSettings
 
 from .paxos_replica import PaxosReplica
-from .transport import HttpTransport
+from .transport import FrameTransport
 
 __all__ = ["MetadataService"]
 
@@ -41,12 +41,13 @@ class MetadataService:
         self.reader = reader
         self.aliases = AliasTable(settings.aliases)
         self.policy = RedundancyPolicy(popularity_threshold=settings.popularity_threshold)
-        self.transport = HttpTransport(settings.peers, settings.replica_id)
+        self.transport = FrameTransport(settings)
         self.replica = PaxosReplica(settings.replica_id, settings.replicas, db, self.transport,
                                     run_blocking=self.run_db)
         self.started = trio.current_time()
         self.last_seen: dict[str, float] = {}  # node_id -> trio time of last heartbeat
         self.port = 0
+        self.peer_port = 0  # the replica-to-replica listener (0 with a single replica)
         self._db_limiter = trio.CapacityLimiter(1)
         self.storage: StoragePool  # set by the service: connections to the storage nodes
 

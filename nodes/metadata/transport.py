@@ -1,23 +1,47 @@
-"""How metadata replicas reach each other: Paxos batches and peer reads over HTTP.
+"""How metadata replicas reach each other: binary frames on their peer ports.
 
-One pooled keep-alive client (:class:`~nodes.net.http_client.HttpClient`)
-carries everything between replicas: ``POST /paxos`` batches (encoded and
-decoded here with :mod:`protocol.consensus`), and the reads of catch-up,
-view merging and the consensus view (``GET /paxos/...``).
+One pipelined frame connection per peer (:class:`~nodes.net.frame_client.FrameClient`),
+opened on first use and again after it breaks, carries every kind of peer
+traffic: Paxos batches (``PAXOS``, in the compact encoding of
+:mod:`protocol.consensus`), catch-up (``CATCH_UP``), view counters
+(``VIEWS``) and acceptor state (``SLOT``). With ``CLUSTER_SECRET`` set every
+frame, both ways, carries an HMAC in its key; an answer whose MAC does not
+check is rejected like any broken answer.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
-from nodes.net.http_client import HttpClient
+import trio
+
+from nodes.net.errors import map_io_errors
+from nodes.net.frame_client import FrameClient
 from protocol.api import decode_answer
-from protocol.consensus import Batch, Commit, Message, Reply, decode_message, decode_reply
+from protocol.consensus import (
+    CATCH_UP_REQUEST,
+    MAX_PEER_PAYLOAD,
+    Batch,
+    Commit,
+    Message,
+    Reply,
+    check_mac,
+    decode_message,
+    decode_replies,
+    encode_batch,
+    frame_mac,
+)
 from protocol.errors import RemoteProtocolError
+from protocol.frames import Frame, Opcode
+from vstack.settings import MetadataSettings
 
 from .learner import Change
 
-__all__ = ["HttpTransport"]
+__all__ = ["FrameTransport"]
+
+log = logging.getLogger("vstack.metadata.transport")
 
 
 def _changes(data: Any) -> tuple[str, list[Change]]:
@@ -31,44 +55,102 @@ def _changes(data: Any) -> tuple[str, list[Change]]:
     return str(data["epoch"]), out
 
 
-class HttpTransport:
-    """Paxos batches over HTTP (``POST /paxos``), pooled connections per peer."""
+class FrameTransport:
+    """The replica's side of peer traffic; :meth:`run` keeps its connections' readers."""
 
-    def __init__(self, peers: tuple[str, ...], self_id: int) -> None:
-        self.self_id = self_id
-        self.http = HttpClient(max_idle_per_host=4)
-        self.peers = {i: url.rstrip("/") for i, url in enumerate(peers) if i != self_id}
+    def __init__(self, settings: MetadataSettings) -> None:
+        self.self_id = settings.replica_id
+        self.secret = settings.cluster_secret
+        self.peers = {i: settings.peer_address(i) for i in range(len(settings.peers))
+                      if i != settings.replica_id}
+        self._clients: dict[int, FrameClient] = {}
+        self._locks = {i: trio.Lock() for i in self.peers}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _client(self, peer: int) -> FrameClient:
+        async with self._locks[peer]:
+            client = self._clients.get(peer)
+            if client is not None and client.usable:
+                return client
+            host, port = self.peers[peer]
+            with map_io_errors(f"replica {peer} at {host}:{port}", connecting=True):
+                stream = await trio.open_tcp_stream(host, port)
+            client = FrameClient(stream, max_payload=MAX_PEER_PAYLOAD, peer=f"replica {peer}")
+            assert self._nursery is not None, "FrameTransport.run is not running"
+            self._nursery.start_soon(client.run_reader)
+            self._clients[peer] = client
+            return client
+
+    async def _request(self, peer: int, opcode: Opcode, payload: bytes) -> bytes | bytearray:
+        client = await self._client(peer)
+        rid = client.next_request_id()
+        key = b"" if self.secret is None else frame_mac(self.secret, opcode, rid, 0, payload)
+        try:
+            frame = await client.request(opcode, key, payload, request_id=rid)
+        except BaseException:
+            # Timed out (cancelled) or broken: a peer that does not answer on this
+            # connection gets a fresh one next time, never the same stuck one.
+            await self._drop(peer, client)
+            raise
+        try:
+            self._check(peer, frame)
+        except RemoteProtocolError:
+            await self._drop(peer, client)
+            raise
+        return frame.payload
+
+    async def _drop(self, peer: int, client: FrameClient) -> None:
+        if self._clients.get(peer) is client:
+            del self._clients[peer]
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+
+    def _check(self, peer: int, frame: Frame) -> None:
+        if frame.status >= 400:
+            raise RemoteProtocolError(f"replica {peer} refused: {frame.message}", 502)
+        if self.secret is not None and not check_mac(self.secret, frame.key, frame.opcode,
+                                                     frame.request_id, frame.status,
+                                                     frame.payload):
+            raise RemoteProtocolError(f"replica {peer} answered without a valid MAC", 502)
 
     async def call(self, peer: int, batch: list[Message]) -> list[Reply]:
-        body = Batch(sender=self.self_id, messages=tuple(batch)).to_json()
-        # Safe to repeat: acceptors answer a repeated message the same way.
-        res = await self.http.request("POST", self.peers[peer] + "/paxos", json_body=body,
-                                      retry=True)
-        if res.status != 200:
-            raise RemoteProtocolError(f"replica {peer} answered {res.status}", 502)
-        raw = res.json().get("replies") if isinstance(res.json(), dict) else None
-        if not isinstance(raw, list) or len(raw) != len(batch):
-            raise RemoteProtocolError(f"replica {peer} sent a malformed batch answer", 502)
+        payload = encode_batch(Batch(sender=self.self_id, messages=tuple(batch)))
+        answer = await self._request(peer, Opcode.PAXOS, payload)
         try:
-            return [decode_reply(r, m) for r, m in zip(raw, batch, strict=True)]
+            return decode_replies(answer, batch)
         except ValueError as exc:
-            raise RemoteProtocolError(f"replica {peer}: {exc}", 502) from None
+            raise RemoteProtocolError(f"replica {peer}: malformed replies: {exc}", 502) from None
 
     async def changes(self, peer: int, since: int, limit: int) -> tuple[str, list[Change]]:
-        """``GET /paxos/committed?since=N``: what ``peer`` learned after its change ``since``."""
-        data = await self.get_json(peer, f"/paxos/committed?since={since}&limit={limit}")
-        return decode_answer(_changes, data, "GET /paxos/committed")
+        answer = await self._request(peer, Opcode.CATCH_UP, CATCH_UP_REQUEST.pack(since, limit))
+        return decode_answer(_changes, _json(answer), "CATCH_UP")
 
-    async def get_json(self, peer: int, path: str) -> Any:
-        """``GET`` a replica-to-replica path on ``peer``; its JSON (200 only).
+    async def views(self, peer: int) -> list[tuple[str, int, int]]:
+        answer = await self._request(peer, Opcode.VIEWS, b"")
+        return decode_answer(lambda d: [(str(v), int(r), int(c)) for v, r, c in d["counts"]],
+                             _json(answer), "VIEWS")
 
-        Raises:
-            TransportError, RemoteProtocolError.
-        """
-        res = await self.http.request("GET", self.peers[peer] + path)
-        if res.status != 200:
-            raise RemoteProtocolError(f"replica {peer} answered {res.status} to {path}", 502)
-        return res.json()
+    async def slot(self, peer: int, key: str) -> dict[str, Any]:
+        answer = await self._request(peer, Opcode.SLOT, key.encode())
+        state = _json(answer)
+        if not isinstance(state, dict):
+            raise RemoteProtocolError(f"replica {peer}: malformed slot state", 502)
+        return state
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+
+
+def _json(data: bytes | bytearray) -> Any:
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError):
+        raise RemoteProtocolError("peer answer is not JSON", 502) from None
+

@@ -16,6 +16,7 @@ raised below                       raised above
 ``trio.BrokenResourceError``,
 ``trio.ClosedResourceError``
 ``h11.RemoteProtocolError``        :class:`~protocol.errors.RemoteProtocolError`
+``h11.LocalProtocolError``         :class:`~protocol.errors.LocalProtocolError`
 ``trio.TooSlowError`` (deadline)   :class:`~protocol.errors.PeerTimeout`
 =================================  ==========================================
 """
@@ -30,6 +31,7 @@ import trio
 
 from protocol.errors import (
     ConnectionLost,
+    LocalProtocolError,
     PeerTimeout,
     PeerUnreachable,
     RemoteProtocolError,
@@ -55,8 +57,10 @@ def map_io_errors(peer: str, *, connecting: bool = False) -> Iterator[None]:
         raise ConnectionLost(f"connection to {peer} failed: {exc.strerror or exc}") from exc
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise ConnectionLost(f"connection to {peer} lost: {exc or 'closed'}") from exc
-    except (h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
+    except h11.RemoteProtocolError as exc:
         raise RemoteProtocolError(f"{peer} broke HTTP: {exc}", 502) from exc
+    except h11.LocalProtocolError as exc:  # we built a bad request: our fault, not the peer's
+        raise LocalProtocolError(f"bad request to {peer}: {exc}", 400) from exc
 
 
 @contextmanager

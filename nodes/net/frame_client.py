@@ -107,7 +107,15 @@ class FrameClient:
             slot.done.set()
         self._slots.clear()
 
-    async def request(self, opcode: Opcode, key: bytes = b"", payload: bytes = b"") -> Frame:
+    def next_request_id(self) -> int:
+        """A request id not in use on this connection (for a caller that signs it)."""
+        while True:
+            rid = next(self._ids) & 0xFFFFFFFF
+            if rid and rid not in self._slots:
+                return rid
+
+    async def request(self, opcode: Opcode, key: bytes = b"", payload: bytes = b"", *,
+                      request_id: int | None = None) -> Frame:
         """Send one request and wait for its response frame.
 
         Raises:
@@ -117,7 +125,7 @@ class FrameClient:
         """
         if self._closed is not None:
             raise ConnectionLost(f"connection to {self.peer} closed") from self._closed
-        rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        rid = self.next_request_id() if request_id is None else request_id
         slot = self._slots[rid] = _Slot()
         frame = Frame(opcode=opcode, request_id=rid, key=key, payload=payload)
         data = self._conn.send(frame)

@@ -7,10 +7,13 @@ and the metadata service to storage nodes, ``vstack-put`` to the uploader.
 * **Pooling.** Idle connections are kept per ``(host, port)`` (at most
   ``max_idle_per_host``) and reused; at most ``max_per_host`` are open to
   one host at once, so a burst of calls cannot open unbounded sockets.
-* **Stale connections.** A server may close an idle connection just as we
-  reuse it. A request that fails on a *reused* connection before any byte
-  of the answer arrived is sent once more on a fresh one, if it is safe to
-  repeat: the method is idempotent, or the caller says so (``retry=True``).
+* **Stale connections.** A server closes idle connections (ours after
+  ``idle_timeout``): an idle connection the server has closed, or sent
+  anything on, is discarded before reuse, so no request is ever sent on it.
+  A server may still close one just as we reuse it: a request that fails on
+  a *reused* connection before any byte of the answer arrived is sent once
+  more on a fresh one, if it is safe to repeat: the method is idempotent,
+  or the caller says so (``retry=True``).
 * **Errors** are mapped once (:mod:`nodes.net.errors`): callers see
   :class:`~protocol.errors.TransportError` subclasses and
   :class:`~protocol.errors.RemoteProtocolError`, never ``OSError`` or trio's
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -172,7 +176,7 @@ class HttpClient:
         limit = self._limits.setdefault(key, trio.Semaphore(self.max_per_host))
         async with limit:
             for attempt in range(2):
-                conn = self._take_idle(key) if attempt == 0 else None  # a retry goes fresh
+                conn = await self._take_idle(key) if attempt == 0 else None  # a retry goes fresh
                 reused = conn is not None
                 if conn is None:
                     conn = await self._connect(host, port)
@@ -191,9 +195,15 @@ class HttpClient:
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _take_idle(self, key: tuple[str, int]) -> _Conn | None:
+    async def _take_idle(self, key: tuple[str, int]) -> _Conn | None:
+        """The most recent idle connection the server has not closed meanwhile."""
         idle = self._idle.get(key)
-        return idle.pop() if idle else None
+        while idle:
+            conn = idle.pop()
+            if not _readable(conn):
+                return conn
+            await _close(conn)  # EOF (closed while idle) or bytes nobody asked for
+        return None
 
     async def _connect(self, host: str, port: int) -> _Conn:
         peer = f"{host}:{port}"
@@ -320,6 +330,19 @@ async def _early_answer(conn: _Conn, max_bytes: int) -> HttpResult | None:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return None
     return None
+
+
+def _readable(conn: _Conn) -> bool:
+    """Whether an idle connection has something to read: it is then unusable."""
+    unread, closed = conn.h11.trailing_data  # read with the last answer, after its end
+    if unread or closed:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.stream.socket.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed already
+        return True
 
 
 async def _close(conn: _Conn) -> None:

@@ -26,10 +26,10 @@ from protocol.api import (
     VideoCreated,
     decode_answer,
 )
-from protocol.errors import ProtocolError, TransportError
+from protocol.errors import PeerUnreachable, ProtocolError, TransportError
 
 from .errors import deadline
-from .http_client import HttpClient, HttpResult
+from .http_client import IDEMPOTENT, HttpClient, HttpResult
 
 __all__ = ["MetadataClient", "MetadataUnavailable"]
 
@@ -69,6 +69,9 @@ class MetadataClient:
                                                   retry=retry, headers=headers)
             except TransportError as exc:
                 last = f"{self.urls[i]}: {exc.msg}"
+                if not (isinstance(exc, PeerUnreachable) or retry or method in IDEMPOTENT):
+                    # It may have taken effect there: another replica must not do it again.
+                    raise MetadataUnavailable(f"{last} (the outcome is unknown)") from exc
                 continue
             if res.status == 503:
                 last = f"{self.urls[i]} answered 503: {res.error_detail()}"

@@ -4,7 +4,9 @@ One job per replica (a replica that is down or misbehaves delays no
 other). Each job registers (``POST /nodes/register``) until a replica
 accepts, then heartbeats (``POST /nodes/{id}/heartbeat``) every
 ``heartbeat_interval`` seconds; a heartbeat answered 404 means the replica
-forgot us (a fresh database): the job registers again.
+forgot us (a fresh database): the job registers again. A 404 to the first
+heartbeat after a registration is a failure like any other (backed off),
+not a reason to register again at once.
 
 A replica that resets the connection, hangs, or answers garbage costs one
 failed step: the job backs off and goes on (:func:`nodes.net.jobs.run_forever`),
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from nodes.net.errors import deadline
 from nodes.net.http_client import HttpClient, HttpResult
@@ -57,14 +60,17 @@ class Registrar:
                           backoff=Backoff(initial=1.0, maximum=60.0))
 
     async def step(self) -> float | None:
-        """Register if we are not registered, else heartbeat."""
-        if not self.registered:
+        """Register if we are not registered, then heartbeat."""
+        fresh = not self.registered
+        if fresh:  # then heartbeat in the same step: the replica learns our vital signs
             await self.register()
-            return 0.0  # heartbeat right away: the replica learns our vital signs
-        res = await self._post(f"/nodes/{self.node.node_id}/heartbeat", self._heartbeat())
+        res = await self._post(f"/nodes/{quote(self.node.node_id, safe='')}/heartbeat",
+                               self._heartbeat())
         if res.status == 404:
-            log.info("metadata replica %s forgot this node; registering again", self.base)
             self.registered = False
+            if fresh:  # it accepted the registration, yet knows no such node
+                raise RemoteProtocolError("heartbeat answered 404 right after registration", 502)
+            log.info("metadata replica %s forgot this node; registering again", self.base)
             return 0.0
         _expect_ok(res, "heartbeat")
         self.heartbeats += 1

@@ -1,0 +1,125 @@
+"""What a metadata replica answers on its peer port: Paxos, catch-up, views, slots.
+
+Replica-to-replica traffic has a listener of its own (the HTTP port + 100 by
+default), apart from the clients' HTTP port, and speaks the binary frame
+protocol (:mod:`nodes.net.frame_server`) with the compact encoding of
+:mod:`protocol.consensus`.
+
+Every frame is authenticated: with ``CLUSTER_SECRET`` set, its key must be
+the HMAC of its opcode, request id, status and payload (answers are signed
+the same way); without one (open mode) the peer must be on the loopback
+network. A frame that fails is answered 401 and the connection closed, and
+nothing it carried is looked at: a forged ``commit`` is never learned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any
+
+import trio
+
+from nodes.net.frame_server import FrameLimits, FrameSession, serve_frames
+from protocol.consensus import (
+    CATCH_UP_REQUEST,
+    MAX_PEER_PAYLOAD,
+    check_mac,
+    decode_batch,
+    encode_message,
+    encode_replies,
+    frame_mac,
+)
+from protocol.errors import ProtocolError
+from protocol.frames import Frame, Opcode, response
+
+from .replication import slot_state
+from .state import MetadataService
+
+__all__ = ["handle", "serve_peers"]
+
+log = logging.getLogger("vstack.metadata.peers")
+
+
+
+class Unauthenticated(ProtocolError):
+    def __init__(self, why: str) -> None:
+        super().__init__(f"peer traffic refused: {why}", 401)
+
+
+def _check_peer(svc: MetadataService, session: FrameSession, req: Frame) -> None:
+    secret = svc.settings.cluster_secret
+    if secret is not None:
+        if not check_mac(secret, req.key, req.opcode, req.request_id, 0, req.payload):
+            raise Unauthenticated("bad or missing MAC (is CLUSTER_SECRET the same everywhere?)")
+        return
+    try:
+        host = session.stream.socket.getpeername()[0]
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except (OSError, ValueError, AttributeError):
+        loopback = False
+    if not loopback:
+        raise Unauthenticated("no CLUSTER_SECRET is configured, so only loopback peers are served")
+
+
+async def _answer(svc: MetadataService, session: FrameSession, req: Frame, status: int,
+                  payload: bytes) -> None:
+    secret = svc.settings.cluster_secret
+    frame = response(req, status, payload)
+    if secret is not None:
+        frame = Frame(opcode=frame.opcode, request_id=frame.request_id, status=frame.status,
+                      payload=payload, flags=frame.flags,
+                      key=frame_mac(secret, req.opcode, req.request_id, status, payload))
+    await session.send(frame)
+
+
+async def handle(svc: MetadataService, session: FrameSession, req: Frame) -> None:
+    """Answer one peer frame; a frame that is not authentic closes the connection."""
+    try:
+        _check_peer(svc, session, req)
+    except Unauthenticated as exc:
+        log.warning("%s", exc.msg)
+        await session.send(response(req, 401, exc.msg.encode()))
+        await session.stream.aclose()
+        return
+    try:
+        payload = await _dispatch(svc, req)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed {req.opcode.name} request: {exc}", 400) from None
+    await _answer(svc, session, req, 200, payload)
+
+
+async def _dispatch(svc: MetadataService, req: Frame) -> bytes:
+    if req.opcode is Opcode.PAXOS:
+        batch = decode_batch(req.payload)
+        return encode_replies(await svc.replica.handle_batch(batch.messages))
+    if req.opcode is Opcode.CATCH_UP:
+        since, limit = CATCH_UP_REQUEST.unpack(req.payload)
+        epoch, changes = await svc.replica.changes_since(since, max(1, min(limit, 5000)))
+        return _json({"epoch": epoch,
+                      "entries": [{"s": seq, **encode_message(c)} for seq, c in changes]})
+    if req.opcode is Opcode.VIEWS:
+        return _json({"counts": svc.reader.view_counts_of(svc.settings.replica_id)})
+    if req.opcode is Opcode.SLOT:
+        return _json(slot_state(svc, bytes(req.payload).decode()))
+    if req.opcode is Opcode.PING:
+        return b""
+    raise ProtocolError(f"{req.opcode.name} is not served on the peer port", 400)
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+async def serve_peers(svc: MetadataService, *,
+                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    s = svc.settings
+    limits = FrameLimits(max_payload=MAX_PEER_PAYLOAD, read_timeout=s.read_timeout,
+                         idle_timeout=max(s.idle_timeout, 600.0))
+
+    async def on_frame(session: FrameSession, req: Frame) -> None:
+        await handle(svc, session, req)
+
+    await serve_frames(on_frame, host=s.host, port=s.effective_peer_port, limits=limits,
+                       task_status=task_status)

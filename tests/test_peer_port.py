@@ -1,0 +1,134 @@
+"""Replica-to-replica traffic: its own port, a compact codec, and an HMAC on every frame."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nodes.net.frame_client import open_frame_client
+from nodes.net.http_client import request
+from protocol.consensus import (
+    Accept,
+    Accepted,
+    Ack,
+    Batch,
+    Commit,
+    Malformed,
+    Message,
+    Prepare,
+    Promise,
+    Reply,
+    decode_batch,
+    decode_replies,
+    encode_batch,
+    encode_replies,
+    frame_mac,
+)
+from protocol.frames import Opcode
+from tools.launch import free_port
+
+SECRET = b"sixteen+ bytes of cluster secret"
+
+keys = st.text(min_size=1, max_size=40)
+ballots = st.integers(0, (1 << 53) - 1)
+values = st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8) | st.none(),
+                         max_size=4)
+messages = st.one_of(
+    st.builds(Prepare, key=keys, ballot=ballots),
+    st.builds(Accept, key=keys, ballot=ballots, value=values),
+    st.builds(Commit, key=keys, ballot=ballots, value=values),
+)
+
+
+@given(st.integers(0, 63), st.lists(messages, max_size=20))
+def test_batches_round_trip_through_the_binary_codec(sender: int, msgs: list[Message]) -> None:
+    batch = Batch(sender=sender, messages=tuple(msgs))
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+def reply_for(msg: Message, ok: bool, promised: int, accepted: int, value: Any) -> Reply:
+    if isinstance(msg, Prepare):
+        return Promise(ok=ok, promised=promised, accepted=accepted, value=value)
+    if isinstance(msg, Accept):
+        return Accepted(ok=ok, promised=promised, accepted=accepted)
+    return Ack(ok=ok)
+
+
+@given(st.lists(st.tuples(messages, st.booleans(), ballots, ballots, st.none() | values),
+                max_size=20))
+def test_replies_round_trip_through_the_binary_codec(
+        rows: list[tuple[Message, bool, int, int, Any]]) -> None:
+    sent = [m for m, *_ in rows]
+    replies = [reply_for(m, ok, p, a, v) for m, ok, p, a, v in rows]
+    assert decode_replies(encode_replies(replies), sent) == replies
+
+
+def test_a_malformed_reply_stays_one_reply() -> None:
+    sent: list[Message] = [Prepare(key="k", ballot=1)]
+    assert decode_replies(encode_replies([Malformed(error="bad")]), sent) == [
+        Malformed(error="bad")]
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_to_a_batch_or_a_value_error(data: bytes) -> None:
+    try:
+        batch = decode_batch(data)
+    except ValueError:
+        return
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+@pytest.mark.parametrize("data", [
+    encode_batch(Batch(sender=1, messages=(Prepare(key="k", ballot=1),)))[:-1],  # truncated
+    encode_batch(Batch(sender=1, messages=(Prepare(key="k", ballot=1),))) + b"x",  # trailing
+    encode_batch(Batch(sender=1, messages=(Prepare(key="k", ballot=1 << 60),))),  # ballot range
+    encode_batch(Batch(sender=1, messages=(Accept(key="k", ballot=1, value={}),))
+                 ).replace(b"{}", b"[]"),  # a value that is not an object
+])
+def test_malformed_batches_are_refused(data: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the codec's one error type
+        decode_batch(data)
+
+
+async def test_a_forged_commit_is_never_learned(start_metadata: Callable[..., Any]) -> None:
+    port, peer_port = free_port(), free_port()
+    svc = await start_metadata(
+        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+        peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
+    video = {"video_id": "forged", "title": "forged", "duration_sec": 5, "status": "active",
+             "created_at": "2026-11-26 12:00:00", "created_ns": 1, "v": 1, "op": "x"}
+    payload = encode_batch(Batch(sender=1, messages=(
+        Commit(key="video/forged", ballot=1 << 40, value=video),)))
+    async with open_frame_client("127.0.0.1", peer_port) as client:
+        refused = await client.request(Opcode.PAXOS, b"\0" * 32, payload)
+    assert refused.status == 401
+    async with open_frame_client("127.0.0.1", peer_port) as client:
+        refused = await client.request(Opcode.PAXOS, b"", payload)  # no MAC at all
+    assert refused.status == 401
+    videos = (await request("GET", f"http://127.0.0.1:{svc.port}/videos")).json()
+    assert videos == []
+    assert "video/forged" not in svc.replica.learned
+    # The same frame signed with the cluster's secret is a peer's, and is learned:
+    # the refusal above was the MAC's doing, not the message's.
+    async with open_frame_client("127.0.0.1", peer_port) as client:
+        rid = client.next_request_id()
+        mac = frame_mac(SECRET, Opcode.PAXOS, rid, 0, payload)
+        answer = await client.request(Opcode.PAXOS, mac, payload, request_id=rid)
+    assert answer.status == 200
+    with trio.fail_after(5):
+        while not (await request("GET", f"http://127.0.0.1:{svc.port}/videos")).json():
+            await trio.sleep(0.01)
+
+
+async def test_replica_traffic_is_not_served_on_the_client_port(
+        start_metadata: Callable[..., Any]) -> None:
+    svc = await start_metadata()
+    res = await request("POST", f"http://127.0.0.1:{svc.port}/paxos",
+                        json_body={"from": 1, "msgs": []})
+    assert res.status == 404
