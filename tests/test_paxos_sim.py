@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from nodes.metadata.paxos_replica import Change, NoQuorum, PaxosReplica, Replica
 from protocol.consensus import Batch, Message, decode_reply, encode_reply
 from protocol.consensus import Reply as WireReply
 from protocol.errors import ConnectionLost
-from vstack.metadata_db import MetadataDB
+from vstack.metadata_db import Learned, MetadataDB
 from vstack.paxos import Acceptor, Ballot, ChangeRejected, Phase, Proposal, Reply, Slot, Value
 
 N = 3
@@ -153,12 +153,51 @@ def refuse(op: str) -> Callable[[Value | None], Value | None]:
     return refused
 
 
+class CrashableDB(MetadataDB):
+    """A database whose writes not yet fsynced die with a crash.
+
+    The engine writes learned values without an fsync of their own
+    (``sync=False``: they are durable on a quorum of acceptors already); on
+    a machine that loses power those writes are gone, although the replica
+    served them until then. Here every write since the last synced one stays
+    in an open transaction (readable, as in WAL), a synced write commits it,
+    and a crash rolls it back: the simulation sees what a power cut leaves.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str) -> None:
+        self._open = False
+        super().__init__(path, synchronous=synchronous)
+        self.conn.cursor().execute("BEGIN")
+        self._open = True
+
+    def _synced(self) -> None:
+        if not self._open:
+            return  # still opening: the base class commits as it goes
+        cur = self.conn.cursor()
+        cur.execute("COMMIT")
+        cur.execute("BEGIN")
+
+    def persist(self, slots: dict[str, Slot], learned: Iterable[Learned] = (), *,
+                sync: bool = True) -> None:
+        super().persist(slots, learned, sync=sync)
+        if sync:
+            self._synced()
+
+    def set_meta(self, name: str, value: str) -> None:
+        super().set_meta(name, value)
+        self._synced()
+
+    def crash(self) -> None:
+        self.conn.cursor().execute("ROLLBACK")
+        self.close()
+
+
 class Cluster:
     def __init__(self, tmp: Path, net: Net, nursery: trio.Nursery,
                  replica_cls: type[PaxosReplica]) -> None:
         self.tmp, self.net, self.nursery, self.cls = tmp, net, nursery, replica_cls
         self.scopes: dict[int, trio.CancelScope] = {}
-        self.dbs: dict[int, MetadataDB] = {}
+        self.dbs: dict[int, CrashableDB] = {}
         self.chosen: list[tuple[str, int, tuple[str, ...]]] = []
         self.instances: list[PaxosReplica] = []
 
@@ -166,7 +205,7 @@ class Cluster:
         async def blocking(fn: Callable[[], Any]) -> Any:
             return fn()  # synchronous: time stands still while SQLite works
 
-        db = self.dbs[i] = MetadataDB(self.tmp / f"replica-{i}.db", synchronous="OFF")
+        db = self.dbs[i] = CrashableDB(self.tmp / f"replica-{i}.db", synchronous="OFF")
         rep = self.cls(i, N, db, self.net.transport(i), run_blocking=blocking,
                        rng=random.Random(self.net.rng.random()), phase_timeout=0.3, deadline=5.0)
         if isinstance(rep, SimReplica):
@@ -190,7 +229,7 @@ class Cluster:
         rep.stop()
         self.net.replicas[i] = None
         self.scopes[i].cancel()
-        self.dbs[i].close()
+        self.dbs[i].crash()
 
     def alive(self) -> list[int]:
         return [i for i, r in self.net.replicas.items() if r is not None]
@@ -393,8 +432,23 @@ class UnguardedFastPath(SimReplica):
         return await super().change(key, change, op=op, fresh=fresh or leader_fast)
 
 
+class ReplyBeforePersist(SimReplica):
+    """Planted bug: an acceptor answers before its promise or acceptance is on disk."""
+
+    async def _durable(self) -> None:
+        return
+
+
+class CeilingNotPersisted(SimReplica):
+    """Planted bug: the round ceiling is kept in memory only (a restart reuses rounds)."""
+
+    async def _next_ballot(self, at_least: Ballot) -> Ballot:
+        self._ceiling = 1 << 40
+        return await super()._next_ballot(at_least)
+
+
 @pytest.mark.parametrize("bug", [NoAdoption, RoundOnly, LearnRefusedAfterPromise,
-                                 UnguardedFastPath])
+                                 UnguardedFastPath, ReplyBeforePersist])
 async def test_planted_bugs_are_caught(
     tmp_path: Path, bug: type[PaxosReplica], autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -468,4 +522,31 @@ async def test_a_value_that_breaks_the_change_fails_the_round_not_the_replica(
         value = await zero.change("k-fine", append_to_log("b"), op="b")
         assert value is not None
         assert value["log"] == ["b"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("replica_cls", "safe"), [(SimReplica, True), (CeilingNotPersisted, False)])
+async def test_a_restarted_proposer_never_reuses_a_ballot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, replica_cls: type[PaxosReplica],
+    safe: bool,
+) -> None:
+    """Ballots a replica used before a crash (durable promises at the acceptors may
+    hold them) are never used again after it restarts: the round ceiling is on disk
+    first. The planted bug keeps it in memory only, and this notices."""
+    net = Net(random.Random(8), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(tmp_path, net, nursery, replica_cls)
+        for i in range(N):
+            await cluster.start(i)
+        one = net.replicas[1]
+        assert one is not None
+        for n in range(5):
+            await one.change(f"k{n}", append_to_log(f"a{n}"), op=f"a{n}")
+        used = Ballot(one._round, 1)
+        cluster.crash(1)
+        await cluster.start(1)
+        again = net.replicas[1]
+        assert again is not None
+        fresh = await again._next_ballot(Ballot(0, 0))
+        assert (fresh > used) is safe
         nursery.cancel_scope.cancel()
