@@ -11,9 +11,10 @@ or rewrites rows that belong to another register:
 * what readers see is the view ``visible_chunks``: chunks whose video
   exists, and, of several chunk ids committed at the same (video, sequence)
   (a re-upload), the one committed last (``committed_ns``, then chunk id);
-* ``videos.total_chunks`` is recounted from ``visible_chunks`` whenever the
-  video or one of its chunks is materialized, so it is a function of the
-  same rows;
+* ``videos.total_chunks`` is the number of sequence numbers the video has a
+  chunk at (what ``visible_chunks`` lists): counted when the video row is
+  written, and kept by adding one for each chunk at a new number, so it is
+  a function of the same rows whatever the order;
 * ``redundancy_overrides`` and ``storage_nodes`` rows are the ``override/``
   and ``node/`` values.
 
@@ -153,7 +154,8 @@ def _real(v: Any) -> float | None:
 
 
 def _recount(cur: apsw.Cursor, video_id: str) -> None:
-    cur.execute("UPDATE videos SET total_chunks = (SELECT COUNT(*) FROM visible_chunks"
+    # Chunks at distinct sequence numbers: what visible_chunks shows once the video exists.
+    cur.execute("UPDATE videos SET total_chunks = (SELECT COUNT(DISTINCT sequence_num) FROM chunks"
                 " WHERE video_id = ?) WHERE video_id = ?", (video_id, video_id))
 
 
@@ -175,6 +177,12 @@ def _put_video(cur: apsw.Cursor, video_id: str, v: Value) -> None:
 def _put_chunk(cur: apsw.Cursor, chunk_id: str, c: Value) -> None:
     video_id = _text(c["video_id"])
     created = _text(c["created_at"])
+    seq = _int(c["sequence_num"])
+    before = list(cur.execute("SELECT video_id, sequence_num FROM chunks WHERE chunk_id = ?",
+                              (chunk_id,)))
+    seq_taken = bool(list(cur.execute(
+        "SELECT 1 FROM chunks WHERE video_id = ? AND sequence_num = ? AND chunk_id != ? LIMIT 1",
+        (video_id, seq, chunk_id))))
     cur.execute(
         "INSERT INTO chunks (chunk_id, video_id, sequence_num, size_bytes, checksum,"
         " redundancy_mode, duration_sec, start_sec, created_at, committed_ns)"
@@ -184,7 +192,7 @@ def _put_chunk(cur: apsw.Cursor, chunk_id: str, c: Value) -> None:
         " checksum = excluded.checksum, redundancy_mode = excluded.redundancy_mode,"
         " duration_sec = excluded.duration_sec, start_sec = excluded.start_sec,"
         " created_at = excluded.created_at, committed_ns = excluded.committed_ns",
-        (chunk_id, video_id, _int(c["sequence_num"]), _int(c["size_bytes"]),
+        (chunk_id, video_id, seq, _int(c["size_bytes"]),
          _text(c["checksum"]), _text(c.get("redundancy_mode", "replication")),
          _real(c.get("duration_sec")), _real(c.get("start_sec")), created,
          _int(c.get("committed_ns", 0))))
@@ -199,7 +207,16 @@ def _put_chunk(cur: apsw.Cursor, chunk_id: str, c: Value) -> None:
             " node_url, size_bytes, checksum, created_at) VALUES (?,?,?,?,?,?,?)",
             (_text(f["fragment_id"]), chunk_id, _int(f["fragment_index"]), _text(f["node_url"]),
              _int(f["size_bytes"]), _text(f["checksum"]), created))
-    _recount(cur, video_id)
+    # total_chunks counts the sequence numbers a video has a chunk at. A new
+    # chunk at a new number adds one (no recount: a video of N chunks costs N,
+    # not N squared); anything else (a moved chunk) recounts what it touched.
+    if not before:
+        if not seq_taken:
+            cur.execute("UPDATE videos SET total_chunks = total_chunks + 1 WHERE video_id = ?",
+                        (video_id,))
+    elif tuple(before[0]) != (video_id, seq):
+        _recount(cur, video_id)
+        _recount(cur, str(before[0][0]))
 
 
 def _put_node(cur: apsw.Cursor, node_id: str, value: Value) -> None:
