@@ -97,6 +97,7 @@ class Opcode(enum.IntEnum):
     CATCH_UP = 17  # what the replica learned after a change number
     VIEWS = 18  # the replica's own view counters
     SLOT = 19  # the acceptor state of one key
+    PENDING = 20  # keys of one video accepted here but not learned (for linearizable reads)
 
 
 class NeedData:

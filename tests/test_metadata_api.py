@@ -308,3 +308,11 @@ async def test_a_create_retried_with_its_idempotency_key_gets_the_first_decision
     assert (await api("DELETE", f"/video/{first.json()['video_id']}")).status == 200
     assert (await create("upload-1", body)).status == 409  # created, then deleted
     assert len((await api("GET", "/videos")).json()) == 1
+
+
+async def test_a_manifest_read_names_its_consistency(start_metadata: Callable[..., Any]) -> None:
+    api = Api((await start_metadata()).port)
+    vid = (await api("POST", "/video", {"title": "t", "duration_sec": 3})).json()["video_id"]
+    assert (await api("GET", f"/manifest/{vid}?consistency=linearizable")).status == 200
+    assert (await api("GET", f"/manifest/{vid}?consistency=local")).status == 200
+    assert (await api("GET", f"/manifest/{vid}?consistency=eventual")).status == 400

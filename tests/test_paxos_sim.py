@@ -116,6 +116,12 @@ class SimTransport:
             raise ConnectionLost("unreachable")
         return await target.changes_since(since, limit)
 
+    async def pending(self, peer: int, video_id: str) -> list[str]:
+        target = self.net.replicas.get(peer)
+        if target is None or not self.net.connected(self.src, peer):
+            raise ConnectionLost("unreachable")
+        return target.pending_of_video(video_id)
+
 
 def append_to_log(op: str) -> Callable[[Value | None], Value | None]:
     """A change appending ``op`` to the register's log.
@@ -549,4 +555,38 @@ async def test_a_restarted_proposer_never_reuses_a_ballot(
         assert again is not None
         fresh = await again._next_ballot(Ballot(0, 0))
         assert (fresh > used) is safe
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_read_barrier_shows_what_was_chosen_before_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Replica 0 was cut off while one chunk of video V was committed and another
+    was accepted by replicas 1 and 2 whose proposer then died (chosen, never
+    committed). After a barrier, replica 0's tables hold both, with no wait."""
+    net = Net(random.Random(9), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(tmp_path, net, nursery, SimReplica)
+        for i in range(N):
+            await cluster.start(i)
+        zero, one, two = (net.replicas[i] for i in range(N))
+        assert zero is not None
+        assert one is not None
+        assert two is not None
+        net.cut = {frozenset((0, 1)), frozenset((0, 2))}
+        await one.change("chunk/c0", lambda cur: {"video_id": "V", "log": ["c0"]}, op="c0")
+        orphan = {"video_id": "V", "log": ["c1"], "v": 1, "op": "c1"}
+        for rep in (one, two):
+            rep.acceptor.slots["chunk/c1"] = Slot(promised=Ballot(9, 1), accepted=Ballot(9, 1),
+                                                  value=orphan, phase=Phase.ACCEPT)
+        net.cut = set()
+        assert "chunk/c0" not in zero.learned
+        await zero.barrier("V")
+        for key, log in (("chunk/c0", ["c0"]), ("chunk/c1", ["c1"])):
+            learned = zero.db.learned_value(key)
+            assert learned is not None, key
+            assert learned[1]["log"] == log
+        net.cut = {frozenset((0, 1)), frozenset((0, 2))}
+        with pytest.raises(NoQuorum):
+            await zero.barrier("V")
         nursery.cancel_scope.cancel()

@@ -108,7 +108,14 @@ async def list_videos(svc: MetadataService, req: Request, body: Body) -> Respons
 
 
 async def manifest(svc: MetadataService, req: Request, body: Body) -> Response:
+    """``GET /manifest/{id}``; ``?consistency=linearizable`` first makes sure it shows
+    every change chosen before the request (a read barrier through a quorum)."""
     video_id = req.params["video_id"]
+    consistency = req.query.get("consistency", "local")
+    if consistency not in ("local", "linearizable"):
+        raise ProtocolError("consistency must be 'local' or 'linearizable'", 400)
+    if consistency == "linearizable" and svc.settings.replicas > 1:
+        await svc.replica.barrier(video_id)
     video = svc.reader.video(video_id)
     if video is None:
         raise ProtocolError("Video not found", 404)

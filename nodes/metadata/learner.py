@@ -21,6 +21,7 @@ was lost). Three mechanisms make sure it never stays stale:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -161,6 +162,51 @@ class LearnerMixin:
             learned += await self.absorb([c for _, c in changes])
             seen = changes[-1][0]
             self._cursors[peer] = (epoch, seen)
+
+    # -- linearizable reads -------------------------------------------------------------------
+
+    def pending_of_video(self, video_id: str) -> list[str]:
+        """Keys of ``video_id``'s registers this acceptor accepted a value for that is
+        newer than anything learned (its proposer may not have committed it yet)."""
+        out = []
+        for key, slot in self.acceptor.slots.items():
+            if slot.phase is not Phase.ACCEPT or slot.accepted.to_int() <= self.learned.get(key, -1):
+                continue
+            if key == f"video/{video_id}" or (slot.value or {}).get("video_id") == video_id:
+                out.append(key)
+        return sorted(out)
+
+    async def barrier(self, video_id: str) -> None:
+        """Bring this replica's tables up to date for ``video_id``: afterwards they
+        hold every change of its registers chosen before the call.
+
+        A quorum (this replica included) is asked what it learned since the
+        last pass and which of the video's registers it accepted without
+        learning; each of those gets a read round (which finds what was
+        chosen and commits it). Any chosen value was accepted by a quorum, so
+        some member of ours either learned it or still holds it accepted.
+
+        Raises:
+            NoQuorum: fewer than a quorum of replicas answered.
+        """
+        answered = 1
+        pending = set(self.pending_of_video(video_id))
+        for peer in range(self.n):
+            if peer == self.id:
+                continue
+            try:
+                with deadline(2, f"read barrier at replica {peer}"):
+                    await self._catch_up_from(peer)
+                    pending.update(await self.transport.pending(peer, video_id))
+            except VStackError as exc:
+                log.debug("read barrier: replica %d did not answer: %s", peer, exc)
+                continue
+            answered += 1
+        if answered < self.n // 2 + 1:
+            raise NoQuorum(f"video/{video_id}")
+        for key in sorted(pending):
+            with contextlib.suppress(ChangeRejected):
+                await self.change(key, lambda cur: None)
 
     # -- settling --------------------------------------------------------------------------
 

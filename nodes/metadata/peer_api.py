@@ -103,6 +103,8 @@ async def _dispatch(svc: MetadataService, req: Frame) -> bytes:
         return _json({"counts": svc.reader.view_counts_of(svc.settings.replica_id)})
     if req.opcode is Opcode.SLOT:
         return _json(slot_state(svc, bytes(req.payload).decode()))
+    if req.opcode is Opcode.PENDING:
+        return _json(svc.replica.pending_of_video(bytes(req.payload).decode()))
     if req.opcode is Opcode.PING:
         return b""
     raise ProtocolError(f"{req.opcode.name} is not served on the peer port", 400)

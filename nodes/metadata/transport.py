@@ -143,6 +143,10 @@ class FrameTransport:
             raise RemoteProtocolError(f"replica {peer}: malformed slot state", 502)
         return state
 
+    async def pending(self, peer: int, video_id: str) -> list[str]:
+        answer = await self._request(peer, Opcode.PENDING, video_id.encode())
+        return decode_answer(lambda d: [str(k) for k in d], _json(answer), "PENDING")
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()

@@ -117,9 +117,14 @@ class MetadataClient:
                                 res.status)
         return res.status == 200
 
-    async def manifest(self, video_id: str) -> Manifest | None:
-        """The manifest, or ``None`` if there is no such video."""
-        res = await self.call("GET", f"/manifest/{video_id}")
+    async def manifest(self, video_id: str, *, linearizable: bool = False) -> Manifest | None:
+        """The manifest, or ``None`` if there is no such video.
+
+        ``linearizable``: it shows every change chosen before the call, from
+        whichever replica answers (a read barrier through a quorum).
+        """
+        path = f"/manifest/{video_id}" + ("?consistency=linearizable" if linearizable else "")
+        res = await self.call("GET", path)
         if res.status == 404:
             return None
         if res.status != 200:

@@ -209,7 +209,7 @@ class UploadJob:
 
     async def _activate(self, count: int) -> None:
         """Check the manifest lists every chunk with a copy; make the video ``active``."""
-        manifest = await self.up.metadata.manifest(self.video_id)
+        manifest = await self.up.metadata.manifest(self.video_id, linearizable=True)
         if manifest is None:
             raise UploadFailed("the video record disappeared while it was stored; upload again")
         if manifest.total_chunks != count or any(
