@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from protocol.errors import VStackError
+
 __all__ = [
     "ACCEPTED_FORMATS",
     "ProbeError",
@@ -56,7 +58,7 @@ _DIMS = re.compile(r", (\d{2,5})x(\d{2,5})[ ,]")
 _FPS = re.compile(r", (\d+(?:\.\d+)?) fps")
 
 
-class ProbeError(ValueError):
+class ProbeError(VStackError, ValueError):
     """The file is not a video we can store; the message says why."""
 
 

@@ -42,6 +42,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from protocol.errors import VStackError
+
 __all__ = [
     "MAX_REPLICAS",
     "ZERO",
@@ -164,7 +166,7 @@ class Acceptor:
         return new
 
 
-class ChangeRejected(Exception):
+class ChangeRejected(VStackError):
     """The change function refused to apply (e.g. the record does not exist).
 
     Raised inside a round, after phase 1: nothing is written; the caller gets

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from protocol.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError
+from protocol.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError, VStackError
 
 from .errors import map_io_errors
 
@@ -108,7 +108,7 @@ class _Conn:
         self.peer = peer
 
 
-class _Stale(Exception):
+class _Stale(VStackError):
     """A reused connection failed before any answer: try a fresh one."""
 
     def __init__(self, cause: BaseException) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, VStackError
 from protocol.http import (
     DEFAULT_MAX_HEADER_BYTES,
     REASONS,
@@ -53,7 +53,7 @@ class HttpLimits:
     idle_timeout: float = 75.0
 
 
-class _Timeout(Exception):
+class _Timeout(VStackError):
     pass
 
 

@@ -14,6 +14,7 @@ import os
 
 import trio
 
+from protocol.errors import VStackError
 from protocol.frames import FrameConnection
 
 __all__ = ["TruncatedFile", "receive_frame_bytes", "sendfile"]
@@ -23,7 +24,7 @@ __all__ = ["TruncatedFile", "receive_frame_bytes", "sendfile"]
 _MAX_PER_CALL = 4 * 1024 * 1024
 
 
-class TruncatedFile(OSError):
+class TruncatedFile(VStackError, OSError):
     """The file ended before the requested range did."""
 
 
