@@ -58,6 +58,13 @@ REDUNDANCY_MODES: Final = ("replication", "erasure_coding")
 MAX_TITLE: Final = 255
 MAX_NODE_ID: Final = 128
 MAX_URL: Final = 2048
+MAX_VIDEO_ID: Final = 128
+#: Bounds of what one chunk commit may record (far above any real chunk; they keep
+#: every value a column and a consensus message can hold).
+MAX_CHUNK_BYTES: Final = 1 << 31
+MAX_SEQUENCE: Final = 1_000_000
+MAX_SECONDS: Final = 30 * 24 * 3600.0
+MAX_COPIES: Final = 32
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _SHA256_RULE = "a SHA-256: 64 hex digits, optionally prefixed 'sha256:'"
@@ -154,7 +161,7 @@ class VideoCreate:
     def from_json(cls, data: Any) -> VideoCreate:
         v = Validator(dict(_object(data)))
         title = v.string("title", min_len=1, max_len=MAX_TITLE)
-        duration = v.integer("duration_sec", gt=0)
+        duration = v.integer("duration_sec", gt=0, le=int(MAX_SECONDS))
         v.done()
         return cls(title=title, duration_sec=duration)
 
@@ -209,8 +216,17 @@ class Fragment:
     def from_json(cls, data: Any) -> Fragment:
         if not isinstance(data, Mapping):
             raise ProtocolError("a fragment must be an object", 400)
-        return cls(fragment_id=str(data["fragment_id"]), fragment_index=int(data["fragment_index"]),
-                   node_url=str(data["node_url"]), size_bytes=int(data["size_bytes"]),
+        fid, index, url, size = (data["fragment_id"], data["fragment_index"], data["node_url"],
+                                 data["size_bytes"])
+        if not isinstance(fid, str) or not CHUNK_ID_RE.match(fid):
+            raise ValueError("fragment_id must follow the chunk-id rule")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < MAX_COPIES:
+            raise ValueError(f"fragment_index must be an integer in [0, {MAX_COPIES})")
+        if not isinstance(url, str) or not 0 < len(url) <= MAX_URL:
+            raise ValueError("node_url must be a non-empty string")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_CHUNK_BYTES:
+            raise ValueError("size_bytes out of range")
+        return cls(fragment_id=fid, fragment_index=index, node_url=url, size_bytes=size,
                    checksum=parse_sha256(data["checksum"]))
 
     def to_json(self) -> dict[str, Any]:
@@ -242,20 +258,22 @@ class ChunkCommit:
         v = Validator(body)
         urls = v.array("node_urls", min_len=1)
         checksum = _checksum(v, "checksum", body.get("checksum"))
-        size = v.integer("size_bytes", gt=0)
-        video_id = v.string("video_id", min_len=1)
-        seq = v.integer("sequence_num", ge=0)
+        size = v.integer("size_bytes", gt=0, le=MAX_CHUNK_BYTES)
+        video_id = v.string("video_id", min_len=1, max_len=MAX_VIDEO_ID)
+        seq = v.integer("sequence_num", ge=0, le=MAX_SEQUENCE)
         mode = v.choice("redundancy_mode", REDUNDANCY_MODES, required=False, default="replication")
-        duration = v.number("duration_sec", required=False, ge=0)
-        start = v.number("start_sec", required=False, ge=0)
-        if urls is not None and not all(isinstance(u, str) and 0 < len(u) <= MAX_URL for u in urls):
+        duration = v.number("duration_sec", required=False, ge=0, le=MAX_SECONDS)
+        start = v.number("start_sec", required=False, ge=0, le=MAX_SECONDS)
+        if urls is not None and (len(urls) > MAX_COPIES or not all(
+                isinstance(u, str) and 0 < len(u) <= MAX_URL for u in urls)):
             v.problems.append({"type": "string_type", "loc": ["body", "node_urls"],
-                               "msg": "node_urls must be non-empty strings", "input": urls})
+                               "msg": f"node_urls must be 1-{MAX_COPIES} non-empty strings of "
+                                      f"at most {MAX_URL} characters", "input": None})
         raw_frags = body.get("fragments_metadata")
         fragments: tuple[Fragment, ...] | None = None
         if raw_frags is not None:
             try:
-                if not isinstance(raw_frags, list) or not all(
+                if not isinstance(raw_frags, list) or len(raw_frags) > MAX_COPIES or not all(
                         isinstance(f, Mapping) and f.keys() >= _FRAGMENT_FIELDS for f in raw_frags):
                     raise ValueError
                 fragments = tuple(Fragment.from_json(f) for f in raw_frags)

@@ -148,8 +148,10 @@ floats = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
 opt_floats = st.none() | floats
 counts = st.integers(0, 2**53)
 
-fragments = st.builds(Fragment, fragment_id=names, fragment_index=st.integers(0, 20), node_url=urls,
-                      size_bytes=counts, checksum=hexes)
+chunk_ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+chunk_sizes = st.integers(1, 2**31)
+fragments = st.builds(Fragment, fragment_id=chunk_ids, fragment_index=st.integers(0, 20),
+                      node_url=urls, size_bytes=chunk_sizes, checksum=hexes)
 manifest_chunks = st.builds(
     ManifestChunk, chunk_id=names, sequence_num=st.integers(0, 10**6), size_bytes=counts,
     checksum=hexes, redundancy_mode=st.sampled_from(REDUNDANCY_MODES), duration_sec=opt_floats,
@@ -169,13 +171,14 @@ def manifests(draw: st.DrawFn) -> Manifest:
 
 MESSAGES: list[tuple[Callable[[Any], Any], st.SearchStrategy[Any]]] = [
     (VideoCreate.from_json, st.builds(VideoCreate, title=st.text(min_size=1, max_size=255),
-                                      duration_sec=st.integers(1, 10**9))),
+                                      duration_sec=st.integers(1, 30 * 24 * 3600))),
     (VideoCreated.from_json, st.builds(VideoCreated, video_id=names, upload_url=texts)),
     (StatusChange.from_json, st.builds(StatusChange, status=st.sampled_from(VIDEO_STATUSES))),
     (Fragment.from_json, fragments),
     (ChunkCommit.from_json, st.builds(
         ChunkCommit, node_urls=st.lists(urls, min_size=1, max_size=3).map(tuple), checksum=hexes,
-        size_bytes=st.integers(1, 2**40), video_id=names, sequence_num=st.integers(0, 10**6),
+        size_bytes=chunk_sizes, video_id=st.text(min_size=1, max_size=128),
+        sequence_num=st.integers(0, 10**6),
         redundancy_mode=st.sampled_from(REDUNDANCY_MODES), duration_sec=opt_floats,
         start_sec=opt_floats,
         fragments=st.none() | st.lists(fragments, min_size=1, max_size=5).map(tuple))),
@@ -376,3 +379,20 @@ def test_decode_answer_turns_malformed_answers_into_502(parse: Callable[[Any], A
         decode_answer(parse, data, "GET /some/answer")
     assert err.value.status == 502
     assert err.value.msg.startswith("malformed answer to GET /some/answer: ")
+
+
+def test_a_commit_out_of_bounds_is_refused_before_it_is_proposed() -> None:
+    good = {"node_urls": ["http://n1:8081"], "checksum": "ab" * 32, "size_bytes": 10,
+            "video_id": "v", "sequence_num": 0}
+    assert ChunkCommit.from_json(good).size_bytes == 10
+    for field, bad in (("size_bytes", 2**32), ("sequence_num", 10**7), ("video_id", "v" * 129),
+                       ("duration_sec", 1e12), ("start_sec", float("inf")),
+                       ("node_urls", [f"http://n{i}:8081" for i in range(33)]),
+                       ("fragments_metadata", [{"fragment_id": "a/b", "fragment_index": 0,
+                                                "node_url": "http://n1:8081", "size_bytes": 1,
+                                                "checksum": "ab" * 32}]),
+                       ("fragments_metadata", [{"fragment_id": "f0", "fragment_index": 2**70,
+                                                "node_url": "http://n1:8081", "size_bytes": 1,
+                                                "checksum": "ab" * 32}])):
+        with pytest.raises(ValidationError):
+            ChunkCommit.from_json({**good, field: bad})
