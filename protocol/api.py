@@ -17,6 +17,8 @@ Two directions, two kinds of failure:
 
 The identifiers every service shares live here too, beside the rules they
 follow: :data:`CHUNK_ID_RE` and :func:`chunk_id`, :func:`parse_sha256`.
+Messages about storage nodes (registration, heartbeats, health) are in
+:mod:`protocol.node_api`.
 """
 
 from __future__ import annotations
@@ -36,18 +38,15 @@ __all__ = [
     "ChunkCommit",
     "CommitResult",
     "Fragment",
-    "Heartbeat",
     "Manifest",
     "ManifestChunk",
-    "NodeHealth",
-    "NodeRecord",
-    "NodeRegistration",
     "StatusChange",
     "VideoCreate",
     "VideoCreated",
     "chunk_id",
     "decode_answer",
     "format_sha256",
+    "json_object",
     "parse_sha256",
 ]
 
@@ -140,7 +139,7 @@ def decode_answer(parse: Callable[[Any], T], data: Any, what: str) -> T:
         raise RemoteProtocolError(f"malformed answer to {what}: {detail}", 502) from None
 
 
-def _object(data: Any) -> Mapping[str, Any]:
+def json_object(data: Any) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise ValidationError([{"type": "model_type", "loc": ["body"],
                                 "msg": "body must be a JSON object", "input": None}])
@@ -159,7 +158,7 @@ class VideoCreate:
 
     @classmethod
     def from_json(cls, data: Any) -> VideoCreate:
-        v = Validator(dict(_object(data)))
+        v = Validator(dict(json_object(data)))
         title = v.string("title", min_len=1, max_len=MAX_TITLE)
         duration = v.integer("duration_sec", gt=0, le=int(MAX_SECONDS))
         v.done()
@@ -190,7 +189,7 @@ class StatusChange:
 
     @classmethod
     def from_json(cls, data: Any) -> StatusChange:
-        status = _object(data).get("status")
+        status = json_object(data).get("status")
         if status not in VIDEO_STATUSES:
             raise ProtocolError(f"Invalid status. Must be one of: {', '.join(VIDEO_STATUSES)}", 400)
         return cls(status=status)
@@ -254,7 +253,7 @@ class ChunkCommit:
 
     @classmethod
     def from_json(cls, data: Any) -> ChunkCommit:
-        body = dict(_object(data))
+        body = dict(json_object(data))
         v = Validator(body)
         urls = v.array("node_urls", min_len=1)
         checksum = _checksum(v, "checksum", body.get("checksum"))
@@ -384,120 +383,3 @@ class Manifest:
                 "created_at": self.created_at, "status": self.status,
                 "chunk_duration_sec": self.chunk_duration_sec,
                 "chunks": [c.to_json() for c in self.chunks]}
-
-
-# -- storage nodes ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NodeRegistration:
-    """``POST /nodes/register``: a storage node says where it is."""
-
-    node_url: str
-    node_id: str
-    version: str
-
-    @classmethod
-    def from_json(cls, data: Any, *, default_version: str = "") -> NodeRegistration:
-        v = Validator(dict(_object(data)))
-        node_url = v.string("node_url", min_len=1, max_len=MAX_URL)
-        node_id = v.string("node_id", min_len=1, max_len=MAX_NODE_ID)
-        version = v.string("version", required=False, max_len=64, default=default_version)
-        v.done()
-        if not node_url.startswith(("http://", "https://")):
-            raise ProtocolError("Invalid node_url: must start with http:// or https://", 400)
-        return cls(node_url=node_url, node_id=node_id, version=version)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"node_url": self.node_url, "node_id": self.node_id, "version": self.version}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Heartbeat:
-    """``POST /nodes/{id}/heartbeat``: a storage node's vital signs."""
-
-    disk_usage_percent: float
-    chunk_count: int
-    free_bytes: int | None = None
-    version: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Any) -> Heartbeat:
-        v = Validator(dict(_object(data)))
-        usage = v.number("disk_usage_percent", ge=0, le=100)
-        count = v.integer("chunk_count", ge=0)
-        free = v.integer("free_bytes", required=False, ge=0)
-        version = v.string("version", required=False, max_len=64)
-        v.done()
-        return cls(disk_usage_percent=float(usage), chunk_count=count, free_bytes=free,
-                   version=version)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"disk_usage_percent": self.disk_usage_percent,
-                               "chunk_count": self.chunk_count}
-        if self.free_bytes is not None:
-            out["free_bytes"] = self.free_bytes
-        if self.version is not None:
-            out["version"] = self.version
-        return out
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NodeHealth:
-    """What other services read of a storage node's ``GET /health``."""
-
-    node_id: str
-    status: str
-    disk_usage: float
-    chunk_count: int
-    free_bytes: int | None
-    version: str
-    binary_port: int
-
-    @classmethod
-    def from_json(cls, data: Any) -> NodeHealth:
-        port = int(data.get("binary_port", 0))
-        if not 0 <= port < 65536:
-            raise ValueError("binary_port out of range")
-        usage = float(data.get("disk_usage", 0.0))
-        if not 0.0 <= usage <= 100.0:
-            raise ValueError("disk_usage out of range")
-        free = data.get("free_bytes")
-        return cls(node_id=str(data["node_id"]), status=str(data.get("status", "healthy")),
-                   disk_usage=usage, chunk_count=max(0, int(data.get("chunk_count", 0))),
-                   free_bytes=None if free is None else max(0, int(free)),
-                   version=str(data.get("version", "")), binary_port=port)
-
-    def heartbeat(self) -> Heartbeat:
-        return Heartbeat(disk_usage_percent=self.disk_usage, chunk_count=self.chunk_count,
-                         free_bytes=self.free_bytes, version=self.version or None)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NodeRecord:
-    """One storage node as ``/nodes/healthy`` and ``/nodes/all`` list it."""
-
-    node_url: str
-    node_id: str
-    status: str
-    disk_usage_percent: float = 0.0
-    chunk_count: int = 0
-    free_bytes: int | None = None
-    last_heartbeat: str | None = None
-    version: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Any) -> NodeRecord:
-        free = data.get("free_bytes")
-        return cls(node_url=str(data["node_url"]), node_id=str(data["node_id"]),
-                   status=str(data.get("status", "healthy")),
-                   disk_usage_percent=float(data.get("disk_usage_percent") or 0.0),
-                   chunk_count=int(data.get("chunk_count") or 0),
-                   free_bytes=None if free is None else int(free),
-                   last_heartbeat=data.get("last_heartbeat"), version=data.get("version"))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"node_url": self.node_url, "node_id": self.node_id,
-                "last_heartbeat": self.last_heartbeat,
-                "disk_usage_percent": self.disk_usage_percent, "chunk_count": self.chunk_count,
-                "free_bytes": self.free_bytes, "status": self.status, "version": self.version}

@@ -20,12 +20,8 @@ from protocol.api import (
     ChunkCommit,
     CommitResult,
     Fragment,
-    Heartbeat,
     Manifest,
     ManifestChunk,
-    NodeHealth,
-    NodeRecord,
-    NodeRegistration,
     StatusChange,
     VideoCreate,
     VideoCreated,
@@ -35,6 +31,7 @@ from protocol.api import (
     parse_sha256,
 )
 from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.node_api import Heartbeat, NodeHealth, NodeRecord, NodeRegistration
 from protocol.validate import ValidationError
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

@@ -36,8 +36,9 @@ SECRET = b"sixteen+ bytes of cluster secret"
 
 keys = st.text(min_size=1, max_size=40)
 ballots = st.integers(0, (1 << 53) - 1)
-values = st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8) | st.none(),
-                         max_size=4)
+values = st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("v", "op")),
+                         st.integers() | st.text(max_size=8) | st.none(), max_size=4).map(
+    lambda d: {**d, "v": 3, "op": "x"})
 messages = st.one_of(
     st.builds(Prepare, key=keys, ballot=ballots),
     st.builds(Accept, key=keys, ballot=ballots, value=values),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from nodes.net.http_server import Body
-from protocol.api import Heartbeat, NodeRegistration
 from protocol.http import Request, Response
+from protocol.node_api import Heartbeat, NodeRegistration
 from vstack.redundancy import REPLICAS
 
 from . import liveness

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 
 from nodes.net.errors import deadline
-from protocol.api import Heartbeat, NodeRegistration
 from protocol.errors import ProtocolError, VStackError
+from protocol.node_api import Heartbeat, NodeRegistration
 from vstack.metadata_db import utc_now
 from vstack.node_urls import normalize_url
 from vstack.registers import node_key, register_node, set_liveness

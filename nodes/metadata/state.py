@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import trio
 
 from nodes.net.storage_client import StoragePool
-from protocol.api import NodeRecord
 from protocol.errors import ProtocolError
+from protocol.node_api import NodeRecord
 from vstack import __version__
 from vstack.metadata_db import MetadataDB
 from vstack.node_urls import AliasTable

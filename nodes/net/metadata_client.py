@@ -20,13 +20,13 @@ from protocol.api import (
     ChunkCommit,
     CommitResult,
     Manifest,
-    NodeRecord,
     StatusChange,
     VideoCreate,
     VideoCreated,
     decode_answer,
 )
 from protocol.errors import PeerUnreachable, ProtocolError, TransportError
+from protocol.node_api import NodeRecord
 
 from .errors import deadline
 from .http_client import IDEMPOTENT, HttpClient, HttpResult

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 import trio
 
-from protocol.api import NodeHealth, decode_answer
+from protocol.api import decode_answer
 from protocol.errors import ProtocolError, RemoteProtocolError, TransportError, VStackError
+from protocol.node_api import NodeHealth
 
 from .errors import deadline, map_io_errors
 from .frame_client import FrameClient

@@ -24,8 +24,8 @@ from urllib.parse import quote
 from nodes.net.errors import deadline
 from nodes.net.http_client import HttpClient, HttpResult
 from nodes.net.jobs import Backoff, run_forever
-from protocol.api import Heartbeat, NodeRegistration
 from protocol.errors import RemoteProtocolError
+from protocol.node_api import Heartbeat, NodeRegistration
 
 from .node import StorageNode
 
