@@ -32,6 +32,16 @@ class Replica(ServiceProcess):
         )
 
 
+def start_cluster(tmp: Path, count: int = 3) -> list[Replica]:
+    """``count`` replica processes on fresh ports (started, not yet waited for)."""
+    ports = [free_port() for _ in range(count)]
+    peer_ports = [free_port() for _ in range(count)]
+    replicas = [Replica(tmp, i, ports, peer_ports) for i in range(count)]
+    for r in replicas:
+        r.start()
+    return replicas
+
+
 async def call(port: int, method: str, path: str, body: object = None) -> HttpResult:
     with trio.fail_after(15):
         return await request(method, f"http://127.0.0.1:{port}{path}", json_body=body)
@@ -50,12 +60,9 @@ async def wait_up(port: int) -> None:
 
 @pytest.mark.slow
 async def test_sigkill_one_replica_during_commits(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(3)]
-    peer_ports = [free_port() for _ in range(3)]
-    replicas = [Replica(tmp_path, i, ports, peer_ports) for i in range(3)]
+    replicas = start_cluster(tmp_path)
+    ports = [r.port for r in replicas]
     try:
-        for r in replicas:
-            r.start()
         for r in replicas:
             await wait_up(r.port)
         acked: list[str] = []
@@ -122,12 +129,9 @@ async def test_sigkill_the_proposing_replica_while_it_rewrites_the_same_keys(tmp
     over and over and is killed mid-stream; every status it acknowledged last is
     what a linearizable read through the survivors returns; it comes back and
     agrees."""
-    ports = [free_port() for _ in range(3)]
-    peer_ports = [free_port() for _ in range(3)]
-    replicas = [Replica(tmp_path, i, ports, peer_ports) for i in range(3)]
+    replicas = start_cluster(tmp_path)
+    ports = [r.port for r in replicas]
     try:
-        for r in replicas:
-            r.start()
         for r in replicas:
             await wait_up(r.port)
         videos = []

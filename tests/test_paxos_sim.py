@@ -18,7 +18,6 @@ make the simulation fail.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +29,14 @@ import trio
 import trio.testing
 
 from nodes.metadata.paxos_replica import Change, NoQuorum, PaxosReplica, ReplicaStopped
-from protocol.consensus import Batch, Message, decode_reply, encode_reply
+from protocol.consensus import (
+    Batch,
+    Message,
+    decode_batch,
+    decode_replies,
+    encode_batch,
+    encode_replies,
+)
 from protocol.consensus import Reply as WireReply
 from protocol.errors import ConnectionLost
 from vstack.metadata_db import Learned, MetadataDB
@@ -80,7 +86,8 @@ class SimTransport:
     net: Net
     src: int
 
-    async def call(self, peer: int, batch: list[Message]) -> list[WireReply]:
+    async def _reach(self, peer: int) -> PaxosReplica:
+        """The peer, after the network's delay and loss (raises as a lost message)."""
         net = self.net
         if net.faulty:
             await trio.sleep(net.rng.uniform(0, net.max_delay))
@@ -89,10 +96,15 @@ class SimTransport:
         target = net.replicas.get(peer)
         if target is None or not net.connected(self.src, peer):
             raise ConnectionLost("unreachable")
+        return target
+
+    async def call(self, peer: int, batch: list[Message]) -> list[WireReply]:
+        net = self.net
+        target = await self._reach(peer)
         net.trace.append((net.now(), f"{self.src}->{peer} {len(batch)}"))
-        # Through the wire codec, as over HTTP: what the acceptor gets is what JSON carries.
-        wire = json.loads(json.dumps(Batch(sender=self.src, messages=tuple(batch)).to_json()))
-        received = Batch.from_json(wire).messages
+        # Through the peer port's codec: what the acceptor gets is what the wire carries.
+        wire = encode_batch(Batch(sender=self.src, messages=tuple(batch)))
+        received = decode_batch(wire).messages
         replies = await target.handle_batch(received)
         if net.faulty and net.rng.random() < net.dup:
             await target.handle_batch(received)  # delivered twice
@@ -102,25 +114,13 @@ class SimTransport:
                 raise ConnectionLost("reply dropped")
         if net.replicas.get(peer) is not target:
             raise ConnectionLost("crashed before answering")
-        raw = json.loads(json.dumps([encode_reply(r) for r in replies]))
-        return [decode_reply(r, m) for r, m in zip(raw, batch, strict=True)]
+        return decode_replies(encode_replies(replies), batch)
 
     async def changes(self, peer: int, since: int, limit: int) -> tuple[str, list[Change]]:
-        net = self.net
-        if net.faulty:
-            await trio.sleep(net.rng.uniform(0, net.max_delay))
-            if net.rng.random() < net.drop:
-                raise ConnectionLost("dropped")
-        target = net.replicas.get(peer)
-        if target is None or not net.connected(self.src, peer):
-            raise ConnectionLost("unreachable")
-        return await target.changes_since(since, limit)
+        return await (await self._reach(peer)).changes_since(since, limit)
 
     async def pending(self, peer: int, video_id: str) -> list[str]:
-        target = self.net.replicas.get(peer)
-        if target is None or not self.net.connected(self.src, peer):
-            raise ConnectionLost("unreachable")
-        return target.pending_of_video(video_id)
+        return (await self._reach(peer)).pending_of_video(video_id)
 
 
 def append_to_log(op: str) -> Callable[[Value | None], Value | None]:
