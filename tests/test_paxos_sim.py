@@ -590,3 +590,75 @@ async def test_a_read_barrier_shows_what_was_chosen_before_it(
         with pytest.raises(NoQuorum):
             await zero.barrier("V")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_chosen_value_is_settled_after_a_read_round_that_failed_half_way(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Replica 0 got a value accepted by itself and replica 1 (chosen), answered,
+    and died before committing it. Replica 1's first settling round fails (cut
+    off from replica 2): its own promise now covers the accepted value. Once
+    the network heals, settling must still find that value, and a read barrier
+    at replica 2 must show it (it was acknowledged)."""
+    net = Net(random.Random(11), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(tmp_path, net, nursery, SimReplica)
+        for i in range(N):
+            await cluster.start(i)
+        await trio.sleep(0.5)  # recover() has run: only settling can find it
+        zero, one, two = (net.replicas[i] for i in range(N))
+        assert zero is not None
+        assert one is not None
+        assert two is not None
+        chosen = {"video_id": "V", "log": ["c1"], "v": 1, "op": "c1"}
+        for rep in (zero, one):
+            rep.acceptor.slots["chunk/c1"] = Slot(promised=Ballot(9, 0), accepted=Ballot(9, 0),
+                                                  value=chosen, phase=Phase.ACCEPT)
+        cluster.crash(0)
+        net.cut = {frozenset((1, 2))}
+        await trio.sleep(12)  # a settling pass ran and found no quorum
+        assert one.acceptor.slots["chunk/c1"].phase is Phase.PREPARE
+        assert one.db.learned_value("chunk/c1") is None
+        net.cut = set()
+        await two.barrier("V")
+        for rep in (one, two):
+            learned = rep.db.learned_value("chunk/c1")
+            assert learned is not None
+            assert learned[1]["log"] == ["c1"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burst_larger_than_a_peer_accepts_goes_in_several_batches(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More rounds queue for a peer while a batch is in flight than one batch may
+    carry (MAX_BATCH, scaled down here): they go in several batches, not one
+    that every peer refuses (a burst ten times larger fails every round)."""
+    import nodes.metadata.paxos_replica as engine
+    import protocol.consensus
+
+    assert engine.SEND_BATCH <= protocol.consensus.MAX_BATCH
+    monkeypatch.setattr(protocol.consensus, "MAX_BATCH", 300)
+    monkeypatch.setattr(engine, "SEND_BATCH", 100)
+    net = Net(random.Random(12), drop=0.0, dup=0.0, max_delay=0.02)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(tmp_path, net, nursery, SimReplica)
+        for i in range(N):
+            await cluster.start(i)
+        one = net.replicas[1]
+        assert one is not None
+        done: list[int] = []
+
+        async def write(i: int) -> None:
+            await one.change(f"burst/{i}", append_to_log("a"), op=f"a{i}")
+            done.append(i)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as work:
+                work.start_soon(write, -1)
+                await trio.sleep(0.0001)  # a batch is in flight to each peer
+                for i in range(350):
+                    work.start_soon(write, i)
+        assert len(done) == 351
+        assert one.stats["retries"] == 0, "a batch was refused: its rounds had to retry"
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nodes.metadata.peer_api import is_loopback
 from nodes.net.frame_client import open_frame_client
 from nodes.net.http_client import request
 from protocol.consensus import (
@@ -133,3 +134,31 @@ async def test_replica_traffic_is_not_served_on_the_client_port(
     res = await request("POST", f"http://127.0.0.1:{svc.port}/paxos",
                         json_body={"from": 1, "msgs": []})
     assert res.status == 404
+
+
+@pytest.mark.parametrize(("opcode", "payload"), [
+    (Opcode.CATCH_UP, b"abc"),  # not the 12 bytes of a change number and a page size
+    (Opcode.PENDING, b"\xff\xfe"),  # not UTF-8
+    (Opcode.PAXOS, b"\x01"),  # a truncated batch
+])
+async def test_a_signed_but_malformed_request_is_a_400(
+        start_metadata: Callable[..., Any], opcode: Opcode, payload: bytes) -> None:
+    port, peer_port = free_port(), free_port()
+    await start_metadata(
+        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+        peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
+    async with open_frame_client("127.0.0.1", peer_port) as client:
+        rid = client.next_request_id()
+        answer = await client.request(opcode, frame_mac(SECRET, opcode, rid, 0, payload), payload,
+                                      request_id=rid)
+    assert answer.status == 400
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+    ("::ffff:127.0.0.1", True),  # an IPv4 peer of a dual-stack ("::") listener
+    ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("fe80::1%lo", False), ("not an ip", False),
+])
+def test_open_mode_serves_loopback_peers_only(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

@@ -35,7 +35,7 @@ from nodes.net.errors import deadline
 from protocol.consensus import Commit
 from protocol.errors import ProtocolError, RemoteProtocolError, VStackError
 from vstack.metadata_db import Learned, MetadataDB
-from vstack.paxos import Acceptor, Ballot, ChangeRejected, Phase, Slot, Value
+from vstack.paxos import Acceptor, Ballot, ChangeRejected, Slot, Value
 
 __all__ = ["CATCH_UP_PAGE", "Change", "LearnerMixin", "NoQuorum", "ReplicaStopped"]
 
@@ -116,6 +116,12 @@ class LearnerMixin:
         self._changed(key, self.acceptor.learn(key, ballot, value), promise=False)
         return True
 
+    def _unlearned(self, key: str, slot: Slot) -> bool:
+        """Whether this acceptor holds an accepted value newer than anything learned
+        for ``key``: whatever it promised since (a read round that failed half-way
+        leaves the slot promised, not accepted, but the value may still be chosen)."""
+        return slot.value is not None and slot.accepted.to_int() > self.learned.get(key, -1)
+
     # -- catch-up --------------------------------------------------------------------------
 
     async def changes_since(self, since: int, limit: int) -> tuple[str, list[Change]]:
@@ -170,7 +176,7 @@ class LearnerMixin:
         newer than anything learned (its proposer may not have committed it yet)."""
         out = []
         for key, slot in self.acceptor.slots.items():
-            if slot.phase is not Phase.ACCEPT or slot.accepted.to_int() <= self.learned.get(key, -1):
+            if not self._unlearned(key, slot):
                 continue
             if key == f"video/{video_id}" or (slot.value or {}).get("video_id") == video_id:
                 out.append(key)
@@ -218,8 +224,7 @@ class LearnerMixin:
         now = trio.current_time()
         pending = sorted(
             k for k, s in self.acceptor.slots.items()
-            if s.phase is Phase.ACCEPT and s.accepted.to_int() > self.learned.get(k, -1)
-            and now - self._accepted_at.get(k, -math.inf) >= older_than)
+            if self._unlearned(k, s) and now - self._accepted_at.get(k, -math.inf) >= older_than)
         settled = 0
         for key in pending:
             try:
@@ -239,8 +244,7 @@ class LearnerMixin:
         A read round on each finds the chosen value (or chooses the accepted
         one) and commits it to the tables. Retries until a quorum answers.
         """
-        pending = sorted(k for k, s in self.acceptor.slots.items()
-                         if s.phase.value == "accept" and s.accepted.to_int() > self.learned.get(k, -1))
+        pending = sorted(k for k, s in self.acceptor.slots.items() if self._unlearned(k, s))
         settled = 0
         for key in pending:
             while True:

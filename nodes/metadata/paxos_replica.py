@@ -68,6 +68,9 @@ T = TypeVar("T")
 RunBlocking = Callable[[Callable[[], T]], Awaitable[T]]
 
 ROUND_BLOCK = 1000  # rounds reserved per persisted ceiling
+#: Messages per batch sent to one peer: far below what a peer accepts (MAX_BATCH), and
+#: small enough that a batch of the largest values stays well under MAX_PEER_PAYLOAD.
+SEND_BATCH = 1000
 
 
 class Transport(Protocol):
@@ -220,7 +223,12 @@ class PaxosReplica(LearnerMixin):
         while True:
             await self._wake_sender[peer].wait()
             self._wake_sender[peer] = trio.Event()
-            batch, self._outbox[peer] = self._outbox[peer], []
+            # A batch never exceeds what a peer accepts (MAX_BATCH messages); the rest
+            # goes in the next one, at once.
+            queued = self._outbox[peer]
+            batch, self._outbox[peer] = queued[:SEND_BATCH], queued[SEND_BATCH:]
+            if self._outbox[peer]:
+                self._wake_sender[peer].set()
             if not batch:
                 continue
             self.stats["batches_sent"] += 1

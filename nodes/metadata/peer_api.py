@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import struct
 from typing import Any
 
 import trio
@@ -37,7 +38,7 @@ from protocol.frames import Frame, Opcode, response
 from .replication import slot_state
 from .state import MetadataService
 
-__all__ = ["handle", "serve_peers"]
+__all__ = ["handle", "is_loopback", "serve_peers"]
 
 log = logging.getLogger("vstack.metadata.peers")
 
@@ -48,6 +49,18 @@ class Unauthenticated(ProtocolError):
         super().__init__(f"peer traffic refused: {why}", 401)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a peer address is on the loopback network; an IPv4 peer of a dual-stack
+    listener shows as ``::ffff:127.0.0.1``, which is loopback too."""
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 def _check_peer(svc: MetadataService, session: FrameSession, req: Frame) -> None:
     secret = svc.settings.cluster_secret
     if secret is not None:
@@ -55,9 +68,8 @@ def _check_peer(svc: MetadataService, session: FrameSession, req: Frame) -> None
             raise Unauthenticated("bad or missing MAC (is CLUSTER_SECRET the same everywhere?)")
         return
     try:
-        host = session.stream.socket.getpeername()[0]
-        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except (OSError, ValueError, AttributeError):
+        loopback = is_loopback(session.stream.socket.getpeername()[0])
+    except (OSError, AttributeError):
         loopback = False
     if not loopback:
         raise Unauthenticated("no CLUSTER_SECRET is configured, so only loopback peers are served")
@@ -85,7 +97,7 @@ async def handle(svc: MetadataService, session: FrameSession, req: Frame) -> Non
         return
     try:
         payload = await _dispatch(svc, req)
-    except ValueError as exc:
+    except (ValueError, struct.error) as exc:  # struct.error is no ValueError
         raise ProtocolError(f"malformed {req.opcode.name} request: {exc}", 400) from None
     await _answer(svc, session, req, 200, payload)
 
