@@ -253,8 +253,10 @@ _REPLY_KINDS = {Promise: 1, Accepted: 2, Ack: 3, Malformed: 4}
 MAC_SIZE: Final = 32
 #: Payload of a CATCH_UP request: the change number to start after, and a page size.
 CATCH_UP_REQUEST: Final = struct.Struct("!QI")
-#: The largest frame payload replicas exchange.
-MAX_PEER_PAYLOAD: Final = 64 * 1024 * 1024
+#: The largest frame payload replicas exchange (a batch of 1000 messages of
+#: values up to ~16 KB each; a connection may buffer this much before its MAC
+#: is checked, so it is kept small, and connections are capped).
+MAX_PEER_PAYLOAD: Final = 16 * 1024 * 1024
 
 
 def _json_bytes(value: JsonObject) -> bytes:

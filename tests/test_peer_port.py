@@ -162,3 +162,31 @@ async def test_a_signed_but_malformed_request_is_a_400(
 ])
 def test_open_mode_serves_loopback_peers_only(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+async def test_the_peer_port_serves_a_bounded_number_of_connections(
+        start_metadata: Callable[..., Any]) -> None:
+    """Each connection may buffer a frame before its MAC is checked: past the cap,
+    a new connection is closed before a byte of it is read."""
+    from nodes.metadata.peer_api import PEER_CONNECTIONS_PER_REPLICA
+
+    port, peer_port = free_port(), free_port()
+    await start_metadata(
+        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+        peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
+    cap = PEER_CONNECTIONS_PER_REPLICA * 2
+    held = [await trio.open_tcp_stream("127.0.0.1", peer_port) for _ in range(cap)]
+    try:
+        await trio.sleep(0.2)
+        extra = await trio.open_tcp_stream("127.0.0.1", peer_port)
+        with trio.fail_after(5):
+            assert await extra.receive_some(10) == b""  # closed by the server
+        await extra.aclose()
+        await held.pop().aclose()
+        await trio.sleep(0.2)
+        async with open_frame_client("127.0.0.1", peer_port) as client:  # a slot is free again
+            assert (await client.request(Opcode.PING, b"\0" * 32, b"")).status == 401
+    finally:
+        for stream in held:
+            await stream.aclose()

@@ -42,6 +42,9 @@ __all__ = ["handle", "is_loopback", "serve_peers"]
 
 log = logging.getLogger("vstack.metadata.peers")
 
+#: Peer-port connections served per replica in the cluster (each peer keeps one).
+PEER_CONNECTIONS_PER_REPLICA = 4
+
 
 
 class Unauthenticated(ProtocolError):
@@ -130,10 +133,20 @@ async def serve_peers(svc: MetadataService, *,
                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     s = svc.settings
     limits = FrameLimits(max_payload=MAX_PEER_PAYLOAD, read_timeout=s.read_timeout,
-                         idle_timeout=max(s.idle_timeout, 600.0))
+                         idle_timeout=max(s.idle_timeout, 600.0),
+                         max_connections=PEER_CONNECTIONS_PER_REPLICA * s.replicas)
 
     async def on_frame(session: FrameSession, req: Frame) -> None:
         await handle(svc, session, req)
 
+    def admit(stream: trio.SocketStream) -> bool:
+        """Open mode serves loopback peers only: refused before a byte is read."""
+        if s.cluster_secret is not None:
+            return True
+        try:
+            return is_loopback(stream.socket.getpeername()[0])
+        except OSError:
+            return False
+
     await serve_frames(on_frame, host=s.host, port=s.effective_peer_port, limits=limits,
-                       task_status=task_status)
+                       admit=admit, task_status=task_status)

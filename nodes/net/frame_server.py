@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 
@@ -42,6 +41,9 @@ class FrameLimits:
     max_payload: int
     read_timeout: float = 30.0
     idle_timeout: float = 75.0
+    #: Connections served at once; more are closed as they arrive, so a flood
+    #: of connections (each may buffer up to ``max_payload``) stays bounded.
+    max_connections: int = 1024
 
 
 class FrameSession:
@@ -148,10 +150,34 @@ async def _handle_connection(handler: FrameHandler, limits: FrameLimits,
 
 
 async def serve_frames(handler: FrameHandler, *, host: str, port: int, limits: FrameLimits,
+                       admit: Callable[[trio.SocketStream], bool] | None = None,
                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the frame protocol until cancelled; reports the bound port."""
+    """Serve the frame protocol until cancelled; reports the bound port.
+
+    ``admit`` sees each connection before a byte is read from it (e.g. to
+    serve loopback peers only); a refused one, or one past
+    ``limits.max_connections``, is closed at once.
+    """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     log.info("binary protocol listening on %s:%d", host, bound)
+    slots = trio.Semaphore(limits.max_connections)
+
+    async def gate(stream: trio.SocketStream) -> None:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            log.warning("binary connection refused: %d connections open already",
+                        limits.max_connections)
+            await stream.aclose()
+            return
+        try:
+            if admit is not None and not admit(stream):
+                await stream.aclose()
+                return
+            await _handle_connection(handler, limits, stream)
+        finally:
+            slots.release()
+
     task_status.started(bound)
-    await trio.serve_listeners(partial(_handle_connection, handler, limits), listeners)
+    await trio.serve_listeners(gate, listeners)
