@@ -331,6 +331,9 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
                     await rep.change(key, refuse(f"late-{n}"), op=f"late-{n}")
         await trio.sleep(12)
         chosen_by_then = list(cluster.chosen)
+        index_right = {i: r.unlearned == {k for k, slot in r.acceptor.slots.items()
+                                          if r._unlearned(k, slot)}
+                       for i, r in net.replicas.items() if r is not None}
         learned = {i: {key: (r.db.learned_value(key) or (0, {}))[1]
                        for key in {k for k, _, _ in chosen_by_then}}
                    for i, r in net.replicas.items() if r is not None}
@@ -350,7 +353,7 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
                 final[key] = tuple((value or {}).get("log", []))
         nursery.cancel_scope.cancel()
     return {"acked": acked, "failed": failed, "final": final, "chosen": cluster.chosen,
-            "learned": learned, "chosen_by_then": chosen_by_then,
+            "learned": learned, "chosen_by_then": chosen_by_then, "index_right": index_right,
             "trace": net.trace, "fast": sum(r.stats["fast"] for r in cluster.instances)}
 
 
@@ -366,6 +369,7 @@ def check(result: dict[str, Any]) -> None:
         assert len(set(log)) == len(log), f"{key} v{version} applied an operation twice"
     for key, op in result["acked"]:
         assert op in result["final"][key], f"acknowledged {op} lost from {key}"
+    assert all(result["index_right"].values()), "the index of unlearned keys went wrong"
     newest: dict[str, tuple[int, tuple[str, ...]]] = {}
     for key, version, log in result["chosen_by_then"]:
         newest[key] = max(newest.get(key, (0, ())), (version, log))
@@ -520,6 +524,7 @@ async def test_a_value_that_breaks_the_change_fails_the_round_not_the_replica(
             assert rep is not None
             rep.acceptor.slots["k-weird"] = Slot(promised=Ballot(5, 1), accepted=Ballot(5, 1),
                                                  value=weird, phase=Phase.ACCEPT)
+            rep._track_unlearned("k-weird")
         zero = net.replicas[0]
         assert zero is not None
         with pytest.raises(ChangeRejected) as refused:
@@ -579,6 +584,7 @@ async def test_a_read_barrier_shows_what_was_chosen_before_it(
         for rep in (one, two):
             rep.acceptor.slots["chunk/c1"] = Slot(promised=Ballot(9, 1), accepted=Ballot(9, 1),
                                                   value=orphan, phase=Phase.ACCEPT)
+            rep._track_unlearned("chunk/c1")
         net.cut = set()
         assert "chunk/c0" not in zero.learned
         await zero.barrier("V")
@@ -614,6 +620,7 @@ async def test_a_chosen_value_is_settled_after_a_read_round_that_failed_half_way
         for rep in (zero, one):
             rep.acceptor.slots["chunk/c1"] = Slot(promised=Ballot(9, 0), accepted=Ballot(9, 0),
                                                   value=chosen, phase=Phase.ACCEPT)
+            rep._track_unlearned("chunk/c1")
         cluster.crash(0)
         net.cut = {frozenset((1, 2))}
         await trio.sleep(12)  # a settling pass ran and found no quorum

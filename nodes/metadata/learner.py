@@ -83,6 +83,7 @@ class LearnerMixin:
     _gen: int
     _cursors: dict[int, tuple[str, int]]
     _accepted_at: dict[str, float]
+    unlearned: set[str]
 
     def _changed(self, key: str, slot: Slot | None, *, promise: bool = True) -> None:
         raise NotImplementedError
@@ -114,7 +115,16 @@ class LearnerMixin:
         self._learned.append((key, b, value))
         self._gen += 1
         self._changed(key, self.acceptor.learn(key, ballot, value), promise=False)
+        self._track_unlearned(key)
         return True
+
+    def _track_unlearned(self, key: str) -> None:
+        """Keep :attr:`unlearned` right for ``key`` after its slot or learned ballot changed."""
+        slot = self.acceptor.slots.get(key)
+        if slot is not None and self._unlearned(key, slot):
+            self.unlearned.add(key)
+        else:
+            self.unlearned.discard(key)
 
     def _unlearned(self, key: str, slot: Slot) -> bool:
         """Whether this acceptor holds an accepted value newer than anything learned
@@ -175,9 +185,8 @@ class LearnerMixin:
         """Keys of ``video_id``'s registers this acceptor accepted a value for that is
         newer than anything learned (its proposer may not have committed it yet)."""
         out = []
-        for key, slot in self.acceptor.slots.items():
-            if not self._unlearned(key, slot):
-                continue
+        for key in self.unlearned:
+            slot = self.acceptor.slots[key]
             if key == f"video/{video_id}" or (slot.value or {}).get("video_id") == video_id:
                 out.append(key)
         return sorted(out)
@@ -222,9 +231,8 @@ class LearnerMixin:
         (its proposer died before committing it). Stops at the first key no
         quorum answers for; returns how many were settled."""
         now = trio.current_time()
-        pending = sorted(
-            k for k, s in self.acceptor.slots.items()
-            if self._unlearned(k, s) and now - self._accepted_at.get(k, -math.inf) >= older_than)
+        pending = sorted(k for k in self.unlearned
+                         if now - self._accepted_at.get(k, -math.inf) >= older_than)
         settled = 0
         for key in pending:
             try:
@@ -244,7 +252,7 @@ class LearnerMixin:
         A read round on each finds the chosen value (or chooses the accepted
         one) and commits it to the tables. Retries until a quorum answers.
         """
-        pending = sorted(k for k, s in self.acceptor.slots.items() if self._unlearned(k, s))
+        pending = sorted(self.unlearned)
         settled = 0
         for key in pending:
             while True:

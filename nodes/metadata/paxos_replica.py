@@ -148,6 +148,9 @@ class PaxosReplica(LearnerMixin):
         self.learned: dict[str, int] = db.load_learned()
         self._cursors: dict[int, tuple[str, int]] = {}  # peer -> (its epoch, last change seen)
         self._accepted_at: dict[str, float] = {}  # key -> when this acceptor last accepted
+        # Keys whose slot holds a value newer than anything learned: what settling
+        # and read barriers look at, kept as slots change (never a scan of all).
+        self.unlearned = {k for k, s in self.acceptor.slots.items() if self._unlearned(k, s)}
         self._round = int(db.get_meta("round_ceiling", "0") or 0)
         self._ceiling = self._round
         self._db_lock = trio.Lock()
@@ -218,6 +221,7 @@ class PaxosReplica(LearnerMixin):
             self._dirty[key] = slot
             self._gen += 1
             self._must_sync = self._must_sync or promise
+            self._track_unlearned(key)
 
     async def _sender(self, peer: int) -> None:
         while True:
