@@ -30,6 +30,8 @@ import trio.testing
 
 from nodes.metadata.paxos_replica import Change, NoQuorum, PaxosReplica, ReplicaStopped
 from protocol.consensus import (
+    Accept,
+    Accepted,
     Batch,
     Message,
     decode_batch,
@@ -581,10 +583,11 @@ async def test_a_read_barrier_shows_what_was_chosen_before_it(
         net.cut = {frozenset((0, 1)), frozenset((0, 2))}
         await one.change("chunk/c0", lambda cur: {"video_id": "V", "log": ["c0"]}, op="c0")
         orphan = {"video_id": "V", "log": ["c1"], "v": 1, "op": "c1"}
-        for rep in (one, two):
-            rep.acceptor.slots["chunk/c1"] = Slot(promised=Ballot(9, 1), accepted=Ballot(9, 1),
-                                                  value=orphan, phase=Phase.ACCEPT)
-            rep._track_unlearned("chunk/c1")
+        for rep in (one, two):  # a proposer's accepts arrive; its commit never does
+            [reply] = await rep.handle_batch(
+                [Accept(key="chunk/c1", ballot=Ballot(9, 1).to_int(), value=orphan)])
+            assert isinstance(reply, Accepted)
+            assert reply.ok
         net.cut = set()
         assert "chunk/c0" not in zero.learned
         await zero.barrier("V")
