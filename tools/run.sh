@@ -24,7 +24,7 @@ for port in (8080, 8084):
                 raise SystemExit(f"the cluster did not start (port {port})")
             time.sleep(0.2)
 PY
-sleep 3  # storage nodes register 2 s after they start
+sleep 2  # storage nodes register half a second after they start, then heartbeat
 if [ ! -f "$DATA_DIR/sample.mp4" ]; then
   .venv/bin/python -m tools.make_sample "$DATA_DIR/sample.mp4" --seconds 30
 fi
