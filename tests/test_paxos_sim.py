@@ -121,8 +121,8 @@ class SimTransport:
     async def changes(self, peer: int, since: int, limit: int) -> tuple[str, list[Change]]:
         return await (await self._reach(peer)).changes_since(since, limit)
 
-    async def pending(self, peer: int, video_id: str) -> list[str]:
-        return (await self._reach(peer)).pending_of_video(video_id)
+    async def pending(self, peer: int, video_id: str, known: list[str]) -> list[str]:
+        return (await self._reach(peer)).pending_of_video(video_id, set(known))
 
 
 def append_to_log(op: str) -> Callable[[Value | None], Value | None]:
@@ -671,4 +671,38 @@ async def test_a_burst_larger_than_a_peer_accepts_goes_in_several_batches(
                     work.start_soon(write, i)
         assert len(done) == 351
         assert one.stats["retries"] == 0, "a batch was refused: its rounds had to retry"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_read_barrier_sees_a_chunk_moved_to_another_video(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """chunk/c0 was learned everywhere under video V; then replicas 1 and 2 accepted
+    a newer value naming video W, and its proposer died. A barrier for V must find
+    it (the asker names the keys its tables hold for V) and settle it."""
+    net = Net(random.Random(10), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(tmp_path, net, nursery, SimReplica)
+        for i in range(N):
+            await cluster.start(i)
+        zero, one, two = (net.replicas[i] for i in range(N))
+        assert zero is not None
+        assert one is not None
+        assert two is not None
+        chunk = {"video_id": "V", "log": ["c0"], "sequence_num": 0, "size_bytes": 10,
+                 "checksum": "ab" * 32, "created_at": "2026-11-26 12:00:00", "replicas": []}
+        await one.change("chunk/c0", lambda cur: chunk, op="c0")
+        with trio.fail_after(5):
+            while not zero.db.chunk_ids_of_video("V"):  # in zero's tables, under V
+                await trio.sleep(0.01)
+        moved = {**chunk, "video_id": "W", "log": ["c0", "moved"], "v": 2, "op": "m"}
+        for rep in (one, two):
+            [reply] = await rep.handle_batch(
+                [Accept(key="chunk/c0", ballot=Ballot(50, 1).to_int(), value=moved)])
+            assert isinstance(reply, Accepted)
+            assert reply.ok
+        await zero.barrier("V")
+        learned = zero.db.learned_value("chunk/c0")
+        assert learned is not None
+        assert learned[1]["video_id"] == "W"
         nursery.cancel_scope.cancel()

@@ -139,6 +139,8 @@ async def test_replica_traffic_is_not_served_on_the_client_port(
 @pytest.mark.parametrize(("opcode", "payload"), [
     (Opcode.CATCH_UP, b"abc"),  # not the 12 bytes of a change number and a page size
     (Opcode.PENDING, b"\xff\xfe"),  # not UTF-8
+    (Opcode.PENDING, b'{"video": 1, "keys": []}'),  # a video id that is no string
+    (Opcode.PENDING, b'["V"]'),  # not an object
     (Opcode.PAXOS, b"\x01"),  # a truncated batch
 ])
 async def test_a_signed_but_malformed_request_is_a_400(

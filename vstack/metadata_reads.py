@@ -87,6 +87,11 @@ class MetadataReads:
             " ON c.chunk_id = f.chunk_id WHERE c.video_id = ?", (video_id, video_id))
         return [(r["node_url"], r["stored"]) for r in rows]
 
+    def chunk_ids_of_video(self, video_id: str) -> list[str]:
+        """Every chunk id committed for the video (superseded ones too)."""
+        return [r["chunk_id"] for r in self.query(
+            "SELECT chunk_id FROM chunks WHERE video_id = ?", (video_id,))]
+
     def override_of(self, video_id: str) -> str | None:
         rows = self.query("SELECT mode FROM redundancy_overrides WHERE video_id = ?", (video_id,))
         return str(rows[0]["mode"]) if rows else None

@@ -26,7 +26,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import trio
@@ -181,13 +181,17 @@ class LearnerMixin:
 
     # -- linearizable reads -------------------------------------------------------------------
 
-    def pending_of_video(self, video_id: str) -> list[str]:
+    def pending_of_video(self, video_id: str, known: Collection[str] = ()) -> list[str]:
         """Keys of ``video_id``'s registers this acceptor accepted a value for that is
-        newer than anything learned (its proposer may not have committed it yet)."""
+        newer than anything learned (its proposer may not have committed it yet):
+        the video's own key, any key in ``known`` (the asker's registers of the
+        video: a newer value may have moved one elsewhere), and any key whose
+        accepted value names the video."""
         out = []
         for key in self.unlearned:
             slot = self.acceptor.slots[key]
-            if key == f"video/{video_id}" or (slot.value or {}).get("video_id") == video_id:
+            if (key == f"video/{video_id}" or key in known
+                    or (slot.value or {}).get("video_id") == video_id):
                 out.append(key)
         return sorted(out)
 
@@ -196,28 +200,37 @@ class LearnerMixin:
         hold every change of its registers chosen before the call.
 
         A quorum (this replica included) is asked what it learned since the
-        last pass and which of the video's registers it accepted without
-        learning; each of those gets a read round (which finds what was
-        chosen and commits it). Any chosen value was accepted by a quorum, so
-        some member of ours either learned it or still holds it accepted.
+        last pass, then which of the video's registers it accepted without
+        learning (those named by our tables, and those whose accepted value
+        names the video); each gets a read round, which finds what was chosen
+        and commits it. Any chosen value was accepted by a quorum, so some
+        member of ours either learned it or still holds it accepted.
 
         Raises:
             NoQuorum: fewer than a quorum of replicas answered.
         """
-        answered = 1
-        pending = set(self.pending_of_video(video_id))
-        for peer in range(self.n):
-            if peer == self.id:
-                continue
+        quorum = self.n // 2 + 1
+        answered = [peer for peer in range(self.n) if peer != self.id]
+        for peer in list(answered):
             try:
                 with deadline(2, f"read barrier at replica {peer}"):
                     await self._catch_up_from(peer)
-                    pending.update(await self.transport.pending(peer, video_id))
             except VStackError as exc:
                 log.debug("read barrier: replica %d did not answer: %s", peer, exc)
-                continue
-            answered += 1
-        if answered < self.n // 2 + 1:
+                answered.remove(peer)
+        if 1 + len(answered) < quorum:
+            raise NoQuorum(f"video/{video_id}")
+        chunks = await self.run_blocking(functools.partial(self.db.chunk_ids_of_video, video_id))
+        known = sorted({f"video/{video_id}", *(f"chunk/{c}" for c in chunks)})
+        pending = set(self.pending_of_video(video_id, set(known)))
+        for peer in list(answered):
+            try:
+                with deadline(2, f"read barrier at replica {peer}"):
+                    pending.update(await self.transport.pending(peer, video_id, known))
+            except VStackError as exc:
+                log.debug("read barrier: replica %d did not answer: %s", peer, exc)
+                answered.remove(peer)
+        if 1 + len(answered) < quorum:
             raise NoQuorum(f"video/{video_id}")
         for key in sorted(pending):
             with contextlib.suppress(ChangeRejected):

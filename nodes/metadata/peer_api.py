@@ -119,7 +119,12 @@ async def _dispatch(svc: MetadataService, req: Frame) -> bytes:
     if req.opcode is Opcode.SLOT:
         return _json(slot_state(svc, bytes(req.payload).decode()))
     if req.opcode is Opcode.PENDING:
-        return _json(svc.replica.pending_of_video(bytes(req.payload).decode()))
+        ask = json.loads(bytes(req.payload))
+        video = ask.get("video") if isinstance(ask, dict) else None
+        keys = ask.get("keys") if isinstance(ask, dict) else None
+        if not isinstance(video, str) or not isinstance(keys, list) or len(keys) > 100_000:
+            raise ValueError("PENDING wants a video id and at most 100000 keys")
+        return _json(svc.replica.pending_of_video(video, {str(k) for k in keys}))
     if req.opcode is Opcode.PING:
         return b""
     raise ProtocolError(f"{req.opcode.name} is not served on the peer port", 400)

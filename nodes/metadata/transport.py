@@ -143,8 +143,9 @@ class FrameTransport:
             raise RemoteProtocolError(f"replica {peer}: malformed slot state", 502)
         return state
 
-    async def pending(self, peer: int, video_id: str) -> list[str]:
-        answer = await self._request(peer, Opcode.PENDING, video_id.encode())
+    async def pending(self, peer: int, video_id: str, known: list[str]) -> list[str]:
+        request = json.dumps({"video": video_id, "keys": known}).encode()
+        answer = await self._request(peer, Opcode.PENDING, request)
         return decode_answer(lambda d: [str(k) for k in d], _json(answer), "PENDING")
 
     async def aclose(self) -> None:
