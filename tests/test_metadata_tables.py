@@ -48,6 +48,15 @@ def histories(draw: st.DrawFn) -> list[tuple[str, int, dict[str, Any]]]:
         for step in steps:
             ballot += 64
             out.append((f"video/{vid}", ballot, video(vid, removed=step == "removed", status=step)))
+    for node in ("na", "nb", "nc"):  # nodes claiming (and moving between) a few URLs
+        for _ in range(draw(st.integers(0, 2))):
+            ballot += 64
+            url = draw(st.sampled_from(["http://h1:8081", "http://h2:8081"]))
+            since = f"2026-11-26 12:00:{draw(st.integers(0, 3)):02d}"
+            out.append((f"node/{node}", ballot, {"node_url": url, "node_id": node,
+                                                  "status": draw(st.sampled_from(["healthy",
+                                                                                  "down"])),
+                                                  "version": "1", "since": since}))
     for n in range(draw(st.integers(1, 6))):
         vid = draw(st.sampled_from(VIDEOS))
         seq = draw(st.integers(0, 2))  # collisions at one (video, sequence) on purpose
@@ -71,6 +80,8 @@ def tables(db: MetadataDB) -> dict[str, Any]:
         "replicas": db.query("SELECT * FROM chunk_replicas ORDER BY chunk_id, node_url"),
         "manifests": [db.chunks_of_video(v) for v in VIDEOS],
         "totals": [db.totals()],
+        "nodes": db.query("SELECT node_url, node_id, status, version FROM storage_nodes"
+                          " ORDER BY node_url"),
     }
 
 

@@ -15,8 +15,11 @@ or rewrites rows that belong to another register:
   chunk at (what ``visible_chunks`` lists): counted when the video row is
   written, and kept by adding one for each chunk at a new number, so it is
   a function of the same rows whatever the order;
-* ``redundancy_overrides`` and ``storage_nodes`` rows are the ``override/``
-  and ``node/`` values.
+* ``redundancy_overrides`` rows are the ``override/`` values; each
+  ``node/`` value is a row of ``node_claims`` (the URL that node claims),
+  and a ``storage_nodes`` row goes to the node that claimed its URL last
+  (``since``, then node id), so two node ids claiming one URL resolve the
+  same way everywhere.
 
 :func:`materialize` writes one value's rows; it raises on a value it cannot
 store (the caller rolls that value's rows back and logs it, never dies).
@@ -87,6 +90,14 @@ CREATE TABLE IF NOT EXISTS storage_nodes (
     version TEXT
 );
 CREATE TABLE IF NOT EXISTS redundancy_overrides (video_id TEXT PRIMARY KEY, mode TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS node_claims (
+    node_id TEXT PRIMARY KEY,
+    node_url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version TEXT,
+    since TEXT
+);
+CREATE INDEX IF NOT EXISTS node_claims_by_url ON node_claims (node_url);
 """
 
 #: Created after :func:`migrate` (it names a column older databases lack).
@@ -106,6 +117,9 @@ def migrate(cur: apsw.Cursor) -> None:
     if "committed_ns" not in columns:
         cur.execute("ALTER TABLE chunks ADD COLUMN committed_ns INTEGER NOT NULL DEFAULT 0")
     cur.execute(VIEWS)
+    if not list(cur.execute("SELECT 1 FROM node_claims LIMIT 1")):
+        cur.execute("INSERT OR IGNORE INTO node_claims (node_id, node_url, status, version, since)"
+                    " SELECT node_id, node_url, status, version, last_heartbeat FROM storage_nodes")
 
 
 def materialize(cur: apsw.Cursor, key: str, value: Value) -> None:
@@ -220,11 +234,33 @@ def _put_chunk(cur: apsw.Cursor, chunk_id: str, c: Value) -> None:
 
 
 def _put_node(cur: apsw.Cursor, node_id: str, value: Value) -> None:
+    """A node register claims one URL; of the nodes claiming a URL, the one
+    registered last (``since``, then node id) owns its ``storage_nodes`` row."""
     url = _text(value["node_url"])
+    old = [r[0] for r in cur.execute("SELECT node_url FROM node_claims WHERE node_id = ?",
+                                     (node_id,))]
+    since = value.get("since")
+    cur.execute(
+        "INSERT INTO node_claims (node_id, node_url, status, version, since) VALUES (?,?,?,?,?)"
+        " ON CONFLICT(node_id) DO UPDATE SET node_url = excluded.node_url,"
+        " status = excluded.status, version = excluded.version, since = excluded.since",
+        (node_id, url, _text(value["status"]), value.get("version"),
+         since if isinstance(since, str) else None))
+    for touched in {url, *old}:
+        _settle_url(cur, touched)
+
+
+def _settle_url(cur: apsw.Cursor, url: str) -> None:
+    winner = list(cur.execute(
+        "SELECT node_id, status, version, since FROM node_claims WHERE node_url = ?"
+        " ORDER BY COALESCE(since, '') DESC, node_id DESC LIMIT 1", (url,)))
+    if not winner:
+        cur.execute("DELETE FROM storage_nodes WHERE node_url = ?", (url,))
+        return
+    node_id, status, version, since = winner[0]
     cur.execute("DELETE FROM storage_nodes WHERE node_id = ? AND node_url != ?", (node_id, url))
     cur.execute(
         "INSERT INTO storage_nodes (node_url, node_id, status, version, last_heartbeat)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT(node_url) DO UPDATE SET"
-        " node_id = excluded.node_id, status = excluded.status,"
-        " version = excluded.version",
-        (url, node_id, _text(value["status"]), value.get("version"), value.get("since")))
+        " node_id = excluded.node_id, status = excluded.status, version = excluded.version",
+        (url, node_id, status, version, since))
