@@ -16,6 +16,24 @@ from protocol.errors import ConnectionLost
 log = logging.getLogger("test.jobs")
 
 
+async def run_script(outcomes: list[BaseException | None], *, every: float,
+                     seconds: float) -> list[float]:
+    """Run a job whose steps fail or succeed as ``outcomes`` say (then succeed) for
+    ``seconds`` of virtual time; returns the times of the gaps between steps."""
+    calls: list[float] = []
+
+    async def step() -> None:
+        calls.append(trio.current_time())
+        outcome = outcomes.pop(0) if outcomes else None
+        if outcome is not None:
+            raise outcome
+
+    with trio.move_on_after(seconds):
+        await run_forever("job", step, log=log, every=every,
+                          backoff=Backoff(initial=1.0, maximum=60.0, rng=random.Random(0)))
+    return [b - a for a, b in itertools.pairwise(calls)]
+
+
 def test_backoff_doubles_to_its_cap_with_jitter() -> None:
     b = Backoff(initial=1.0, maximum=8.0, rng=random.Random(1))
     delays = [b.next_delay() for _ in range(6)]
@@ -27,21 +45,9 @@ def test_backoff_doubles_to_its_cap_with_jitter() -> None:
 
 async def test_a_failing_step_backs_off_then_recovers(
         autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
-    calls: list[float] = []
-    outcomes: list[BaseException | None] = [ConnectionLost("peer down"), ValueError("a bug"),
-                                            ConnectionLost("still down"), None, None]
-
-    async def step() -> None:
-        calls.append(trio.current_time())
-        outcome = outcomes.pop(0) if outcomes else None
-        if outcome is not None:
-            raise outcome
-
     caplog.set_level(logging.DEBUG, logger="test.jobs")
-    with trio.move_on_after(100):
-        await run_forever("job", step, log=log, every=30.0,
-                          backoff=Backoff(initial=1.0, maximum=60.0, rng=random.Random(0)))
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    gaps = await run_script([ConnectionLost("peer down"), ValueError("a bug"),
+                             ConnectionLost("still down"), None, None], every=30.0, seconds=100)
     assert 0.75 <= gaps[0] <= 1.25
     assert 1.5 <= gaps[1] <= 2.5
     assert 3.0 <= gaps[2] <= 5.0
@@ -81,22 +87,9 @@ async def test_a_second_failure_streak_starts_over(
         autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
     # After a recovery the back-off starts again from its initial delay, and the
     # new streak is warned about once more (it is news, not a repeat).
-    calls: list[float] = []
-    outcomes: list[BaseException | None] = [ConnectionLost("down"), ConnectionLost("down"),
-                                            ConnectionLost("down"), None,
-                                            ConnectionLost("down again"), None]
-
-    async def step() -> None:
-        calls.append(trio.current_time())
-        outcome = outcomes.pop(0) if outcomes else None
-        if outcome is not None:
-            raise outcome
-
     caplog.set_level(logging.DEBUG, logger="test.jobs")
-    with trio.move_on_after(50):
-        await run_forever("job", step, log=log, every=10.0,
-                          backoff=Backoff(initial=1.0, maximum=60.0, rng=random.Random(0)))
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    gaps = await run_script([ConnectionLost("down"), ConnectionLost("down"), ConnectionLost("down"),
+                             None, ConnectionLost("down again"), None], every=10.0, seconds=50)
     assert gaps[3] == pytest.approx(10.0)  # recovered: the normal period
     assert 0.75 <= gaps[4] <= 1.25  # the new streak backs off from the start
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

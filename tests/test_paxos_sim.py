@@ -200,6 +200,17 @@ class CrashableDB(MetadataDB):
         self.close()
 
 
+async def start_cluster(tmp: Path, net: Net, nursery: trio.Nursery
+                        ) -> tuple[Cluster, tuple[PaxosReplica, PaxosReplica, PaxosReplica]]:
+    """All N replicas started; the cluster and replicas 0, 1 and 2."""
+    cluster = Cluster(tmp, net, nursery, SimReplica)
+    for i in range(N):
+        await cluster.start(i)
+    reps = [net.replicas[i] for i in range(N)]
+    assert all(r is not None for r in reps)
+    return cluster, (reps[0], reps[1], reps[2])  # type: ignore[return-value]
+
+
 class Cluster:
     def __init__(self, tmp: Path, net: Net, nursery: trio.Nursery,
                  replica_cls: type[PaxosReplica]) -> None:
@@ -573,13 +584,7 @@ async def test_a_read_barrier_shows_what_was_chosen_before_it(
     committed). After a barrier, replica 0's tables hold both, with no wait."""
     net = Net(random.Random(9), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp_path, net, nursery, SimReplica)
-        for i in range(N):
-            await cluster.start(i)
-        zero, one, two = (net.replicas[i] for i in range(N))
-        assert zero is not None
-        assert one is not None
-        assert two is not None
+        _, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
         net.cut = {frozenset((0, 1)), frozenset((0, 2))}
         await one.change("chunk/c0", lambda cur: {"video_id": "V", "log": ["c0"]}, op="c0")
         orphan = {"video_id": "V", "log": ["c1"], "v": 1, "op": "c1"}
@@ -682,13 +687,7 @@ async def test_a_read_barrier_sees_a_chunk_moved_to_another_video(
     it (the asker names the keys its tables hold for V) and settle it."""
     net = Net(random.Random(10), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp_path, net, nursery, SimReplica)
-        for i in range(N):
-            await cluster.start(i)
-        zero, one, two = (net.replicas[i] for i in range(N))
-        assert zero is not None
-        assert one is not None
-        assert two is not None
+        _, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
         chunk = {"video_id": "V", "log": ["c0"], "sequence_num": 0, "size_bytes": 10,
                  "checksum": "ab" * 32, "created_at": "2026-11-26 12:00:00", "replicas": []}
         await one.change("chunk/c0", lambda cur: chunk, op="c0")
