@@ -56,7 +56,6 @@ __all__ = [
     "Prepare",
     "Promise",
     "Reply",
-    "check_mac",
     "decode_batch",
     "decode_message",
     "decode_replies",
@@ -66,6 +65,8 @@ __all__ = [
     "encode_replies",
     "encode_reply",
     "frame_mac",
+    "sign",
+    "verify",
 ]
 
 MAX_BALLOT: Final = (1 << 53) - 1
@@ -372,13 +373,28 @@ def decode_replies(data: bytes | bytearray, sent: list[Message]) -> list[Reply]:
 
 
 def frame_mac(secret: bytes, opcode: int, request_id: int, status: int,
-              payload: bytes | bytearray) -> bytes:
-    """The HMAC-SHA256 that authenticates one replica frame (its ``key`` field)."""
-    mac = hmac.new(secret, struct.pack("!HIH", opcode, request_id, status), hashlib.sha256)
+              payload: bytes | bytearray, *, sender: int, receiver: int) -> bytes:
+    """HMAC-SHA256 over one replica frame: its opcode, request id, status, who sent
+    it to whom, and its payload (a frame for one replica is refused by another)."""
+    head = struct.pack("!HIHBB", opcode, request_id, status, sender, receiver)
+    mac = hmac.new(secret, head, hashlib.sha256)
     mac.update(payload)
     return mac.digest()
 
 
-def check_mac(secret: bytes, key: bytes, opcode: int, request_id: int, status: int,
-              payload: bytes | bytearray) -> bool:
-    return hmac.compare_digest(key, frame_mac(secret, opcode, request_id, status, payload))
+def sign(secret: bytes, opcode: int, request_id: int, status: int, payload: bytes | bytearray,
+         *, sender: int, receiver: int) -> bytes:
+    """The ``key`` field of a signed replica frame: the sender's id, then the MAC."""
+    return bytes([sender]) + frame_mac(secret, opcode, request_id, status, payload,
+                                       sender=sender, receiver=receiver)
+
+
+def verify(secret: bytes, key: bytes, opcode: int, request_id: int, status: int,
+           payload: bytes | bytearray, *, receiver: int) -> int | None:
+    """The sender's id if ``key`` signs this frame for ``receiver``, else ``None``."""
+    if len(key) != 1 + MAC_SIZE:
+        return None
+    sender = key[0]
+    expected = frame_mac(secret, opcode, request_id, status, payload, sender=sender,
+                         receiver=receiver)
+    return sender if hmac.compare_digest(key[1:], expected) else None

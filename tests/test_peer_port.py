@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +29,8 @@ from protocol.consensus import (
     decode_replies,
     encode_batch,
     encode_replies,
-    frame_mac,
+    sign,
+    verify,
 )
 from protocol.frames import Opcode
 from tools.launch import free_port
@@ -120,7 +122,7 @@ async def test_a_forged_commit_is_never_learned(start_metadata: Callable[..., An
     # the refusal above was the MAC's doing, not the message's.
     async with open_frame_client("127.0.0.1", peer_port) as client:
         rid = client.next_request_id()
-        mac = frame_mac(SECRET, Opcode.PAXOS, rid, 0, payload)
+        mac = sign(SECRET, Opcode.PAXOS, rid, 0, payload, sender=1, receiver=0)
         answer = await client.request(Opcode.PAXOS, mac, payload, request_id=rid)
     assert answer.status == 200
     with trio.fail_after(5):
@@ -152,8 +154,8 @@ async def test_a_signed_but_malformed_request_is_a_400(
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
     async with open_frame_client("127.0.0.1", peer_port) as client:
         rid = client.next_request_id()
-        answer = await client.request(opcode, frame_mac(SECRET, opcode, rid, 0, payload), payload,
-                                      request_id=rid)
+        key = sign(SECRET, opcode, rid, 0, payload, sender=1, receiver=0)
+        answer = await client.request(opcode, key, payload, request_id=rid)
     assert answer.status == 400
 
 
@@ -192,3 +194,57 @@ async def test_the_peer_port_serves_a_bounded_number_of_connections(
     finally:
         for stream in held:
             await stream.aclose()
+
+
+@pytest.mark.parametrize(("sender", "receiver"), [(1, 2), (0, 0), (5, 0)])
+async def test_a_frame_signed_for_another_pair_is_refused(
+        start_metadata: Callable[..., Any], sender: int, receiver: int) -> None:
+    """A MAC binds a frame to who sent it to whom: one meant for another replica,
+    one claiming to come from the receiver itself, or from no replica of the
+    cluster, is refused like a forgery."""
+    port, peer_port = free_port(), free_port()
+    svc = await start_metadata(
+        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}",
+               f"http://127.0.0.1:{free_port()}"),
+        peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}",
+                        f"127.0.0.1:{free_port()}"))
+    payload = encode_batch(Batch(sender=1, messages=(Prepare(key="video/x", ballot=900),)))
+    async with open_frame_client("127.0.0.1", peer_port) as client:
+        rid = client.next_request_id()
+        key = sign(SECRET, Opcode.PAXOS, rid, 0, payload, sender=sender, receiver=receiver)
+        answer = await client.request(Opcode.PAXOS, key, payload, request_id=rid)
+    assert answer.status == 401
+    assert "video/x" not in svc.replica.acceptor.slots  # the prepare was never looked at
+    async with open_frame_client("127.0.0.1", peer_port) as client:  # the same, signed right
+        rid = client.next_request_id()
+        key = sign(SECRET, Opcode.PAXOS, rid, 0, payload, sender=1, receiver=0)
+        answer = await client.request(Opcode.PAXOS, key, payload, request_id=rid)
+    assert answer.status == 200
+    assert verify(SECRET, answer.key, Opcode.PAXOS, rid, 200, answer.payload, receiver=1) == 0
+    assert "video/x" in svc.replica.acceptor.slots
+
+
+def test_an_answer_must_be_signed_by_the_peer_asked_errors_included() -> None:
+    from nodes.metadata.transport import FrameTransport
+    from protocol.errors import RemoteProtocolError
+    from protocol.frames import FLAG_RESPONSE, Frame
+    from vstack.settings import MetadataSettings
+
+    settings = MetadataSettings(
+        database=Path("unused.db"), replica_id=0, cluster_secret=SECRET,
+        peers=("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"))
+    transport = FrameTransport(settings)
+
+    def answer(status: int, key: bytes) -> Frame:
+        return Frame(opcode=Opcode.PAXOS, request_id=7, status=status, payload=b"oops",
+                     flags=FLAG_RESPONSE, key=key)
+
+    signed_error = sign(SECRET, Opcode.PAXOS, 7, 503, b"oops", sender=1, receiver=0)
+    with pytest.raises(RemoteProtocolError, match="refused"):  # a real error of replica 1
+        transport._check(1, answer(503, signed_error))
+    for key in (b"", signed_error):  # forged (unsigned), or replica 1's answer passed off as 2's
+        with pytest.raises(RemoteProtocolError, match="without a valid MAC"):
+            transport._check(2, answer(503, key))
+    ok = sign(SECRET, Opcode.PAXOS, 7, 200, b"oops", sender=2, receiver=0)
+    transport._check(2, answer(200, ok))

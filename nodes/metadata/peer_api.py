@@ -26,11 +26,11 @@ from nodes.net.frame_server import FrameLimits, FrameSession, serve_frames
 from protocol.consensus import (
     CATCH_UP_REQUEST,
     MAX_PEER_PAYLOAD,
-    check_mac,
     decode_batch,
     encode_message,
     encode_replies,
-    frame_mac,
+    sign,
+    verify,
 )
 from protocol.errors import ProtocolError
 from protocol.frames import Frame, Opcode, response
@@ -64,45 +64,54 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback
 
 
-def _check_peer(svc: MetadataService, session: FrameSession, req: Frame) -> None:
+def _check_peer(svc: MetadataService, session: FrameSession, req: Frame) -> int:
+    """The authenticated sender's replica id (-1 in open mode, where nothing is signed)."""
     secret = svc.settings.cluster_secret
     if secret is not None:
-        if not check_mac(secret, req.key, req.opcode, req.request_id, 0, req.payload):
+        me = svc.settings.replica_id
+        sender = verify(secret, req.key, req.opcode, req.request_id, 0, req.payload, receiver=me)
+        if sender is None or sender == me or sender >= svc.settings.replicas:
             raise Unauthenticated("bad or missing MAC (is CLUSTER_SECRET the same everywhere?)")
-        return
+        return sender
     try:
         loopback = is_loopback(session.stream.socket.getpeername()[0])
     except (OSError, AttributeError):
         loopback = False
     if not loopback:
         raise Unauthenticated("no CLUSTER_SECRET is configured, so only loopback peers are served")
+    return -1
 
 
 async def _answer(svc: MetadataService, session: FrameSession, req: Frame, status: int,
-                  payload: bytes) -> None:
+                  payload: bytes, peer: int) -> None:
+    """An answer signed for ``peer`` (errors too: a forged error is refused as well)."""
     secret = svc.settings.cluster_secret
     frame = response(req, status, payload)
     if secret is not None:
+        key = sign(secret, req.opcode, req.request_id, status, payload,
+                   sender=svc.settings.replica_id, receiver=peer)
         frame = Frame(opcode=frame.opcode, request_id=frame.request_id, status=frame.status,
-                      payload=payload, flags=frame.flags,
-                      key=frame_mac(secret, req.opcode, req.request_id, status, payload))
+                      payload=payload, flags=frame.flags, key=key)
     await session.send(frame)
 
 
 async def handle(svc: MetadataService, session: FrameSession, req: Frame) -> None:
     """Answer one peer frame; a frame that is not authentic closes the connection."""
     try:
-        _check_peer(svc, session, req)
+        peer = _check_peer(svc, session, req)
     except Unauthenticated as exc:
         log.warning("%s", exc.msg)
         await session.send(response(req, 401, exc.msg.encode()))
         await session.stream.aclose()
         return
+    status = 200
     try:
         payload = await _dispatch(svc, req)
     except (ValueError, struct.error) as exc:  # struct.error is no ValueError
-        raise ProtocolError(f"malformed {req.opcode.name} request: {exc}", 400) from None
-    await _answer(svc, session, req, 200, payload)
+        status, payload = 400, f"malformed {req.opcode.name} request: {exc}".encode()
+    except ProtocolError as exc:
+        status, payload = exc.status, exc.msg.encode()
+    await _answer(svc, session, req, status, payload, peer)
 
 
 async def _dispatch(svc: MetadataService, req: Frame) -> bytes:

@@ -27,11 +27,11 @@ from protocol.consensus import (
     Commit,
     Message,
     Reply,
-    check_mac,
     decode_message,
     decode_replies,
     encode_batch,
-    frame_mac,
+    sign,
+    verify,
 )
 from protocol.errors import RemoteProtocolError
 from protocol.frames import Frame, Opcode
@@ -90,7 +90,8 @@ class FrameTransport:
     async def _request(self, peer: int, opcode: Opcode, payload: bytes) -> bytes | bytearray:
         client = await self._client(peer)
         rid = client.next_request_id()
-        key = b"" if self.secret is None else frame_mac(self.secret, opcode, rid, 0, payload)
+        key = b"" if self.secret is None else sign(self.secret, opcode, rid, 0, payload,
+                                                    sender=self.self_id, receiver=peer)
         try:
             frame = await client.request(opcode, key, payload, request_id=rid)
         except BaseException:
@@ -112,12 +113,14 @@ class FrameTransport:
             await client.aclose()
 
     def _check(self, peer: int, frame: Frame) -> None:
+        """The answer is the peer's (signed by it, for us), and a success."""
+        if self.secret is not None and verify(
+                self.secret, frame.key, frame.opcode, frame.request_id, frame.status,
+                frame.payload, receiver=self.self_id) != peer:
+            raise RemoteProtocolError(f"replica {peer} answered without a valid MAC "
+                                      f"({frame.status}: {frame.message[:80]})", 502)
         if frame.status >= 400:
             raise RemoteProtocolError(f"replica {peer} refused: {frame.message}", 502)
-        if self.secret is not None and not check_mac(self.secret, frame.key, frame.opcode,
-                                                     frame.request_id, frame.status,
-                                                     frame.payload):
-            raise RemoteProtocolError(f"replica {peer} answered without a valid MAC", 502)
 
     async def call(self, peer: int, batch: list[Message]) -> list[Reply]:
         payload = encode_batch(Batch(sender=self.self_id, messages=tuple(batch)))
