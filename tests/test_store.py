@@ -192,3 +192,22 @@ def test_crash_in_the_middle_of_compaction(tmp_path: Path, checkpoint_before_cra
     assert {k: read(again, k) for k in (b"a", b"b", b"c", b"d")} == {
         b"a": b"a" * 500, b"b": None, b"c": b"c" * 500, b"d": b"d" * 500}
     assert len(again.index) == 3
+
+
+def test_a_dropped_quarantined_chunk_is_no_longer_counted(tmp_path: Path) -> None:
+    store = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
+    try:
+        put(store, b"good", b"g" * 100)
+        put(store, b"bad", b"b" * 100)
+        loc = store.lookup(b"bad")
+        assert loc is not None
+        store.quarantine(loc, "test")
+        assert store.statistics().chunk_count == 1
+        loc = store.lookup(b"bad")
+        assert loc is not None
+        store.drop(loc)
+        assert store.lookup(b"bad") is None
+        assert "bad" not in store.quarantined
+        assert store.statistics().chunk_count == 1  # the good one, not 1 - 1
+    finally:
+        store.close()

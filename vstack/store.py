@@ -389,6 +389,7 @@ class SuperblockStore:
         """Forget a (quarantined) chunk without writing a tombstone."""
         if self._same(loc):
             self.index.remove(loc.row)
+            self.quarantined.pop(loc.key.decode(), None)  # no longer held: not counted either
 
     def retire(self, sb_id: int) -> Path:
         """Stop using superblock ``sb_id``; the caller then checkpoints and unlinks it."""

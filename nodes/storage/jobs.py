@@ -111,6 +111,10 @@ async def _copy_forward(node: StorageNode, loc: Location) -> bool:
             store.quarantine(current, "CRC32C mismatch found by compaction")
             store.drop(current)
             return False
+        latest = store.lookup(loc.key)
+        if latest is None or (latest.sb, latest.offset, latest.seq) != (
+                current.sb, current.offset, current.seq):
+            continue  # deleted or rewritten while we read it: a copy now would outlive that
         try:
             pw = store.reserve_copy(rec, data)
         except Busy as busy:
