@@ -41,6 +41,19 @@ def test_imports_point_down_only(layer: str) -> None:
     assert bad == []
 
 
+def dynamic_imports_of(path: Path) -> list[tuple[str, int]]:
+    """Calls that import by name at run time (``importlib.import_module(...)``,
+    ``__import__(...)``), which the import checks above cannot follow."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("import_module", "__import__"):
+                found.append((name, node.lineno))
+    return found
+
+
 @pytest.mark.parametrize("layer", ["protocol", "vstack"])
 def test_lower_layers_do_no_network_io(layer: str) -> None:
     bad = [
@@ -50,6 +63,16 @@ def test_lower_layers_do_no_network_io(layer: str) -> None:
         if name.split(".")[0] in IO_MODULES
     ]
     assert bad == []
+    dynamic = [f"{path.relative_to(ROOT)}:{line} calls {name}"
+               for path in sorted((ROOT / layer).rglob("*.py"))
+               for name, line in dynamic_imports_of(path)]
+    assert dynamic == []
+
+
+def test_the_checker_sees_a_dynamic_import(tmp_path: Path) -> None:
+    planted = tmp_path / "sneaky.py"
+    planted.write_text("import importlib\nt = importlib.import_module('trio')\n")
+    assert dynamic_imports_of(planted) == [("import_module", 2)]
 
 
 def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:

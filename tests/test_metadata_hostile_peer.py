@@ -52,3 +52,34 @@ async def test_replica_survives_a_hostile_peer(
             assert "outcome is unknown" in write.json()["error"]
     assert "/health" in node.requests
     assert (await request("GET", f"{base}/videos")).json() == []
+
+
+async def test_decisions_in_flight_are_capped(
+    clock: trio.testing.MockClock, nursery: trio.Nursery, start_metadata: Callable[..., Any]
+) -> None:
+    """With its peer hung, a round waits out its deadline; meanwhile a replica at its
+    cap of rounds in flight refuses more at once (503, nothing proposed) instead of
+    queueing them behind."""
+    peer = HostileServer()
+    peer.mode = "hang"
+    peer_port = await nursery.start(peer.serve)
+    port, own_peer_port = free_port(), free_port()
+    svc = await start_metadata(
+        port=port, replica_id=0, max_rounds_in_flight=1,
+        peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+        peer_port=own_peer_port,
+        peer_addresses=(f"127.0.0.1:{own_peer_port}", f"127.0.0.1:{peer_port}"))
+    base = f"http://127.0.0.1:{svc.port}"
+    answers: list[int] = []
+
+    async def create() -> None:
+        res = await request("POST", f"{base}/video", json_body={"title": "t", "duration_sec": 5})
+        answers.append(res.status)
+        if res.status == 503 and "busy" in res.json()["error"]:
+            answers.append(-1)
+
+    async with trio.open_nursery() as both:
+        both.start_soon(create)
+        await trio.sleep(0.5)  # the first round is in flight, waiting for the hung peer
+        both.start_soon(create)
+    assert sorted(answers) == [-1, 503, 503]  # one busy refusal at once, one no-quorum

@@ -85,6 +85,7 @@ class MetadataSettings:
     peer_port: int | None = None  # replica-to-replica listener; None: port + 100; 0: any free port
     peer_addresses: tuple[str, ...] = ()  # each replica's host:port for peer traffic (default: derived)
     cluster_secret: bytes | None = None  # authenticates peer traffic; None: loopback peers only
+    max_rounds_in_flight: int = 2000  # decisions at once; more are refused with a 503
     read_timeout: float = 30.0
     idle_timeout: float = 75.0
 

@@ -49,6 +49,7 @@ class MetadataService:
         self.port = 0
         self.peer_port = 0  # the replica-to-replica listener (0 with a single replica)
         self._db_limiter = trio.CapacityLimiter(1)
+        self._rounds = trio.Semaphore(settings.max_rounds_in_flight)
         self.storage: StoragePool  # set by the service: connections to the storage nodes
 
     async def run_db(self, fn: Callable[[], T]) -> T:
@@ -56,11 +57,23 @@ class MetadataService:
         return await trio.to_thread.run_sync(fn, limiter=self._db_limiter)
 
     async def decide(self, key: str, change: Change, *, fresh: bool = False) -> Value | None:
-        """A Paxos round; ChangeRejected becomes the HTTP error it names."""
+        """A Paxos round; ChangeRejected becomes the HTTP error it names.
+
+        At most ``max_rounds_in_flight`` (a setting) run at once; past that the answer
+        is 503 at once (nothing proposed): queueing more would only make every
+        round late, time out and retry, adding traffic to an overloaded cluster.
+        """
+        try:
+            self._rounds.acquire_nowait()
+        except trio.WouldBlock:
+            raise ProtocolError("metadata replica busy: too many decisions in flight; "
+                                "retry shortly (nothing was proposed)", 503) from None
         try:
             return await self.replica.change(key, change, fresh=fresh, leader_fast=True)
         except ChangeRejected as exc:
             raise ProtocolError(exc.reason, exc.status) from None
+        finally:
+            self._rounds.release()
 
     def now(self) -> float:
         return trio.current_time()
