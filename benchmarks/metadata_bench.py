@@ -64,7 +64,8 @@ def start_replicas(work: Path, count: int, **env: str) -> tuple[list[subprocess.
                 else "", "METADATA_PEER_PORT": str(peer_ports[i]),
                 "METADATA_PEER_ADDRS": ",".join(f"127.0.0.1:{p}" for p in peer_ports)
                 if count > 1 else "",
-                "CLUSTER_SECRET": "benchmark cluster secret, 32 byte", **env}
+                "CLUSTER_SECRET": "benchmark cluster secret, 32 byte",
+                "METADATA_BOOTSTRAP": "1", **env}
         procs.append(subprocess.Popen([sys.executable, "-m", "tools.node_cli", "metadata"],
                                       env=full, cwd=ROOT))
     for p in ports:

@@ -98,6 +98,7 @@ class Opcode(enum.IntEnum):
     VIEWS = 18  # the replica's own view counters
     SLOT = 19  # the acceptor state of one key
     PENDING = 20  # keys of one video accepted here but not learned (for linearizable reads)
+    FLOOR = 21  # the highest round the replica has seen or may use (for a replica that joins)
 
 
 class NeedData:

@@ -51,8 +51,9 @@ async def wait_up(port: int) -> None:
     with trio.fail_after(20):
         while True:
             try:
-                if (await request("GET", f"http://127.0.0.1:{port}/health")).status == 200:
-                    return
+                res = await request("GET", f"http://127.0.0.1:{port}/health")
+                if res.status == 200 and not res.json().get("joining"):
+                    return  # up, and voting (a new replica joins the others first)
             except TransportError:
                 pass
             await trio.sleep(0.05)

@@ -31,7 +31,7 @@ async def test_replica_survives_a_hostile_peer(
     node_port = await nursery.start(node.serve)
     port, own_peer_port = free_port(), free_port()
     svc = await start_metadata(
-        port=port, replica_id=0,
+        port=port, replica_id=0, bootstrap=True,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_port=own_peer_port,
         peer_addresses=(f"127.0.0.1:{own_peer_port}", f"127.0.0.1:{peer_port}"),
@@ -65,7 +65,7 @@ async def test_decisions_in_flight_are_capped(
     peer_port = await nursery.start(peer.serve)
     port, own_peer_port = free_port(), free_port()
     svc = await start_metadata(
-        port=port, replica_id=0, max_rounds_in_flight=1,
+        port=port, replica_id=0, bootstrap=True, max_rounds_in_flight=1,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_port=own_peer_port,
         peer_addresses=(f"127.0.0.1:{own_peer_port}", f"127.0.0.1:{peer_port}"))

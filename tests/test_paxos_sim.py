@@ -121,8 +121,12 @@ class SimTransport:
     async def changes(self, peer: int, since: int, limit: int) -> tuple[str, list[Change]]:
         return await (await self._reach(peer)).changes_since(since, limit)
 
-    async def pending(self, peer: int, video_id: str, known: list[str]) -> list[str]:
-        return (await self._reach(peer)).pending_of_video(video_id, set(known))
+    async def pending(self, peer: int, video_id: str, known: list[str], *,
+                      every: bool = False) -> list[str]:
+        return (await self._reach(peer)).pending_of_video(video_id, set(known), every=every)
+
+    async def floor(self, peer: int) -> tuple[int, int]:
+        return (await self._reach(peer)).highest_round()
 
 
 def append_to_log(op: str) -> Callable[[Value | None], Value | None]:
@@ -213,20 +217,22 @@ async def start_cluster(tmp: Path, net: Net, nursery: trio.Nursery
 
 class Cluster:
     def __init__(self, tmp: Path, net: Net, nursery: trio.Nursery,
-                 replica_cls: type[PaxosReplica]) -> None:
+                 replica_cls: type[PaxosReplica], *, bootstrap: bool = True) -> None:
         self.tmp, self.net, self.nursery, self.cls = tmp, net, nursery, replica_cls
+        self.bootstrap = bootstrap  # False: new replicas join first, as in production
         self.scopes: dict[int, trio.CancelScope] = {}
         self.dbs: dict[int, CrashableDB] = {}
         self.chosen: list[tuple[str, int, tuple[str, ...]]] = []
         self.instances: list[PaxosReplica] = []
 
-    async def start(self, i: int) -> None:
+    async def start(self, i: int, *, bootstrap: bool | None = None) -> None:
         async def blocking(fn: Callable[[], Any]) -> Any:
             return fn()  # synchronous: time stands still while SQLite works
 
         db = self.dbs[i] = CrashableDB(self.tmp / f"replica-{i}.db", synchronous="OFF")
         rep = self.cls(i, N, db, self.net.transport(i), run_blocking=blocking,
-                       rng=random.Random(self.net.rng.random()), phase_timeout=0.3, deadline=5.0)
+                       rng=random.Random(self.net.rng.random()), phase_timeout=0.3, deadline=5.0,
+                       bootstrap=self.bootstrap if bootstrap is None else bootstrap)
         if isinstance(rep, SimReplica):
             rep.chosen_log = self.chosen
         self.instances.append(rep)
@@ -236,6 +242,7 @@ class Cluster:
             with scope:
                 async with trio.open_nursery() as jobs:  # as the service runs them
                     await jobs.start(rep.run)
+                    jobs.start_soon(rep.join)
                     jobs.start_soon(rep.recover)
                     jobs.start_soon(housekeeping, rep)
 
@@ -255,18 +262,22 @@ class Cluster:
 
 
 async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosReplica] = SimReplica,
-                   clients: int = 6) -> dict[str, Any]:
+                   clients: int = 6, bootstrap: bool = False) -> dict[str, Any]:
+    """``bootstrap=False``: the replicas start as a new cluster does in production,
+    each joining before it votes."""
     rng = random.Random(seed)
     net = Net(rng)
     acked: list[tuple[str, str]] = []
     failed = 0
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp, net, nursery, replica_cls)
+        cluster = Cluster(tmp, net, nursery, replica_cls, bootstrap=bootstrap)
         for i in range(N):
             await cluster.start(i)
 
         async def client(c: int) -> None:
             nonlocal failed
+            while any(r is not None and r.joining for r in net.replicas.values()):
+                await trio.sleep(0.05)  # a new cluster: every replica joins first
             for j in range(ops // clients):
                 key, op = KEYS[rng.randrange(len(KEYS))], f"c{c}-{j}"
                 if rng.random() < 0.3:  # a key few have used (a new chunk, say), used again later
@@ -327,6 +338,9 @@ async def simulate(tmp: Path, seed: int, *, ops: int, replica_cls: type[PaxosRep
         # refused change on every key (a retried DELETE that answers 404)
         # leaves a higher promise everywhere, replica 2 included: that must
         # not stop it from learning what was chosen while it was away.
+        with trio.fail_after(30):  # a replica that restarted mid-join finishes joining
+            while any(r is not None and r.joining for r in net.replicas.values()):
+                await trio.sleep(0.1)
         keys = sorted({k for k, _, _ in cluster.chosen})
         net.cut = {frozenset((2, 0)), frozenset((2, 1))}
         with trio.fail_after(60):
@@ -451,8 +465,9 @@ class UnguardedFastPath(SimReplica):
 
     async def change(self, key: str, change: Callable[[Value | None], Value | None], *,
                      op: str | None = None, fresh: bool = False,
-                     leader_fast: bool = False) -> Value | None:
-        return await super().change(key, change, op=op, fresh=fresh or leader_fast)
+                     leader_fast: bool = False, joining_read: bool = False) -> Value | None:
+        return await super().change(key, change, op=op, fresh=fresh or leader_fast,
+                                    joining_read=joining_read)
 
 
 class ReplyBeforePersist(SimReplica):
@@ -478,7 +493,8 @@ async def test_planted_bugs_are_caught(
     caught = 0
     for seed in (1, 2, 3):
         trio._core._run._r.seed(seed)
-        result = await simulate(tmp_path / f"s{seed}", seed, ops=600, replica_cls=bug)
+        result = await simulate(tmp_path / f"s{seed}", seed, ops=600, replica_cls=bug,
+                                bootstrap=True)
         try:
             check(result)
         except AssertionError:
@@ -704,4 +720,50 @@ async def test_a_read_barrier_sees_a_chunk_moved_to_another_video(
         learned = zero.db.learned_value("chunk/c0")
         assert learned is not None
         assert learned[1]["video_id"] == "W"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("votes_at_once", [False, True])
+async def test_a_replica_that_lost_its_database_joins_before_it_votes(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, votes_at_once: bool
+) -> None:
+    """A value is chosen by replicas 1 and 2 (its proposer died before committing).
+    Replica 2 loses its database and restarts while replica 1 is cut off. If it
+    voted at once, replicas 0 and 2 would form a quorum that has never heard of
+    the value and overwrite it (the planted bug, ``votes_at_once``). Joining, it
+    votes only after settling what replica 1 holds: the value survives."""
+    net = Net(random.Random(11), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
+        value = {"log": ["chosen"], "v": 1, "op": "chosen"}  # replica 2's copy is about to go
+        for rep in (one, two):  # accepted by a quorum: chosen, never committed
+            [reply] = await rep.handle_batch(
+                [Accept(key="k", ballot=Ballot(9, 1).to_int(), value=value)])
+            assert isinstance(reply, Accepted)
+            assert reply.ok
+        cluster.crash(2)
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"replica-2.db{suffix}").unlink(missing_ok=True)
+        net.cut = {frozenset((1, 0)), frozenset((1, 2))}
+        await cluster.start(2, bootstrap=votes_at_once)
+        restarted = net.replicas[2]
+        assert restarted is not None
+        assert restarted.joining is not votes_at_once
+        outcome: list[Any] = []
+        try:
+            outcome.append(await zero.change("k", lambda cur: None))
+        except NoQuorum:
+            outcome.append("no quorum")
+        if votes_at_once:
+            assert outcome == [None]  # the chosen value is gone: the bug, shown
+            nursery.cancel_scope.cancel()
+            return
+        assert outcome == ["no quorum"]  # replica 2 does not vote yet: nothing decided
+        net.cut = set()
+        with trio.fail_after(30):
+            while restarted.joining:
+                await trio.sleep(0.1)
+        read = await zero.change("k", lambda cur: None)
+        assert read is not None
+        assert read["log"] == ["chosen"]
         nursery.cancel_scope.cancel()

@@ -102,7 +102,7 @@ def test_malformed_batches_are_refused(data: bytes) -> None:
 async def test_a_forged_commit_is_never_learned(start_metadata: Callable[..., Any]) -> None:
     port, peer_port = free_port(), free_port()
     svc = await start_metadata(
-        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
     video = {"video_id": "forged", "title": "forged", "duration_sec": 5, "status": "active",
@@ -149,7 +149,7 @@ async def test_a_signed_but_malformed_request_is_a_400(
         start_metadata: Callable[..., Any], opcode: Opcode, payload: bytes) -> None:
     port, peer_port = free_port(), free_port()
     await start_metadata(
-        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
     async with open_frame_client("127.0.0.1", peer_port) as client:
@@ -176,7 +176,7 @@ async def test_the_peer_port_serves_a_bounded_number_of_connections(
 
     port, peer_port = free_port(), free_port()
     await start_metadata(
-        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
     cap = PEER_CONNECTIONS_PER_REPLICA * 2
@@ -204,7 +204,7 @@ async def test_a_frame_signed_for_another_pair_is_refused(
     cluster, is refused like a forgery."""
     port, peer_port = free_port(), free_port()
     svc = await start_metadata(
-        port=port, replica_id=0, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}",
                f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}",
@@ -232,7 +232,7 @@ def test_an_answer_must_be_signed_by_the_peer_asked_errors_included() -> None:
     from vstack.settings import MetadataSettings
 
     settings = MetadataSettings(
-        database=Path("unused.db"), replica_id=0, cluster_secret=SECRET,
+        database=Path("unused.db"), replica_id=0, bootstrap=True, cluster_secret=SECRET,
         peers=("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"))
     transport = FrameTransport(settings)
 

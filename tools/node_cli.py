@@ -175,6 +175,9 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
               help="Each replica's host:port for traffic between replicas, comma-separated, in "
               "METADATA_PEERS order [env METADATA_PEER_ADDRS; default: each peer's HTTP port "
               "+ 100].")
+@click.option("--bootstrap/--no-bootstrap", envvar="METADATA_BOOTSTRAP", default=False,
+              help="A new cluster: a replica with an empty database votes at once instead of "
+              "joining first (only when every replica is new) [env METADATA_BOOTSTRAP].")
 @click.option("--cluster-secret", envvar="CLUSTER_SECRET", default=None, show_default=False,
               help="Shared secret (16+ bytes) authenticating traffic between replicas "
               "[env CLUSTER_SECRET; unset: replicas accept peers on loopback only].")
@@ -182,7 +185,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
              heartbeat_interval: float, node_timeout: float, popularity_threshold: int,
              storage_nodes: str, aliases: str, views_merge_interval: float,
              chunk_duration: float, peer_port: int | None, peer_addrs: str,
-             cluster_secret: str | None) -> None:
+             bootstrap: bool, cluster_secret: str | None) -> None:
     """Run one metadata replica: videos, chunk placements and nodes, agreed by Paxos."""
     try:
         settings = MetadataSettings(
@@ -193,6 +196,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
             views_merge_interval=views_merge_interval, chunk_duration=round(chunk_duration),
             peer_port=peer_port, peer_addresses=_split(peer_addrs),
             cluster_secret=cluster_secret.encode() if cluster_secret else None,
+            bootstrap=bootstrap,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -115,7 +115,9 @@ class MetadataDB(MetadataReads):
             cur.execute(SCHEMA)
             cur.execute(TABLES)
             migrate(cur)
-            if self.get_meta("epoch") is None:
+            #: Made by this open: a replica with no past (new, or its state lost).
+            self.created = self.get_meta("epoch") is None
+            if self.created:
                 self.set_meta("epoch", uuid.uuid4().hex)
             if not self._rows("SELECT 1 FROM learned LIMIT 1"):
                 self._learn_committed_slots(cur)

@@ -120,6 +120,12 @@ class Acceptor:
 
     def __init__(self, slots: Mapping[str, Slot] | None = None) -> None:
         self.slots: dict[str, Slot] = dict(slots or {})
+        #: A promise made to every key at once: set when an acceptor rejoins with
+        #: its state lost, above any ballot it may have promised before.
+        self.floor: Ballot = ZERO
+
+    def _promised(self, slot: Slot) -> Ballot:
+        return max(slot.promised, self.floor)
 
     def outranks(self, new: Ballot, old: Ballot) -> bool:
         """``new >= old``: compared whole, round then replica."""
@@ -128,8 +134,8 @@ class Acceptor:
     def prepare(self, key: str, ballot: Ballot) -> tuple[Reply, Slot | None]:
         """Phase 1. Returns the reply and the slot to persist (``None``: unchanged)."""
         slot = self.slots.get(key, Slot())
-        if not self.outranks(ballot, slot.promised):
-            return Reply(ok=False, promised=slot.promised), None
+        if not self.outranks(ballot, self._promised(slot)):
+            return Reply(ok=False, promised=self._promised(slot)), None
         changed = None
         if ballot != slot.promised:
             phase = Phase.PREPARE if slot.phase is not Phase.COMMITTED else slot.phase
@@ -139,8 +145,8 @@ class Acceptor:
     def accept(self, key: str, ballot: Ballot, value: Value) -> tuple[Reply, Slot | None]:
         """Phase 2. Returns the reply and the slot to persist (``None``: unchanged)."""
         slot = self.slots.get(key, Slot())
-        if not self.outranks(ballot, slot.promised):
-            return Reply(ok=False, promised=slot.promised), None
+        if not self.outranks(ballot, self._promised(slot)):
+            return Reply(ok=False, promised=self._promised(slot)), None
         if slot.accepted == ballot and slot.value == value:
             return Reply(ok=True, promised=ballot, accepted=ballot), None  # a duplicate
         new = self.slots[key] = Slot(promised=ballot, accepted=ballot, value=value,

@@ -86,6 +86,7 @@ class MetadataSettings:
     peer_addresses: tuple[str, ...] = ()  # each replica's host:port for peer traffic (default: derived)
     cluster_secret: bytes | None = None  # authenticates peer traffic; None: loopback peers only
     max_rounds_in_flight: int = 2000  # decisions at once; more are refused with a 503
+    bootstrap: bool = False  # a new cluster: vote at once, with no past to join
     read_timeout: float = 30.0
     idle_timeout: float = 75.0
 

@@ -39,6 +39,7 @@ async def health(svc: MetadataService, req: Request, body: Body) -> Response:
                "healthy_nodes": sum(1 for r in records if r.status == "healthy"),
                "total_nodes": len(records), "database_status": "healthy",
                "replica_id": svc.settings.replica_id, "replicas": svc.settings.replicas,
+               "joining": svc.replica.joining,
                "version": svc.version, "consensus": dict(svc.replica.stats)})
 
 

@@ -37,7 +37,8 @@ from protocol.errors import ProtocolError, RemoteProtocolError, VStackError
 from vstack.metadata_db import Learned, MetadataDB
 from vstack.paxos import Acceptor, Ballot, ChangeRejected, Slot, Value
 
-__all__ = ["CATCH_UP_PAGE", "Change", "LearnerMixin", "NoQuorum", "ReplicaStopped"]
+__all__ = ["CATCH_UP_PAGE", "Change", "LearnerMixin", "NoQuorum", "ReplicaJoining",
+           "ReplicaStopped"]
 
 log = logging.getLogger("vstack.paxos")
 
@@ -68,6 +69,14 @@ class ReplicaStopped(ProtocolError):
         super().__init__("metadata replica is stopping", 503)
 
 
+class ReplicaJoining(ReplicaStopped):
+    """This replica is joining the cluster: it neither votes nor proposes yet."""
+
+    def __init__(self) -> None:
+        ProtocolError.__init__(self, "metadata replica is joining the cluster (catching up "
+                                     "before it votes); retry on another replica", 503)
+
+
 class LearnerMixin:
     """Learning, catch-up and settling; mixed into :class:`~.paxos_replica.PaxosReplica`."""
 
@@ -83,6 +92,9 @@ class LearnerMixin:
     _gen: int
     _cursors: dict[int, tuple[str, int]]
     _accepted_at: dict[str, float]
+    _ceiling: int
+    joining: bool
+    joined: trio.Event
     unlearned: set[str]
 
     def _changed(self, key: str, slot: Slot | None, *, promise: bool = True) -> None:
@@ -93,7 +105,7 @@ class LearnerMixin:
 
     async def change(self, key: str, change: Callable[[Value | None], Value | None],
                      *, op: str | None = None, fresh: bool = False,
-                     leader_fast: bool = False) -> Value | None:
+                     leader_fast: bool = False, joining_read: bool = False) -> Value | None:
         raise NotImplementedError
 
     def _learn(self, key: str, ballot: Ballot, value: Value) -> bool:
@@ -181,12 +193,15 @@ class LearnerMixin:
 
     # -- linearizable reads -------------------------------------------------------------------
 
-    def pending_of_video(self, video_id: str, known: Collection[str] = ()) -> list[str]:
+    def pending_of_video(self, video_id: str, known: Collection[str] = (), *,
+                         every: bool = False) -> list[str]:
         """Keys of ``video_id``'s registers this acceptor accepted a value for that is
         newer than anything learned (its proposer may not have committed it yet):
         the video's own key, any key in ``known`` (the asker's registers of the
         video: a newer value may have moved one elsewhere), and any key whose
         accepted value names the video."""
+        if every:  # all of them (for a replica that joins)
+            return sorted(self.unlearned)
         out = []
         for key in self.unlearned:
             slot = self.acceptor.slots[key]
@@ -238,11 +253,69 @@ class LearnerMixin:
 
     # -- settling --------------------------------------------------------------------------
 
+    # -- joining ---------------------------------------------------------------------------
+
+    async def join(self) -> None:
+        """Join the cluster with no past (a new database): retry until done.
+
+        A replica that lost its state forgot what it promised and accepted;
+        voting at once could let a chosen value be overwritten. So, with
+        every other replica (all of them: a chosen value may live on one):
+        learn everything they learned, settle everything they accepted but
+        did not learn (read rounds, through their votes), and promise, to
+        every key, nothing below the highest round any of them has seen or
+        may use. Only then vote and propose.
+        """
+        while self.joining:
+            try:
+                await self._join_once()
+            except VStackError as exc:
+                log.info("joining the cluster: %s; trying again", exc)
+                await trio.sleep(1 + self.rng.random())
+
+    async def _join_once(self) -> None:
+        top, history = 0, 0
+        peers = [p for p in range(self.n) if p != self.id]
+        for peer in peers:
+            with deadline(30, f"joining: replica {peer}"):
+                await self._catch_up_from(peer)
+                round_, slots = await self.transport.floor(peer)
+                top, history = max(top, round_), history + slots
+        for peer in peers:
+            with deadline(30, f"joining: replica {peer}"):
+                keys = await self.transport.pending(peer, "", [], every=True)
+            for key in keys:
+                with contextlib.suppress(ChangeRejected):
+                    await self.change(key, lambda cur: None, joining_read=True)
+        # No replica has a past (a new cluster): nothing can have been promised or
+        # chosen, and no floor is needed (it would only slow the fast paths).
+        floor = top + 1 if history else 0
+        await self.run_blocking(functools.partial(self.db.set_meta, "promise_floor", str(floor)))
+        self.acceptor.floor = Ballot(floor, 0)
+        await self._raise_ceiling(floor)
+        await self.run_blocking(functools.partial(self.db.set_meta, "joining", "0"))
+        self.joining = False
+        self.joined.set()
+        log.info("joined the cluster: caught up, every value accepted elsewhere settled, "
+                 "nothing below round %d accepted from now on", floor)
+
+    def highest_round(self) -> tuple[int, int]:
+        """For a peer that joins: the highest round this replica has seen or may use,
+        and how many registers its acceptor holds (0: it has no past either)."""
+        seen = max((max(s.promised.round, s.accepted.round) for s in self.acceptor.slots.values()),
+                   default=0)
+        return max(self._ceiling, seen, self.acceptor.floor.round), len(self.acceptor.slots)
+
+    async def _raise_ceiling(self, at_least: int) -> None:
+        raise NotImplementedError
+
     async def settle(self, *, older_than: float) -> int:
         """One pass: a read round on every key this acceptor accepted a value for
         more than ``older_than`` seconds ago that is newer than anything learned
         (its proposer died before committing it). Stops at the first key no
         quorum answers for; returns how many were settled."""
+        if self.joining:
+            return 0
         now = trio.current_time()
         pending = sorted(k for k in self.unlearned
                          if now - self._accepted_at.get(k, -math.inf) >= older_than)
@@ -265,6 +338,7 @@ class LearnerMixin:
         A read round on each finds the chosen value (or chooses the accepted
         one) and commits it to the tables. Retries until a quorum answers.
         """
+        await self.joined.wait()  # joining settles what the others hold; then we vote
         pending = sorted(self.unlearned)
         settled = 0
         for key in pending:

@@ -58,9 +58,10 @@ from vstack.paxos import (
     apply_op,
 )
 
-from .learner import Change, LearnerMixin, NoQuorum, ReplicaStopped
+from .learner import Change, LearnerMixin, NoQuorum, ReplicaJoining, ReplicaStopped
 
-__all__ = ["Change", "ChangeRejected", "NoQuorum", "PaxosReplica", "ReplicaStopped", "Transport"]
+__all__ = ["Change", "ChangeRejected", "NoQuorum", "PaxosReplica", "ReplicaJoining",
+           "ReplicaStopped", "Transport"]
 
 log = logging.getLogger("vstack.paxos")
 
@@ -68,6 +69,7 @@ T = TypeVar("T")
 RunBlocking = Callable[[Callable[[], T]], Awaitable[T]]
 
 ROUND_BLOCK = 1000  # rounds reserved per persisted ceiling
+NOT_VOTING = Malformed(error="joining the cluster: not voting yet")
 #: Messages per batch sent to one peer: far below what a peer accepts (MAX_BATCH), and
 #: small enough that a batch of the largest values stays well under MAX_PEER_PAYLOAD.
 SEND_BATCH = 1000
@@ -129,6 +131,7 @@ class PaxosReplica(LearnerMixin):
         deadline: float = 8.0,
         commit_wait: float = 0.1,
         on_learn: Callable[[str, Value], None] | None = None,
+        bootstrap: bool = False,
     ) -> None:
         if not 0 <= replica_id < replicas:
             raise ValueError("replica_id must index the peer list")
@@ -153,6 +156,16 @@ class PaxosReplica(LearnerMixin):
         self.unlearned = {k for k, s in self.acceptor.slots.items() if self._unlearned(k, s)}
         self._round = int(db.get_meta("round_ceiling", "0") or 0)
         self._ceiling = self._round
+        # A replica with no past in a cluster that has one (a new database: its
+        # state was lost, or it is new) neither votes nor proposes until it has
+        # joined (see LearnerMixin.join); `bootstrap` says the cluster is new.
+        if db.created and replicas > 1 and not bootstrap:
+            db.set_meta("joining", "1")
+        self.joining = db.get_meta("joining") == "1"
+        self.joined = trio.Event()
+        if not self.joining:
+            self.joined.set()
+        self.acceptor.floor = Ballot(int(db.get_meta("promise_floor", "0") or 0), 0)
         self._db_lock = trio.Lock()
         # group commit of acceptor state
         self._dirty: dict[str, Slot] = {}
@@ -276,12 +289,16 @@ class PaxosReplica(LearnerMixin):
         return replies
 
     def do_Prepare(self, msg: Prepare) -> WireReply:
+        if self.joining:
+            return NOT_VOTING
         reply, slot = self.acceptor.prepare(msg.key, Ballot.from_int(msg.ballot))
         self._changed(msg.key, slot)
         return Promise(ok=reply.ok, promised=reply.promised.to_int(),
                        accepted=reply.accepted.to_int(), value=reply.value)
 
     def do_Accept(self, msg: Accept) -> WireReply:
+        if self.joining:
+            return NOT_VOTING
         reply, slot = self.acceptor.accept(msg.key, Ballot.from_int(msg.ballot), msg.value)
         self._changed(msg.key, slot)
         return Accepted(ok=reply.ok, promised=reply.promised.to_int(),
@@ -301,19 +318,24 @@ class PaxosReplica(LearnerMixin):
         if self.stopped:
             raise ReplicaStopped
         # Round 1 is reserved for the fast path (see change(fresh=True)).
-        rnd = self._round = max(self._round, at_least.round, 1) + 1
-        while rnd > self._ceiling:  # persist a new ceiling before using rounds below it
-            ceiling = rnd + ROUND_BLOCK
+        rnd = self._round = max(self._round, at_least.round, self.acceptor.floor.round, 1) + 1
+        await self._raise_ceiling(rnd)
+        return Ballot(rnd, self.id)
+
+    async def _raise_ceiling(self, at_least: int) -> None:
+        """Persist a round ceiling of at least ``at_least`` before any round below it is used."""
+        self._round = max(self._round, at_least)
+        while at_least > self._ceiling:
+            ceiling = at_least + ROUND_BLOCK
             async with self._db_lock:
                 if ceiling > self._ceiling:
                     await self.run_blocking(
                         functools.partial(self.db.set_meta, "round_ceiling", str(ceiling)))
                     self._ceiling = ceiling
-        return Ballot(rnd, self.id)
 
     async def change(self, key: str, change: Callable[[Value | None], Value | None],
                      *, op: str | None = None, fresh: bool = False,
-                     leader_fast: bool = False) -> Value | None:
+                     leader_fast: bool = False, joining_read: bool = False) -> Value | None:
         """Apply ``change`` to register ``key`` by consensus; returns the chosen value.
 
         ``change`` gets the current value (``None`` if never set) without its
@@ -340,6 +362,8 @@ class PaxosReplica(LearnerMixin):
             NoQuorum: no quorum answered before the deadline.
             ChangeRejected: ``change`` refused.
         """
+        if self.joining and not joining_read:
+            raise ReplicaJoining
         op = op or f"{self.id}:{self._round}:{next(self._ops)}:{self.rng.getrandbits(32):x}"
         wrapped = apply_op(change, op)
         seen = Ballot(0, 0)

@@ -133,7 +133,11 @@ async def _dispatch(svc: MetadataService, req: Frame) -> bytes:
         keys = ask.get("keys") if isinstance(ask, dict) else None
         if not isinstance(video, str) or not isinstance(keys, list) or len(keys) > 100_000:
             raise ValueError("PENDING wants a video id and at most 100000 keys")
-        return _json(svc.replica.pending_of_video(video, {str(k) for k in keys}))
+        every = ask.get("every") is True
+        return _json(svc.replica.pending_of_video(video, {str(k) for k in keys}, every=every))
+    if req.opcode is Opcode.FLOOR:
+        round_, slots = svc.replica.highest_round()
+        return _json({"round": round_, "slots": slots})
     if req.opcode is Opcode.PING:
         return b""
     raise ProtocolError(f"{req.opcode.name} is not served on the peer port", 400)

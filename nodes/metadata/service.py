@@ -77,6 +77,10 @@ async def serve_metadata(
             await nursery.start(svc.replica.run)
             if settings.replicas > 1:
                 svc.peer_port = await nursery.start(serve_peers, svc)
+            if svc.replica.joining:
+                log.warning("replica %d has no past (a new database): joining the cluster "
+                            "before it votes", settings.replica_id)
+                nursery.start_soon(svc.replica.join)
             nursery.start_soon(svc.replica.recover)
             svc.port = await nursery.start(serve_api, svc)
             _start_jobs(nursery, svc)

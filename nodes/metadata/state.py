@@ -43,7 +43,7 @@ class MetadataService:
         self.policy = RedundancyPolicy(popularity_threshold=settings.popularity_threshold)
         self.transport = FrameTransport(settings)
         self.replica = PaxosReplica(settings.replica_id, settings.replicas, db, self.transport,
-                                    run_blocking=self.run_db)
+                                    run_blocking=self.run_db, bootstrap=settings.bootstrap)
         self.started = trio.current_time()
         self.last_seen: dict[str, float] = {}  # node_id -> trio time of last heartbeat
         self.port = 0

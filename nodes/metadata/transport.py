@@ -146,14 +146,26 @@ class FrameTransport:
             raise RemoteProtocolError(f"replica {peer}: malformed slot state", 502)
         return state
 
-    async def pending(self, peer: int, video_id: str, known: list[str]) -> list[str]:
-        request = json.dumps({"video": video_id, "keys": known}).encode()
+    async def floor(self, peer: int) -> tuple[int, int]:
+        answer = await self._request(peer, Opcode.FLOOR, b"")
+        return decode_answer(lambda d: (_round(d["round"]), _round(d["slots"])), _json(answer),
+                             "FLOOR")
+
+    async def pending(self, peer: int, video_id: str, known: list[str], *,
+                      every: bool = False) -> list[str]:
+        request = json.dumps({"video": video_id, "keys": known, "every": every}).encode()
         answer = await self._request(peer, Opcode.PENDING, request)
         return decode_answer(lambda d: [str(k) for k in d], _json(answer), "PENDING")
 
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
+
+
+def _round(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 47:
+        raise ValueError("a round must be a non-negative integer")
+    return value
 
 
 def _json(data: bytes | bytearray) -> Any:
