@@ -767,3 +767,79 @@ async def test_a_replica_that_lost_its_database_joins_before_it_votes(
         assert read is not None
         assert read["log"] == ["chosen"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_between_creating_the_database_and_the_replica_still_joins(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The service opens the database (which writes its epoch: ``created``) before
+    the replica is built (which writes ``joining``). A crash, or a constructor that
+    raises (a bad peer address, say), in between leaves a database with an epoch
+    and no ``joining``: at the next start it is not ``created`` and votes at once
+    with no past. Replicas 1 and 2 chose a value; replica 2 loses its database,
+    dies right after opening the new one, and restarts while replica 1 is cut off."""
+    net = Net(random.Random(11), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
+        value = {"log": ["chosen"], "v": 1, "op": "chosen"}
+        for rep in (one, two):  # accepted by a quorum: chosen, never committed
+            [reply] = await rep.handle_batch(
+                [Accept(key="k", ballot=Ballot(9, 1).to_int(), value=value)])
+            assert isinstance(reply, Accepted)
+            assert reply.ok
+        cluster.crash(2)
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"replica-2.db{suffix}").unlink(missing_ok=True)
+        MetadataDB(tmp_path / "replica-2.db", synchronous="OFF").close()  # then: killed
+        net.cut = {frozenset((1, 0)), frozenset((1, 2))}
+        await cluster.start(2, bootstrap=False)
+        restarted = net.replicas[2]
+        assert restarted is not None
+        outcome: list[Any] = []
+        try:
+            outcome.append(await zero.change("k", lambda cur: None))
+        except NoQuorum:
+            outcome.append("no quorum")
+        assert outcome == ["no quorum"], f"the chosen value was overwritten: {outcome}"
+        assert restarted.joining
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("reader", [2, 0])
+async def test_a_replica_that_is_joining_is_no_quorum_member_of_a_read_barrier(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, reader: int
+) -> None:
+    """chunk/c1 of video V is chosen by replicas 1 and 2 (and learned by them);
+    replica 0 missed it. Replica 2 loses its database and is joining; replica 1 is
+    cut off from the others. A read barrier for V at replica 2 (itself joining)
+    or at replica 0 (whose only answering peer is joining) reaches no quorum of
+    replicas that remember anything: it must fail (NoQuorum / 503 joining), not
+    return tables without the chosen chunk."""
+    from nodes.metadata.paxos_replica import ReplicaJoining
+
+    net = Net(random.Random(13), faulty=False)
+    async with trio.open_nursery() as nursery:
+        cluster, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
+        net.cut = {frozenset((0, 1)), frozenset((0, 2))}
+        await one.change("chunk/c1", lambda cur: {"video_id": "V", "log": ["c1"]}, op="c1")
+        with trio.fail_after(5):
+            while two.db.learned_value("chunk/c1") is None:
+                await trio.sleep(0.01)
+        cluster.crash(2)
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"replica-2.db{suffix}").unlink(missing_ok=True)
+        net.cut = {frozenset((0, 1)), frozenset((1, 2))}
+        await cluster.start(2, bootstrap=False)
+        restarted = net.replicas[2]
+        assert restarted is not None
+        assert restarted.joining
+        await trio.sleep(2)  # catch-up from replica 0 ran; replica 1 is out of reach
+        asker = restarted if reader == 2 else zero
+        try:
+            await asker.barrier("V")
+        except (NoQuorum, ReplicaJoining):
+            pass  # right: no quorum of replicas with a memory answered
+        else:
+            assert asker.db.learned_value("chunk/c1") is not None, (
+                f"replica {reader}'s read barrier passed without the chosen chunk/c1")
+        nursery.cancel_scope.cancel()

@@ -119,6 +119,10 @@ class MetadataDB(MetadataReads):
             self.created = self.get_meta("epoch") is None
             if self.created:
                 self.set_meta("epoch", uuid.uuid4().hex)
+                # In the same transaction: a database with no past must join its
+                # cluster before it votes (the replica clears this only when it
+                # has no peers, or the cluster is new: see PaxosReplica).
+                self.set_meta("joining", "1")
             if not self._rows("SELECT 1 FROM learned LIMIT 1"):
                 self._learn_committed_slots(cur)
         self.epoch = str(self.get_meta("epoch"))

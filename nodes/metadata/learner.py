@@ -147,7 +147,9 @@ class LearnerMixin:
     # -- catch-up --------------------------------------------------------------------------
 
     async def changes_since(self, since: int, limit: int) -> tuple[str, list[Change]]:
-        """What this replica learned after change ``since`` (for a peer catching up)."""
+        """What this replica learned after change ``since`` (for a peer catching up).
+        Everything learned before the call is on disk first, so it is listed."""
+        await self._durable()
         rows = await self.run_blocking(functools.partial(self.db.learned_since, since, limit))
         return self.db.epoch, [(seq, Commit(key=k, ballot=b, value=v)) for seq, k, b, v in rows]
 
@@ -202,6 +204,8 @@ class LearnerMixin:
         accepted value names the video."""
         if every:  # all of them (for a replica that joins)
             return sorted(self.unlearned)
+        if self.joining:  # it remembers nothing: it must not count in a read barrier
+            raise ReplicaJoining
         out = []
         for key in self.unlearned:
             slot = self.acceptor.slots[key]
@@ -224,6 +228,8 @@ class LearnerMixin:
         Raises:
             NoQuorum: fewer than a quorum of replicas answered.
         """
+        if self.joining:
+            raise ReplicaJoining
         quorum = self.n // 2 + 1
         answered = [peer for peer in range(self.n) if peer != self.id]
         for peer in list(answered):
@@ -275,18 +281,21 @@ class LearnerMixin:
 
     async def _join_once(self) -> None:
         top, history = 0, 0
+        pending: set[str] = set()
         peers = [p for p in range(self.n) if p != self.id]
         for peer in peers:
             with deadline(30, f"joining: replica {peer}"):
+                # What it holds accepted first, then what it learned (made durable
+                # before it answers): a value moving from one to the other between
+                # the two questions is seen by the second.
+                pending.update(await self.transport.pending(peer, "", [], every=True))
                 await self._catch_up_from(peer)
                 round_, slots = await self.transport.floor(peer)
                 top, history = max(top, round_), history + slots
-        for peer in peers:
-            with deadline(30, f"joining: replica {peer}"):
-                keys = await self.transport.pending(peer, "", [], every=True)
-            for key in keys:
-                with contextlib.suppress(ChangeRejected):
-                    await self.change(key, lambda cur: None, joining_read=True)
+        await self._raise_ceiling(top + 1)  # our old self's ballots are never reused
+        for key in sorted(pending):
+            with contextlib.suppress(ChangeRejected):
+                await self.change(key, lambda cur: None, joining_read=True)
         # No replica has a past (a new cluster): nothing can have been promised or
         # chosen, and no floor is needed (it would only slow the fast paths).
         floor = top + 1 if history else 0

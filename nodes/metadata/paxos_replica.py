@@ -159,9 +159,9 @@ class PaxosReplica(LearnerMixin):
         # A replica with no past in a cluster that has one (a new database: its
         # state was lost, or it is new) neither votes nor proposes until it has
         # joined (see LearnerMixin.join); `bootstrap` says the cluster is new.
-        if db.created and replicas > 1 and not bootstrap:
-            db.set_meta("joining", "1")
-        self.joining = db.get_meta("joining") == "1"
+        if db.created and (bootstrap or replicas == 1):
+            db.set_meta("joining", "0")
+        self.joining = replicas > 1 and db.get_meta("joining") == "1"
         self.joined = trio.Event()
         if not self.joining:
             self.joined.set()
@@ -369,7 +369,10 @@ class PaxosReplica(LearnerMixin):
         seen = Ballot(0, 0)
         delay = 0.005
         with trio.move_on_after(self.deadline):
-            if fresh or (leader_fast and self.id == 0 and key not in self.acceptor.slots):
+            # (Not after a join: a replica that lost its state cannot know which
+            # keys its old self fast-pathed at (1, 0).)
+            if fresh or (leader_fast and self.id == 0 and key not in self.acceptor.slots
+                         and self.acceptor.floor.round <= 1):
                 if self.stopped:
                     raise ReplicaStopped
                 proposal = self.make_proposal(key, Ballot(1, self.id), wrapped)
