@@ -723,6 +723,30 @@ async def test_a_read_barrier_sees_a_chunk_moved_to_another_video(
         nursery.cancel_scope.cancel()
 
 
+async def choose_on_1_and_2_then_wipe_2(cluster: Cluster, tmp: Path) -> None:
+    """Key ``k`` chosen by replicas 1 and 2 (accepted by both; its proposer died
+    before committing), then replica 2 crashes and its database is deleted."""
+    value = {"log": ["chosen"], "v": 1, "op": "chosen"}
+    for i in (1, 2):
+        rep = cluster.net.replicas[i]
+        assert rep is not None
+        [reply] = await rep.handle_batch(
+            [Accept(key="k", ballot=Ballot(9, 1).to_int(), value=value)])
+        assert isinstance(reply, Accepted)
+        assert reply.ok
+    cluster.crash(2)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp / f"replica-2.db{suffix}").unlink(missing_ok=True)
+
+
+async def read_or_no_quorum(rep: PaxosReplica, key: str) -> Any:
+    """A linearizable read's value, or ``"no quorum"``."""
+    try:
+        return await rep.change(key, lambda cur: None)
+    except NoQuorum:
+        return "no quorum"
+
+
 @pytest.mark.parametrize("votes_at_once", [False, True])
 async def test_a_replica_that_lost_its_database_joins_before_it_votes(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, votes_at_once: bool
@@ -734,26 +758,14 @@ async def test_a_replica_that_lost_its_database_joins_before_it_votes(
     votes only after settling what replica 1 holds: the value survives."""
     net = Net(random.Random(11), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
-        value = {"log": ["chosen"], "v": 1, "op": "chosen"}  # replica 2's copy is about to go
-        for rep in (one, two):  # accepted by a quorum: chosen, never committed
-            [reply] = await rep.handle_batch(
-                [Accept(key="k", ballot=Ballot(9, 1).to_int(), value=value)])
-            assert isinstance(reply, Accepted)
-            assert reply.ok
-        cluster.crash(2)
-        for suffix in ("", "-wal", "-shm"):
-            (tmp_path / f"replica-2.db{suffix}").unlink(missing_ok=True)
+        cluster, (zero, _, _) = await start_cluster(tmp_path, net, nursery)
+        await choose_on_1_and_2_then_wipe_2(cluster, tmp_path)
         net.cut = {frozenset((1, 0)), frozenset((1, 2))}
         await cluster.start(2, bootstrap=votes_at_once)
         restarted = net.replicas[2]
         assert restarted is not None
         assert restarted.joining is not votes_at_once
-        outcome: list[Any] = []
-        try:
-            outcome.append(await zero.change("k", lambda cur: None))
-        except NoQuorum:
-            outcome.append("no quorum")
+        outcome = [await read_or_no_quorum(zero, "k")]
         if votes_at_once:
             assert outcome == [None]  # the chosen value is gone: the bug, shown
             nursery.cancel_scope.cancel()
@@ -775,31 +787,20 @@ async def test_a_crash_between_creating_the_database_and_the_replica_still_joins
     """The service opens the database (which writes its epoch: ``created``) before
     the replica is built (which writes ``joining``). A crash, or a constructor that
     raises (a bad peer address, say), in between leaves a database with an epoch
-    and no ``joining``: at the next start it is not ``created`` and votes at once
-    with no past. Replicas 1 and 2 chose a value; replica 2 loses its database,
-    dies right after opening the new one, and restarts while replica 1 is cut off."""
+    and no ``joining`` (as it was first written): at the next start the replica
+    must still join, not vote at once with no past. Replicas 1 and 2 chose a value;
+    replica 2 loses its database, dies right after opening the new one, and
+    restarts while replica 1 is cut off."""
     net = Net(random.Random(11), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
-        value = {"log": ["chosen"], "v": 1, "op": "chosen"}
-        for rep in (one, two):  # accepted by a quorum: chosen, never committed
-            [reply] = await rep.handle_batch(
-                [Accept(key="k", ballot=Ballot(9, 1).to_int(), value=value)])
-            assert isinstance(reply, Accepted)
-            assert reply.ok
-        cluster.crash(2)
-        for suffix in ("", "-wal", "-shm"):
-            (tmp_path / f"replica-2.db{suffix}").unlink(missing_ok=True)
+        cluster, (zero, _, _) = await start_cluster(tmp_path, net, nursery)
+        await choose_on_1_and_2_then_wipe_2(cluster, tmp_path)
         MetadataDB(tmp_path / "replica-2.db", synchronous="OFF").close()  # then: killed
         net.cut = {frozenset((1, 0)), frozenset((1, 2))}
         await cluster.start(2, bootstrap=False)
         restarted = net.replicas[2]
         assert restarted is not None
-        outcome: list[Any] = []
-        try:
-            outcome.append(await zero.change("k", lambda cur: None))
-        except NoQuorum:
-            outcome.append("no quorum")
+        outcome = [await read_or_no_quorum(zero, "k")]
         assert outcome == ["no quorum"], f"the chosen value was overwritten: {outcome}"
         assert restarted.joining
         nursery.cancel_scope.cancel()
