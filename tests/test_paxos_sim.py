@@ -204,10 +204,11 @@ class CrashableDB(MetadataDB):
         self.close()
 
 
-async def start_cluster(tmp: Path, net: Net, nursery: trio.Nursery
+async def start_cluster(tmp: Path, net: Net, nursery: trio.Nursery,
+                        replica_cls: type[PaxosReplica] = SimReplica,
                         ) -> tuple[Cluster, tuple[PaxosReplica, PaxosReplica, PaxosReplica]]:
     """All N replicas started; the cluster and replicas 0, 1 and 2."""
-    cluster = Cluster(tmp, net, nursery, SimReplica)
+    cluster = Cluster(tmp, net, nursery, replica_cls)
     for i in range(N):
         await cluster.start(i)
     reps = [net.replicas[i] for i in range(N)]
@@ -520,12 +521,8 @@ async def test_the_fast_path_never_refuses_on_what_only_it_has_seen(
     never seen the key, but a change that needs the register must find it."""
     net = Net(random.Random(5), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp_path, net, nursery, SimReplica)
-        for i in range(N):
-            await cluster.start(i)
+        _, (_, one, _) = await start_cluster(tmp_path, net, nursery)
         net.cut = {frozenset((0, 1)), frozenset((0, 2))}
-        one = net.replicas[1]
-        assert one is not None
         await one.change("video/x", append_to_log("created"), op="create")
         net.cut = set()
         zero = net.replicas[0]
@@ -544,9 +541,7 @@ async def test_a_value_that_breaks_the_change_fails_the_round_not_the_replica(
     went wrong): the request fails with a 502; the proposer lives on."""
     net = Net(random.Random(6), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp_path, net, nursery, SimReplica)
-        for i in range(N):
-            await cluster.start(i)
+        await start_cluster(tmp_path, net, nursery)
         weird = {"v": 3, "op": "z", "log": 7}  # log should be a list
         for i in (1, 2):
             rep = net.replicas[i]
@@ -575,11 +570,7 @@ async def test_a_restarted_proposer_never_reuses_a_ballot(
     first. The planted bug keeps it in memory only, and this notices."""
     net = Net(random.Random(8), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp_path, net, nursery, replica_cls)
-        for i in range(N):
-            await cluster.start(i)
-        one = net.replicas[1]
-        assert one is not None
+        cluster, (_, one, _) = await start_cluster(tmp_path, net, nursery, replica_cls)
         for n in range(5):
             await one.change(f"k{n}", append_to_log(f"a{n}"), op=f"a{n}")
         used = Ballot(one._round, 1)
@@ -632,14 +623,8 @@ async def test_a_chosen_value_is_settled_after_a_read_round_that_failed_half_way
     at replica 2 must show it (it was acknowledged)."""
     net = Net(random.Random(11), faulty=False)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp_path, net, nursery, SimReplica)
-        for i in range(N):
-            await cluster.start(i)
+        cluster, (zero, one, two) = await start_cluster(tmp_path, net, nursery)
         await trio.sleep(0.5)  # recover() has run: only settling can find it
-        zero, one, two = (net.replicas[i] for i in range(N))
-        assert zero is not None
-        assert one is not None
-        assert two is not None
         chosen = {"video_id": "V", "log": ["c1"], "v": 1, "op": "c1"}
         for rep in (zero, one):
             rep.acceptor.slots["chunk/c1"] = Slot(promised=Ballot(9, 0), accepted=Ballot(9, 0),
@@ -673,11 +658,7 @@ async def test_a_burst_larger_than_a_peer_accepts_goes_in_several_batches(
     monkeypatch.setattr(engine, "SEND_BATCH", 100)
     net = Net(random.Random(12), drop=0.0, dup=0.0, max_delay=0.02)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(tmp_path, net, nursery, SimReplica)
-        for i in range(N):
-            await cluster.start(i)
-        one = net.replicas[1]
-        assert one is not None
+        _, (_, one, _) = await start_cluster(tmp_path, net, nursery)
         done: list[int] = []
 
         async def write(i: int) -> None:

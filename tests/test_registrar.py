@@ -20,13 +20,21 @@ from nodes.net.http_client import request
 from .hostile import MODES, HostileServer
 
 
+async def node_with_replica(nursery: trio.Nursery, start_node: Callable[..., Any], mode: str,
+                            **node: Any) -> tuple[Any, HostileServer]:
+    """A storage node registering with one hostile replica that starts in ``mode``."""
+    replica = HostileServer()
+    replica.mode = mode
+    port = await nursery.start(replica.serve)
+    started, _ = await start_node(metadata_urls=(f"http://127.0.0.1:{port}",),
+                                  node_url="http://127.0.0.1:1", heartbeat_interval=1.0, **node)
+    return started, replica
+
+
 async def test_node_survives_reset_hang_and_garbage(
     clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any]
 ) -> None:
-    replica = HostileServer()
-    port = await nursery.start(replica.serve)
-    node, _ = await start_node(metadata_urls=(f"http://127.0.0.1:{port}",),
-                               node_url="http://127.0.0.1:1", heartbeat_interval=1.0)
+    node, replica = await node_with_replica(nursery, start_node, "reset")
     base = f"http://127.0.0.1:{node.ports.http}"
 
     async def node_still_serves(n: int) -> None:
@@ -55,11 +63,7 @@ async def test_a_replica_that_keeps_forgetting_the_node_gets_back_off_not_a_stor
     # A heartbeat answered 404 means "register again"; a 404 right after a
     # registration the replica accepted is a failure, backed off like any other.
     # (It used to re-register and heartbeat again at once, in a tight loop.)
-    replica = HostileServer()
-    replica.mode = "forget"
-    port = await nursery.start(replica.serve)
-    await start_node(metadata_urls=(f"http://127.0.0.1:{port}",), node_url="http://127.0.0.1:1",
-                     heartbeat_interval=1.0)
+    _, replica = await node_with_replica(nursery, start_node, "forget")
     with trio.move_on_after(30):  # virtual seconds
         await replica.wait_seen("forget", 60)
     assert 4 <= replica.seen["forget"] < 30
@@ -68,11 +72,7 @@ async def test_a_replica_that_keeps_forgetting_the_node_gets_back_off_not_a_stor
 async def test_a_node_id_that_is_no_url_path_reaches_its_heartbeat_route(
     clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any]
 ) -> None:
-    replica = HostileServer()
-    replica.mode = "ok"
-    port = await nursery.start(replica.serve)
-    await start_node(metadata_urls=(f"http://127.0.0.1:{port}",), node_url="http://127.0.0.1:1",
-                     heartbeat_interval=1.0, node_id="rack 1#a?b")
+    _, replica = await node_with_replica(nursery, start_node, "ok", node_id="rack 1#a?b")
     with trio.fail_after(30):
         await replica.wait_seen("ok", 3)
     assert replica.paths[:3] == ["/nodes/register"] + ["/nodes/rack%201%23a%3Fb/heartbeat"] * 2

@@ -126,8 +126,10 @@ class LearnerMixin:
         # lost with the machine, recover() or catch-up learns it again.)
         self._learned.append((key, b, value))
         self._gen += 1
-        self._changed(key, self.acceptor.learn(key, ballot, value), promise=False)
-        self._track_unlearned(key)
+        slot = self.acceptor.learn(key, ballot, value)
+        self._changed(key, slot, promise=False)  # tracks the key when the slot changed
+        if slot is None:
+            self._track_unlearned(key)  # the slot did not, but the learned ballot did
         return True
 
     def _track_unlearned(self, key: str) -> None:
