@@ -9,13 +9,17 @@ one decision durable on one machine. Measured:
 * decisions: ``POST /video`` (one full Paxos round: prepare, accept, commit,
   each acceptor's state fsynced) from 32 concurrent keep-alive clients;
 * chunk commits: ``POST /chunk/{id}/commit`` for chunks stored on a real
-  storage node (the service checks the node with ``HEAD`` first), same load.
+  storage node (the service checks the node with ``HEAD`` first), same load;
+* h11 alone: one core parsing a ``POST /video`` and writing its answer with h11,
+  no socket and no work, the ceiling of any h11 service in CPython on this
+  machine, printed against the same SQLite reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 import apsw
+import h11
 import trio
 
 from nodes.net.frame_client import open_frame_client
@@ -51,6 +56,34 @@ def sqlite_alone(path: Path, seconds: float) -> tuple[float, list[float]]:
     rate = n / (time.perf_counter() - t0)
     conn.close()
     return rate, lat
+
+
+def h11_alone(seconds: float) -> float:
+    """Requests/s one core spends just parsing a ``POST /video`` and writing its
+    answer with h11 (no socket, no Paxos, no disk): the ceiling of any service
+    built on h11 in CPython, measured beside SQLite so the targets can be read
+    against it."""
+    body = json.dumps({"title": "bench 0-0", "duration_sec": 10}).encode()
+    raw = (b"POST /video HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    answer = json.dumps({"video_id": "0" * 36, "success": True}).encode()
+    conn = h11.Connection(h11.SERVER)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        conn.receive_data(raw)
+        got = b""
+        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+            if isinstance(event, h11.Data):
+                got += event.data
+        json.loads(got)
+        conn.send(h11.Response(status_code=200, headers=[
+            ("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]))
+        conn.send(h11.Data(data=answer))
+        conn.send(h11.EndOfMessage())
+        conn.start_next_cycle()
+        n += 1
+    return n / (time.perf_counter() - t0)
 
 
 def start_replicas(work: Path, count: int, **env: str) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
@@ -122,6 +155,9 @@ async def bench(report: Report, work: Path, seconds: float, clients: int) -> Non
     ref_rate, ref_lat = sqlite_alone(work / "sqlite-alone.db", seconds)
     print(f"SQLite alone: {ref_rate:.0f} commits/s, p99 {percentile(ref_lat, 99) * 1e3:.2f} ms",
           flush=True)
+    report.add(Row("h11 alone: parse a POST + write its answer, one core (/s)",
+                   h11_alone(min(seconds, 2.0)), "/s", "SQLite alone, 1 FULL insert each", ref_rate,
+                   extra={"note": "ceiling of an h11 service before any I/O or work"}))
     # A storage node holding one small chunk per commit we will make.
     node, node_http, node_binary = start_node(work / "node")
     data = b"chunk"
