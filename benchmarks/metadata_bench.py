@@ -36,6 +36,7 @@ from nodes.net.http_client import HttpClient, request
 
 from .harness import ROOT, Report, Row, free_port, percentile, start_node, wait_port
 
+SECRET = "benchmark cluster secret, 32 byte"
 PER_CLIENT = 600  # distinct chunks each client commits (each chunk committed once)
 
 
@@ -97,7 +98,7 @@ def start_replicas(work: Path, count: int, **env: str) -> tuple[list[subprocess.
                 else "", "METADATA_PEER_PORT": str(peer_ports[i]),
                 "METADATA_PEER_ADDRS": ",".join(f"127.0.0.1:{p}" for p in peer_ports)
                 if count > 1 else "",
-                "CLUSTER_SECRET": "benchmark cluster secret, 32 byte",
+                "CLUSTER_SECRET": SECRET,
                 "METADATA_BOOTSTRAP": "1", **env}
         procs.append(subprocess.Popen([sys.executable, "-m", "tools.node_cli", "metadata"],
                                       env=full, cwd=ROOT))
@@ -113,7 +114,7 @@ async def load(port: int, seconds: float, clients: int, make: object) -> tuple[f
 
     async def client(c: int) -> None:
         nonlocal done
-        http = HttpClient(max_idle_per_host=1)
+        http = HttpClient(max_idle_per_host=1, headers=[("Authorization", f"Bearer {SECRET}")])
         i = 0
         while trio.current_time() < stop:
             path, body = make(c, i)  # type: ignore[operator]
@@ -177,7 +178,9 @@ async def bench(report: Report, work: Path, seconds: float, clients: int) -> Non
                                percentile(ref_lat, 99) * 1e3, higher_is_better=False,
                                extra={"target_ms": 20.0}))
                 vid = (await request("POST", f"http://127.0.0.1:{ports[0]}/video",
-                                     json_body={"title": "c", "duration_sec": 1})).json()["video_id"]
+                                     json_body={"title": "c", "duration_sec": 1},
+                                     headers=[("Authorization", f"Bearer {SECRET}")])
+                       ).json()["video_id"]
                 tag = os.urandom(3).hex()
                 await store_chunks(node_binary, tag, clients * PER_CLIENT, data)
 

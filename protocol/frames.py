@@ -16,9 +16,14 @@ whole frame is buffered), and turn frames into bytes with
 only the header and key, so an I/O layer can stream the payload itself (for
 example with ``os.sendfile`` straight out of a superblock file).
 
-Limits are checked on the header *before* any payload is buffered, so a peer
-cannot make us allocate more than ``max_payload`` (+ one header) per
-connection, whatever it sends. A malformed header poisons the connection: the
+Limits are checked on the header *before* any payload is buffered, and the
+payload's buffer grows with the bytes that actually arrive (doubling, never
+the promised length at once): a header promising 8 MiB costs nothing until 8
+MiB arrive, and a connection never holds more than about twice what its peer
+sent, and at most ``max_payload`` (+ one header) whatever it sends.
+:attr:`FrameConnection.incoming_payload` tells the I/O layer, as soon as a
+header is parsed, how much its payload will need, so it can reserve that
+much (or stop reading) before it reads the payload. A malformed header poisons the connection: the
 I/O layer answers with an error frame and closes. A payload whose CRC32C does
 not match is reported as :class:`ChecksumMismatch` *after* the frame has been
 consumed: framing is intact, so the connection stays usable.
@@ -68,7 +73,8 @@ MAX_KEY_LENGTH: Final = 255
 DEFAULT_MAX_PAYLOAD: Final = 8 * 1024 * 1024 + 64
 #: Absolute ceiling for any configured limit (payload_length is a u32 anyway).
 HARD_MAX_PAYLOAD: Final = 1 << 30
-#: Payloads at least this large are assembled in place (see ``payload_window``).
+#: Payloads at least this large are assembled in place (see ``payload_window``),
+#: in a buffer that starts at this size and doubles as bytes arrive.
 LARGE_PAYLOAD: Final = 64 * 1024
 #: Set in every response; clear in every request.
 FLAG_RESPONSE: Final = 0x0001
@@ -92,6 +98,7 @@ class Opcode(enum.IntEnum):
     HEAD = 4
     DELETE = 5
     STAT = 6
+    AUTH = 7  # payload: a bearer token; the connection acts with its rights from then on
     # Between metadata replicas, on their peer port (see protocol/consensus.py).
     PAXOS = 16  # a batch of Paxos messages -> one reply each
     CATCH_UP = 17  # what the replica learned after a change number
@@ -230,12 +237,15 @@ class FrameConnection:
                 raise LocalProtocolError("received data after EOF")
             if self._error is not None:  # a poisoned connection buffers nothing more
                 return
-            if self._large is not None and self._fill < len(self._large):
-                n = min(len(data), len(self._large) - self._fill)
-                self._large[self._fill : self._fill + n] = memoryview(data)[:n]
+            view = memoryview(data)
+            while self._large is not None and view and self._fill < self._payload_length:
+                if self._fill == len(self._large):
+                    self._grow()
+                n = min(len(view), len(self._large) - self._fill)
+                self._large[self._fill : self._fill + n] = view[:n]
                 self._fill += n
-                data = data[n:]
-            self._buf += data
+                view = view[n:]
+            self._buf += view
         else:
             self.their_eof = True
 
@@ -247,13 +257,31 @@ class FrameConnection:
         into this window (then calls :meth:`payload_received`) saves every
         intermediate copy.
         """
-        if self._large is None or self._fill == len(self._large):
+        if self._large is None or self._fill == self._payload_length:
             return None
+        if self._fill == len(self._large):
+            self._grow()
         return memoryview(self._large)[self._fill :]
+
+    @property
+    def _payload_length(self) -> int:
+        return 0 if self._header is None else self._header[5]
+
+    def _grow(self) -> None:
+        """Double the payload buffer (at most to the payload's length): memory
+        follows the bytes received, never the length a header promised."""
+        assert self._large is not None
+        old = self._large
+        size = min(self._payload_length, max(LARGE_PAYLOAD, 2 * len(old)))
+        try:
+            old.extend(bytes(size - len(old)))
+        except BufferError:  # a window onto it is still held: move to a new buffer
+            self._large = bytearray(size)
+            self._large[: len(old)] = old
 
     def payload_received(self, n: int) -> None:
         """``n`` bytes were written into :meth:`payload_window`."""
-        if self._large is None or not 0 <= n <= len(self._large) - self._fill:
+        if self._large is None or not 0 <= n <= min(len(self._large), self._payload_length) - self._fill:
             raise LocalProtocolError("payload_received out of range")
         self._fill += n
 
@@ -268,9 +296,15 @@ class FrameConnection:
         if self._header is None:
             return 0
         if self._large is not None:
-            return len(self._large) - self._fill
+            return self._payload_length - self._fill
         need = self._header[5] + (0 if self._key is not None else self._header[4])
         return max(0, need - (len(self._buf) - self._pos))
+
+    @property
+    def incoming_payload(self) -> int | None:
+        """The payload length promised by the header of the frame being received,
+        once that header is parsed (by :meth:`next_event`); ``None`` before."""
+        return None if self._header is None else self._header[5]
 
     def next_event(self) -> Frame | NeedData:
         """The next whole frame, or :data:`NEED_DATA`.
@@ -308,9 +342,9 @@ class FrameConnection:
             avail -= key_len
         payload: bytes | bytearray
         if self._large is None and payload_len >= LARGE_PAYLOAD and avail < payload_len:
-            # Assemble in place from now on: no growing buffer, no final copy.
-            self._large = bytearray(payload_len)
-            self._large[:avail] = memoryview(self._buf)[self._pos :]
+            # Assemble in place from now on (no final copy), in a buffer that
+            # grows with what arrives: never ``payload_len`` bytes up front.
+            self._large = bytearray(memoryview(self._buf)[self._pos :])
             self._fill = avail
             self._pos = len(self._buf)
             self._compact()

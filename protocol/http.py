@@ -14,9 +14,11 @@ into a response by :func:`error_response`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Final, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -30,8 +32,10 @@ __all__ = [
     "Response",
     "Router",
     "error_response",
+    "json_bytes",
     "json_response",
     "parse_target",
+    "reason_phrase",
 ]
 
 #: h11's ``max_incomplete_event_size``: request line plus headers.
@@ -53,9 +57,22 @@ REASONS: Final[dict[int, bytes]] = {
     422: b"Unprocessable Content",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
     507: b"Insufficient Storage",
 }
+
+
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase of ``status``: ours, else the standard one, never empty."""
+    known = REASONS.get(status)
+    if known is not None:
+        return known
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,7 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     params: Mapping[str, str] = field(default_factory=dict)
+    peer: str = ""  # the caller's IP address ("" when not a socket)
 
     @property
     def content_length(self) -> int | None:
@@ -110,10 +128,30 @@ class Response:
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
 
 
+def json_bytes(obj: Any) -> bytes:
+    """Compact JSON that is valid JSON: a non-finite float (NaN, Infinity,
+    which ``json.dumps`` writes by default and no JSON parser accepts, e.g. a
+    422 echoing the input ``1e999``) is written as ``null``."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def json_response(
     status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()
 ) -> Response:
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    body = json_bytes(obj)
     return Response(
         status=status,
         headers=[("Content-Type", "application/json"), *headers],
@@ -183,8 +221,11 @@ class Router(Generic[H]):
 
         return register
 
+    def allowed(self, path: str) -> set[str]:
+        """The methods routed for ``path`` (empty: an unknown path)."""
+        return {method for regex, methods in self._routes if regex.match(path) for method in methods}
+
     def match(self, method: str, path: str) -> tuple[H, dict[str, str]]:
-        allowed: set[str] = set()
         for regex, methods in self._routes:
             m = regex.match(path)
             if m is None:
@@ -192,7 +233,7 @@ class Router(Generic[H]):
             handler = methods.get(method.upper())
             if handler is not None:
                 return handler, {k: unquote(v) for k, v in m.groupdict().items()}
-            allowed.update(methods)
+        allowed = self.allowed(path)
         if allowed:
             raise ProtocolError(f"Method Not Allowed (allowed: {', '.join(sorted(allowed))})", 405)
         raise ProtocolError("Not Found", 404)

@@ -8,6 +8,7 @@ validates once (a 422 problem list for a request, a ValueError that
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,15 @@ from .api import MAX_NODE_ID, MAX_URL, json_object
 from .errors import ProtocolError
 from .validate import Validator
 
-__all__ = ["Heartbeat", "NodeHealth", "NodeRecord", "NodeRegistration"]
+__all__ = ["Heartbeat", "NodeHealth", "NodeRecord", "NodeRegistration", "node_key_digest"]
+
+#: A node key: 16-256 printable ASCII characters, the node's own secret identity.
+NODE_KEY_PATTERN = r"[!-~]{16,256}"
+
+
+def node_key_digest(node_key: str | None) -> str | None:
+    """What the cluster stores of a node key: its SHA-256, never the key."""
+    return None if node_key is None else hashlib.sha256(node_key.encode()).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -25,6 +34,9 @@ class NodeRegistration:
     node_url: str
     node_id: str
     version: str
+    #: The node's own secret: the first registration that names one binds the
+    #: node id to it, and a later one (or a heartbeat) for that id must repeat it.
+    node_key: str | None = None
 
     @classmethod
     def from_json(cls, data: Any, *, default_version: str = "") -> NodeRegistration:
@@ -32,13 +44,17 @@ class NodeRegistration:
         node_url = v.string("node_url", min_len=1, max_len=MAX_URL)
         node_id = v.string("node_id", min_len=1, max_len=MAX_NODE_ID)
         version = v.string("version", required=False, max_len=64, default=default_version)
+        node_key = v.string("node_key", required=False, pattern=NODE_KEY_PATTERN)
         v.done()
         if not node_url.startswith(("http://", "https://")):
             raise ProtocolError("Invalid node_url: must start with http:// or https://", 400)
-        return cls(node_url=node_url, node_id=node_id, version=version)
+        return cls(node_url=node_url, node_id=node_id, version=version, node_key=node_key)
 
     def to_json(self) -> dict[str, Any]:
-        return {"node_url": self.node_url, "node_id": self.node_id, "version": self.version}
+        out = {"node_url": self.node_url, "node_id": self.node_id, "version": self.version}
+        if self.node_key is not None:
+            out["node_key"] = self.node_key
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,6 +65,7 @@ class Heartbeat:
     chunk_count: int
     free_bytes: int | None = None
     version: str | None = None
+    node_key: str | None = None  # as registered (see NodeRegistration)
 
     @classmethod
     def from_json(cls, data: Any) -> Heartbeat:
@@ -57,9 +74,10 @@ class Heartbeat:
         count = v.integer("chunk_count", ge=0)
         free = v.integer("free_bytes", required=False, ge=0)
         version = v.string("version", required=False, max_len=64)
+        node_key = v.string("node_key", required=False, pattern=NODE_KEY_PATTERN)
         v.done()
         return cls(disk_usage_percent=float(usage), chunk_count=count, free_bytes=free,
-                   version=version)
+                   version=version, node_key=node_key)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"disk_usage_percent": self.disk_usage_percent,
@@ -68,6 +86,8 @@ class Heartbeat:
             out["free_bytes"] = self.free_bytes
         if self.version is not None:
             out["version"] = self.version
+        if self.node_key is not None:
+            out["node_key"] = self.node_key
         return out
 
 

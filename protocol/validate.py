@@ -24,6 +24,9 @@ class ValidationError(ProtocolError):
         self.problems = problems
 
 
+#: Deepest nesting of arrays and objects a request body may have.
+MAX_JSON_DEPTH: Final = 32
+
 #: JSON integers must fit SQLite's (and every peer's) signed 64-bit integers.
 INT64_MIN: Final = -(1 << 63)
 INT64_MAX: Final = (1 << 63) - 1
@@ -41,6 +44,8 @@ def _finite_float(text: str) -> float:
 
 
 def _int64(text: str) -> int:
+    if len(text) > 20:  # int() of a 5000-digit string is slow, and out of range anyway
+        raise ValueError(f"{text[:30]}... is out of range")
     value = int(text)
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{text[:30]} is out of range")
@@ -58,13 +63,35 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float,
                            parse_int=_int64)
         json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError on a lone surrogate
-    except (ValueError, UnicodeError, RecursionError):  # RecursionError: nested too deep
-        raise ValidationError([{"type": "json_invalid", "loc": ["body"],
-                                "msg": "body is not valid JSON", "input": None}]) from None
+        if _depth(value) > MAX_JSON_DEPTH:
+            raise RecursionError
+    except RecursionError:
+        raise _invalid(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except UnicodeError:
+        raise _invalid("a string is not valid UTF-8 (a lone surrogate)") from None
+    except ValueError as exc:
+        reason = str(exc) if "out of range" in str(exc) or "is not JSON" in str(exc) else ""
+        raise _invalid(reason) from None
     if not isinstance(value, dict):
         raise ValidationError([{"type": "model_type", "loc": ["body"],
                                 "msg": "body must be a JSON object", "input": value}])
     return value
+
+
+def _invalid(reason: str) -> ValidationError:
+    msg = f"body is not valid JSON: {reason}" if reason else "body is not valid JSON"
+    return ValidationError([{"type": "json_invalid", "loc": ["body"], "msg": msg, "input": None}])
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    """Nesting depth of a parsed JSON value; stops counting past the cap."""
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level - 1
 
 
 class Validator:

@@ -18,7 +18,8 @@ from vstack.store import StoreInUse, SuperblockStore
 def test_help_names_every_setting_and_its_variable() -> None:
     out = " ".join(CliRunner().invoke(main, ["storage", "--help"]).output.split())
     for env in ("PORT", "BINARY_PORT", "NODE_ID", "NODE_URL", "DATA_DIR", "MAX_SUPERBLOCK_SIZE",
-                "METADATA_SERVICE_URL", "HEARTBEAT_INTERVAL", "CAPACITY_BYTES"):
+                "METADATA_SERVICE_URL", "HEARTBEAT_INTERVAL", "CAPACITY_BYTES",
+                "COMPACTION_INTERVAL_SEC", "HEADER_TIMEOUT", "MAX_CONNECTIONS", "MAX_BUFFERED_BYTES"):
         assert f"env {env}" in out, env
     assert "vstack-node" in CliRunner().invoke(main, ["--help"]).output or "Usage" in out
 

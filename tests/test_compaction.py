@@ -12,7 +12,7 @@ import trio
 
 from nodes.net.frame_client import open_frame_client
 from nodes.net.http_client import request
-from nodes.storage.jobs import compact_once
+from nodes.storage.jobs import compact, compact_once
 from protocol.errors import ProtocolError
 from vstack.records import ALIGN, ScanResult, scan
 
@@ -148,3 +148,39 @@ async def test_a_chunk_deleted_while_compaction_reads_it_stays_deleted(
     assert node.store.lookup(victim.encode()) is None
     res = await request("GET", f"http://127.0.0.1:{node.ports.http}/chunk/{victim}")
     assert res.status == 404
+
+
+async def test_a_compaction_cancelled_while_it_checkpoints_still_removes_its_file(
+    start_node: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM while the compactor writes its checkpoint: the checkpoint and the
+    unlink are one shielded step, so the retired file does not outlive the shutdown."""
+    node, stop = await start_node(max_superblock_size=60 * ALIGN)
+    async with open_frame_client("127.0.0.1", node.ports.binary) as client:
+        for i in range(8):
+            await client.put(f"junk-{i}", os.urandom(20_000))
+        for i in range(12):
+            await client.put(f"fill-{i}", os.urandom(20_000))
+        for i in range(8):
+            await client.delete(f"junk-{i}")
+    store = node.store
+    [sb_id, *_] = store.compaction_candidates(0.3)
+    path = store.data_dir / f"superblock_{sb_id}.dat"
+    real_write = store.write_checkpoint
+    with trio.CancelScope() as scope:
+
+        def write_while_cancelled(snapshot: Any) -> None:
+            trio.from_thread.run_sync(scope.cancel)  # the shutdown lands mid-checkpoint
+            real_write(snapshot)
+
+        monkeypatch.setattr(store, "write_checkpoint", write_while_cancelled)
+        await compact(node, sb_id)
+    monkeypatch.setattr(store, "write_checkpoint", real_write)
+    assert scope.cancel_called
+    assert not path.exists(), "the retired superblock outlived the cancellation"
+    await stop()
+    node, _ = await start_node(max_superblock_size=60 * ALIGN)
+    for i in range(8):
+        res = await request("GET", f"http://127.0.0.1:{node.ports.http}/chunk/junk-{i}")
+        assert res.status == 404
+    assert node.store.recovery["retired_removed"] == []

@@ -94,3 +94,36 @@ async def test_clean_restart_uses_the_checkpoint(node_process: Callable[..., Any
     assert health["chunk_count"] == 20
     assert health["recovery"]["checkpoint_loaded"] is True
     assert health["recovery"]["records_scanned"] == 0
+
+
+@pytest.mark.slow
+async def test_compaction_in_a_real_process_then_sigterm_keeps_deletes_deleted(
+    node_process: Callable[..., Any],
+) -> None:
+    """COMPACTION_INTERVAL_SEC drives the compactor from outside; after it ran and
+    the node was stopped, deleted chunks stay deleted and live ones intact."""
+    proc = node_process(MAX_SUPERBLOCK_SIZE=str(1 << 20), COMPACTION_INTERVAL_SEC="0.2")
+    await trio.to_thread.run_sync(proc.start)
+    keep = {f"keep-{i}": blob(f"keep-{i}", 150_000) for i in range(10)}
+    async with open_frame_client("127.0.0.1", proc.binary_port) as client:
+        for i in range(10):  # interleaved: every superblock holds live and dead chunks
+            await client.put(f"drop-{i}", blob(f"drop-{i}", 150_000))
+            await client.put(f"keep-{i}", keep[f"keep-{i}"])
+        for i in range(10):
+            await client.delete(f"drop-{i}")
+    health_url = f"http://127.0.0.1:{proc.port}/health"
+    with trio.fail_after(30):
+        while (await request("GET", health_url)).json()["garbage_bytes"] > 1 << 20:
+            await trio.sleep(0.1)  # polling another process
+    await trio.to_thread.run_sync(lambda: proc.kill(signal.SIGTERM))
+    await trio.to_thread.run_sync(proc.start)
+    async with open_frame_client("127.0.0.1", proc.binary_port) as client:
+        for cid, data in keep.items():
+            assert await client.get(cid) == data
+        for i in range(10):
+            with pytest.raises(ProtocolError) as info:
+                await client.head(f"drop-{i}")
+            assert info.value.status == 404
+    health = (await request("GET", health_url)).json()
+    assert health["chunk_count"] == len(keep)
+    await trio.to_thread.run_sync(lambda: proc.kill(signal.SIGTERM))

@@ -247,3 +247,19 @@ def test_eof_during_a_large_payload_is_an_error() -> None:
     conn.receive_data(b"")
     with pytest.raises(RemoteProtocolError):
         conn.next_event()
+
+
+@settings(max_examples=50, deadline=None)
+@given(sent=st.integers(0, 3 * 1024 * 1024), promised=st.integers(LARGE_PAYLOAD, 8 * 1024 * 1024))
+def test_a_payload_buffer_grows_with_what_arrives(sent: int, promised: int) -> None:
+    """A header promising ``promised`` bytes costs at most twice what came (or 64 KiB)."""
+    sent = min(sent, promised - 1)
+    conn = FrameConnection(max_payload=8 * 1024 * 1024)
+    wire = HEADER.pack(b"VS", 1, Opcode.PUT, 0, 0, 1, 1, promised, 0) + b"k" + b"p" * sent
+    conn.receive_data(wire)
+    assert conn.next_event() is NEED_DATA
+    assert conn.incoming_payload == promised
+    window = conn.payload_window()
+    assert window is not None
+    capacity = sent + len(window)
+    assert capacity <= max(LARGE_PAYLOAD, 2 * sent)

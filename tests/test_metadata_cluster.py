@@ -44,7 +44,9 @@ def start_cluster(tmp: Path, count: int = 3) -> list[Replica]:
 
 async def call(port: int, method: str, path: str, body: object = None) -> HttpResult:
     with trio.fail_after(15):
-        return await request(method, f"http://127.0.0.1:{port}{path}", json_body=body)
+        # With CLUSTER_SECRET set, writes need it (or an API token): send it.
+        return await request(method, f"http://127.0.0.1:{port}{path}", json_body=body,
+                             headers=[("Authorization", f"Bearer {SECRET}")])
 
 
 async def wait_up(port: int) -> None:

@@ -11,7 +11,6 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodes.metadata.peer_api import is_loopback
 from nodes.net.frame_client import open_frame_client
 from nodes.net.http_client import request
 from protocol.consensus import (
@@ -32,8 +31,9 @@ from protocol.consensus import (
     sign,
     verify,
 )
-from protocol.frames import Opcode
+from protocol.frames import FrameConnection, Opcode
 from tools.launch import free_port
+from vstack.auth import AuthPolicy, is_loopback
 
 SECRET = b"sixteen+ bytes of cluster secret"
 
@@ -102,7 +102,7 @@ def test_malformed_batches_are_refused(data: bytes) -> None:
 async def test_a_forged_commit_is_never_learned(start_metadata: Callable[..., Any]) -> None:
     port, peer_port = free_port(), free_port()
     svc = await start_metadata(
-        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, auth=AuthPolicy(cluster_secret=SECRET), peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
     video = {"video_id": "forged", "title": "forged", "duration_sec": 5, "status": "active",
@@ -149,7 +149,7 @@ async def test_a_signed_but_malformed_request_is_a_400(
         start_metadata: Callable[..., Any], opcode: Opcode, payload: bytes) -> None:
     port, peer_port = free_port(), free_port()
     await start_metadata(
-        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, auth=AuthPolicy(cluster_secret=SECRET), peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
     async with open_frame_client("127.0.0.1", peer_port) as client:
@@ -176,7 +176,7 @@ async def test_the_peer_port_serves_a_bounded_number_of_connections(
 
     port, peer_port = free_port(), free_port()
     await start_metadata(
-        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, auth=AuthPolicy(cluster_secret=SECRET), peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
     cap = PEER_CONNECTIONS_PER_REPLICA * 2
@@ -184,8 +184,12 @@ async def test_the_peer_port_serves_a_bounded_number_of_connections(
     try:
         await trio.sleep(0.2)
         extra = await trio.open_tcp_stream("127.0.0.1", peer_port)
-        with trio.fail_after(5):
-            assert await extra.receive_some(10) == b""  # closed by the server
+        with trio.fail_after(5):  # refused: one 503 error frame, then closed by the server
+            refusal = FrameConnection()
+            while data := await extra.receive_some(4096):
+                refusal.receive_data(data)
+            refusal.receive_data(b"")
+            assert getattr(refusal.next_event(), "status", None) == 503
         await extra.aclose()
         await held.pop().aclose()
         await trio.sleep(0.2)
@@ -204,7 +208,7 @@ async def test_a_frame_signed_for_another_pair_is_refused(
     cluster, is refused like a forgery."""
     port, peer_port = free_port(), free_port()
     svc = await start_metadata(
-        port=port, replica_id=0, bootstrap=True, cluster_secret=SECRET, peer_port=peer_port,
+        port=port, replica_id=0, bootstrap=True, auth=AuthPolicy(cluster_secret=SECRET), peer_port=peer_port,
         peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}",
                f"http://127.0.0.1:{free_port()}"),
         peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}",
@@ -232,7 +236,7 @@ def test_an_answer_must_be_signed_by_the_peer_asked_errors_included() -> None:
     from vstack.settings import MetadataSettings
 
     settings = MetadataSettings(
-        database=Path("unused.db"), replica_id=0, bootstrap=True, cluster_secret=SECRET,
+        database=Path("unused.db"), replica_id=0, bootstrap=True, auth=AuthPolicy(cluster_secret=SECRET),
         peers=("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"))
     transport = FrameTransport(settings)
 

@@ -211,3 +211,37 @@ def test_a_dropped_quarantined_chunk_is_no_longer_counted(tmp_path: Path) -> Non
         assert store.statistics().chunk_count == 1  # the good one, not 1 - 1
     finally:
         store.close()
+
+
+def test_a_retired_superblock_left_on_disk_is_removed_before_the_scan(tmp_path: Path) -> None:
+    """Compaction retired a superblock and checkpointed, but its unlink never happened
+    (a crash, a cancelled or failed unlink): its deleted chunks must not come back."""
+    store = SuperblockStore.open(tmp_path, max_superblock_size=2 * ALIGN)
+    put(store, b"gone", b"g" * 500)  # superblock 0 (two records fit in one)
+    put(store, b"also", b"a" * 500)
+    put(store, b"keep", b"k" * 500)  # superblock 1
+    for key in (b"gone", b"also"):
+        loc = store.lookup(key)
+        assert loc is not None
+        commit(store, store.reserve_delete(loc))  # tombstones in a later superblock
+    old = 0
+    assert store.lookup(b"keep").sb != old  # type: ignore[union-attr]
+    assert store.live_records(old) == []
+    path = store.retire(old)
+    store.checkpoint()  # records the retirement; the unlink is "lost"
+    store.close()
+    assert path.exists()
+    again = SuperblockStore.open(tmp_path, max_superblock_size=2 * ALIGN)
+    try:
+        assert not path.exists()
+        assert again.recovery["retired_removed"] == [old]
+        assert again.lookup(b"gone") is None
+        assert again.lookup(b"also") is None
+        assert read(again, b"keep") == b"k" * 500
+        again.checkpoint()
+    finally:
+        again.close()
+    third = SuperblockStore.open(tmp_path, max_superblock_size=2 * ALIGN)  # and it stays so
+    assert third.recovery["retired_removed"] == []
+    assert third.lookup(b"gone") is None
+    third.close()

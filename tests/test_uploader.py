@@ -7,17 +7,22 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from nodes.client.fetcher import stream_video
 from nodes.net.http_client import HttpResult, request
 from nodes.net.metadata_client import MetadataClient
+from protocol.errors import ConnectionLost
+from tools.launch import free_port
 from tools.put_cli import PutError, send_multipart
 from vstack.media import parse_probe, probe_command
+from vstack.upload_session import Session, SessionStore
 
 from .conftest import ROOT, ffmpeg_exe, make_video
 
@@ -288,6 +293,28 @@ async def test_status_survives_a_restart(
     assert again == done
 
 
+async def test_a_lost_answer_to_activation_completes_the_upload_and_keeps_the_video(
+    media: dict[str, Path], start_node: Callable[..., Any], start_metadata: Callable[..., Any],
+    start_uploader: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """The video went active but the answer was lost: the uploader asks before it
+    fails (failing would delete the video)."""
+    c = await cluster(start_node, start_metadata, start_uploader, tmp_path)
+    real = c.uploader.metadata.set_status
+
+    async def answer_lost(video_id: str, status: str) -> None:
+        await real(video_id, status)
+        raise ConnectionLost("metadata service closed the connection")
+
+    c.uploader.metadata.set_status = answer_lost
+    answer = (await upload(c, media["clip.mp4"])).json()
+    done = await wait_done(c, answer["upload_session_id"])
+    assert done["status"] == "completed", done
+    manifest = (await request("GET", f"{c.meta_url}/manifest/{answer['video_id']}")).json()
+    assert manifest["status"] == "active"
+    assert manifest["total_chunks"] == done["total_chunks"]
+
+
 async def test_vstack_put_cli(
     media: dict[str, Path], start_node: Callable[..., Any], start_metadata: Callable[..., Any],
     start_uploader: Callable[..., Any], tmp_path: Path,
@@ -339,3 +366,86 @@ async def test_an_upload_cut_short_by_a_restart_fails_and_leaves_nothing(
     with trio.fail_after(30):
         while await node_chunk_count(c) or (await request("GET", f"{c.meta_url}/videos")).json():
             await trio.sleep(0.05)
+
+
+# -- restarts between a video turning active and its session saved completed ------------
+
+
+def interrupted_session(tmp_path: Path, video_id: str, stage: str) -> Session:
+    """The session file an uploader stopped at ``stage`` leaves behind."""
+    s = Session(session_id=f"interrupted-{video_id}", video_id=video_id, title="t",
+                filename="t.mp4", size_bytes=1, duration_sec=5.0)
+    for st in ("processing", "chunking", "uploading_chunks", "finalizing"):
+        s.advance(st)
+        if st == stage:
+            break
+    SessionStore(tmp_path / "uploads" / "sessions").save(s)
+    return s
+
+
+async def active_video(meta_url: str) -> str:
+    created = await request("POST", f"{meta_url}/video", json_body={"title": "t", "duration_sec": 5})
+    video_id = str(created.json()["video_id"])
+    res = await request("PATCH", f"{meta_url}/video/{video_id}/status", json_body={"status": "active"})
+    assert res.status == 200
+    return video_id
+
+
+async def status_of(up: Any, session_id: str) -> dict[str, Any]:
+    res = await request("GET", f"http://127.0.0.1:{up.port}/upload/status/{session_id}")
+    return dict(res.json())
+
+
+async def test_a_restart_after_activation_completes_the_session_and_keeps_the_video(
+    start_metadata: Callable[..., Any], start_uploader: Callable[..., Any], tmp_path: Path,
+) -> None:
+    meta = await start_metadata()
+    meta_url = f"http://127.0.0.1:{meta.port}"
+    video_id = await active_video(meta_url)
+    s = interrupted_session(tmp_path, video_id, "finalizing")  # active, completed not yet saved
+    up, stop = await start_uploader(metadata_urls=(meta_url,))
+    state = await status_of(up, s.session_id)
+    assert state["status"] == "completed", state
+    assert state["manifest_url"] == f"/manifest/{video_id}"
+    manifest = await request("GET", f"{meta_url}/manifest/{video_id}")
+    assert manifest.status == 200
+    assert manifest.json()["status"] == "active"
+    await stop()
+    saved = SessionStore(tmp_path / "uploads" / "sessions").load(s.session_id)
+    assert saved is not None
+    assert saved.status == "completed"  # saved, not only shown
+
+
+async def test_an_interrupted_session_waits_for_the_metadata_service(
+    clock: trio.testing.MockClock, nursery: trio.Nursery, start_uploader: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Unreachable metadata service: nothing is decided or deleted; once it answers,
+    the session is settled by the state of its video."""
+    from nodes.metadata.service import serve_metadata
+    from vstack.settings import MetadataSettings
+
+    from .conftest import start_stoppable
+
+    db = MetadataSettings(database=tmp_path / "meta" / "metadata.db", port=free_port(),
+                          host="127.0.0.1", sqlite_synchronous="OFF")
+    _, stop_meta = await start_stoppable(nursery, serve_metadata, db)
+    video_id = await active_video(f"http://127.0.0.1:{db.port}")
+    await stop_meta()
+    s = interrupted_session(tmp_path, video_id, "uploading_chunks")
+    later = replace(db, port=free_port())  # nothing listens there yet
+    up, _ = await start_uploader(metadata_urls=(f"http://127.0.0.1:{later.port}",))
+    state = await status_of(up, s.session_id)
+    assert state["status"] == "uploading_chunks", "left as it was, not failed"
+    saved = SessionStore(tmp_path / "uploads" / "sessions").load(s.session_id)
+    assert saved is not None
+    assert saved.status == "uploading_chunks"
+    await trio.sleep(30)  # virtual time: several attempts, all refused
+    assert (await status_of(up, s.session_id))["status"] == "uploading_chunks"
+    await start_stoppable(nursery, serve_metadata, later)  # the same database, reachable now
+    with trio.fail_after(600):
+        while (state := await status_of(up, s.session_id))["status"] == "uploading_chunks":
+            await trio.sleep(1)
+    assert state["status"] == "completed", state
+    manifest = await request("GET", f"http://127.0.0.1:{later.port}/manifest/{video_id}")
+    assert manifest.json()["status"] == "active"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import trio
@@ -20,7 +22,9 @@ from nodes.metadata.state import MetadataService
 from nodes.storage.node import StorageNode
 from nodes.storage.service import serve_storage_node
 from nodes.uploader.service import Uploader, serve_uploader
+from tools.credentials import DEFAULT_DATA_DIR, ensure_secret_files, resolve_policy
 from vstack import __version__
+from vstack.auth import AuthPolicy, check_bind, is_loopback
 from vstack.node_urls import parse_aliases
 from vstack.settings import (
     DEFAULT_MAX_CHUNK_BYTES,
@@ -63,6 +67,40 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 
 Settings = StorageSettings | MetadataSettings | UploaderSettings
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def security_options(fn: F) -> F:
+    """The options every service shares: its secrets and how open it is (see README, Security)."""
+    for option in reversed([
+        click.option("--cluster-secret", envvar="CLUSTER_SECRET", default=None,
+                     show_default=False, help="Shared secret (16+ characters) for calls between "
+                     "services, sent as Authorization: Bearer [env CLUSTER_SECRET; unset: "
+                     "loopback callers need none]."),
+        click.option("--api-token", envvar="API_TOKEN", default=None, show_default=False,
+                     help="Token (16+ characters) users' writes must carry: uploads, deletes, "
+                     "status, overrides, views [env API_TOKEN]."),
+        click.option("--public-reads/--no-public-reads", envvar="PUBLIC_READS", default=True,
+                     help="Let anyone read manifests, chunks and lists [env PUBLIC_READS]."),
+        click.option("--insecure", envvar="VSTACK_INSECURE", is_flag=True, default=False,
+                     help="Allow listening beyond loopback with no CLUSTER_SECRET: anyone who "
+                     "reaches the port can write [env VSTACK_INSECURE=1]."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _policy(host: str, sec: dict[str, Any]) -> AuthPolicy:
+    """The service's :class:`AuthPolicy`, refusing an open service beyond loopback."""
+    try:
+        policy = resolve_policy(**sec)
+        warning = check_bind(host, policy)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if warning:
+        log.warning("%s", warning)
+        click.echo(f"WARNING: {warning}", err=True)
+    return policy
 
 
 async def _run_until_signal(*services: Settings) -> None:
@@ -96,11 +134,14 @@ async def _run_until_signal(*services: Settings) -> None:
               help="HTTP port [env PORT].")
 @click.option("--binary-port", envvar="BINARY_PORT", type=click.IntRange(0, 65535), default=None,
               help="Binary protocol port [env BINARY_PORT; default: HTTP port + 100].")
-@click.option("--host", envvar="HOST", default="0.0.0.0", help="Address to listen on [env HOST].")
+@click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
 @click.option("--node-id", envvar="NODE_ID", default="",
               help="This node's id [env NODE_ID; default node-<port>].")
 @click.option("--node-url", envvar="NODE_URL", default=None,
               help="URL others reach this node at, sent when registering [env NODE_URL].")
+@click.option("--node-key", envvar="NODE_KEY", default=None, show_default=False,
+              help="This node's identity key (16+ characters); its id stays bound to it "
+              "[env NODE_KEY; default: made once in DATA_DIR/node.key].")
 @click.option("--data-dir", envvar="DATA_DIR", default="./data", type=click.Path(path_type=Path),
               help="Where superblocks and the index live [env DATA_DIR].")
 @click.option("--metadata-url", envvar="METADATA_SERVICE_URL", default="",
@@ -120,19 +161,37 @@ async def _run_until_signal(*services: Settings) -> None:
 @click.option("--scrub-rate", envvar="SCRUB_RATE", default=32 * 1024 * 1024, type=click.IntRange(0),
               help="Bytes per second the background scrubber re-checks; 0 disables "
               "[env SCRUB_RATE].")
+@click.option("--compaction-interval", envvar="COMPACTION_INTERVAL_SEC", default=30.0,
+              type=click.FloatRange(0.01), help="Seconds between two compaction passes "
+              "[env COMPACTION_INTERVAL_SEC].")
 @click.option("--allowed-origin", envvar="ALLOWED_ORIGIN", default="*",
               help="CORS Access-Control-Allow-Origin [env ALLOWED_ORIGIN].")
+@click.option("--header-timeout", envvar="HEADER_TIMEOUT", default=30.0, type=click.FloatRange(0.1),
+              help="Seconds a whole request head (HTTP) or frame header (binary) may take "
+              "[env HEADER_TIMEOUT].")
+@click.option("--max-connections", envvar="MAX_CONNECTIONS", default=None, type=click.IntRange(1),
+              help="Connections served at once per port; more get 503 [env MAX_CONNECTIONS; "
+              "default: a quarter of the open-files limit, at most 1024].")
+@click.option("--max-buffered-bytes", envvar="MAX_BUFFERED_BYTES", default=256 * 1024 * 1024,
+              type=click.IntRange(1 << 20), help="Request payloads the binary protocol holds at "
+              "once, all connections together [env MAX_BUFFERED_BYTES].")
+@security_options
 def storage(port: int, binary_port: int | None, host: str, node_id: str, node_url: str | None,
-            data_dir: Path, metadata_url: str, max_superblock_size: int, max_chunk_size: int,
-            capacity: int | None, heartbeat_interval: float, scrub_rate: int,
-            allowed_origin: str) -> None:
+            node_key: str | None, data_dir: Path, metadata_url: str, max_superblock_size: int,
+            max_chunk_size: int, capacity: int | None, heartbeat_interval: float,
+            scrub_rate: int, compaction_interval: float, allowed_origin: str,
+            header_timeout: float, max_connections: int | None, max_buffered_bytes: int,
+            **sec: Any) -> None:
     """Run one storage node: chunks over HTTP (PORT) and the binary protocol (PORT+100)."""
     settings = StorageSettings(
         data_dir=data_dir, port=port, binary_port=binary_port, host=host, node_id=node_id,
-        node_url=node_url, metadata_urls=_split(metadata_url),
+        node_url=node_url, node_key=node_key, metadata_urls=_split(metadata_url),
         max_superblock_size=max_superblock_size, max_chunk_bytes=max_chunk_size,
         capacity_bytes=capacity, heartbeat_interval=heartbeat_interval,
-        scrub_rate_bytes=scrub_rate, allowed_origin=allowed_origin,
+        scrub_rate_bytes=scrub_rate, compaction_interval=compaction_interval,
+        allowed_origin=allowed_origin, auth=_policy(host, sec),
+        header_timeout=header_timeout, max_connections=max_connections,
+        max_buffered_bytes=max_buffered_bytes,
     )
     trio.run(_run_until_signal, settings)
 
@@ -140,7 +199,7 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
 @main.command()
 @click.option("--port", envvar="PORT", default=8080, type=click.IntRange(0, 65535),
               help="HTTP port [env PORT].")
-@click.option("--host", envvar="HOST", default="0.0.0.0", help="Address to listen on [env HOST].")
+@click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
 @click.option("--database", envvar="DATABASE_URL", default="./data/metadata.db",
               help="SQLite file: a path or sqlite:///path [env DATABASE_URL].")
 @click.option("--peers", envvar="METADATA_PEERS", default="",
@@ -178,14 +237,12 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
 @click.option("--bootstrap/--no-bootstrap", envvar="METADATA_BOOTSTRAP", default=False,
               help="A new cluster: a replica with an empty database votes at once instead of "
               "joining first (only when every replica is new) [env METADATA_BOOTSTRAP].")
-@click.option("--cluster-secret", envvar="CLUSTER_SECRET", default=None, show_default=False,
-              help="Shared secret (16+ bytes) authenticating traffic between replicas "
-              "[env CLUSTER_SECRET; unset: replicas accept peers on loopback only].")
+@security_options
 def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
              heartbeat_interval: float, node_timeout: float, popularity_threshold: int,
              storage_nodes: str, aliases: str, views_merge_interval: float,
              chunk_duration: float, peer_port: int | None, peer_addrs: str,
-             bootstrap: bool, cluster_secret: str | None) -> None:
+             bootstrap: bool, **sec: Any) -> None:
     """Run one metadata replica: videos, chunk placements and nodes, agreed by Paxos."""
     try:
         settings = MetadataSettings(
@@ -195,8 +252,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
             storage_nodes=_split(storage_nodes), aliases=parse_aliases(aliases),
             views_merge_interval=views_merge_interval, chunk_duration=round(chunk_duration),
             peer_port=peer_port, peer_addresses=_split(peer_addrs),
-            cluster_secret=cluster_secret.encode() if cluster_secret else None,
-            bootstrap=bootstrap,
+            auth=_policy(host, sec), bootstrap=bootstrap,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -206,7 +262,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
 @main.command()
 @click.option("--port", envvar="PORT", default=8084, type=click.IntRange(0, 65535),
               help="HTTP port [env PORT].")
-@click.option("--host", envvar="HOST", default="0.0.0.0", help="Address to listen on [env HOST].")
+@click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
 @click.option("--metadata-url", envvar="METADATA_SERVICE_URL", default="http://localhost:8080",
               help="Metadata replica URL(s), comma-separated [env METADATA_SERVICE_URL].")
 @click.option("--temp-dir", envvar="TEMP_DIR", default="/tmp/uploads",
@@ -225,47 +281,57 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
               "[env MAX_UPLOAD_BYTES].")
 @click.option("--ffmpeg", envvar="FFMPEG", default=None,
               help="FFmpeg binary [env FFMPEG; default: ffmpeg on PATH, else imageio-ffmpeg's].")
+@security_options
 def uploader(port: int, host: str, metadata_url: str, temp_dir: Path, chunk_size: int,
              chunk_duration: float, max_concurrent_uploads: int, max_upload_bytes: int,
-             ffmpeg: str | None) -> None:
+             ffmpeg: str | None, **sec: Any) -> None:
     """Run the uploader: video files in, ~10 s MPEG-TS chunks on the storage nodes out."""
     settings = UploaderSettings(
         temp_dir=temp_dir, metadata_urls=_split(metadata_url), port=port, host=host,
         chunk_size=chunk_size, chunk_duration=chunk_duration,
         max_concurrent_uploads=max_concurrent_uploads, max_upload_bytes=max_upload_bytes,
-        ffmpeg=ffmpeg)
+        ffmpeg=ffmpeg, auth=_policy(host, sec))
     trio.run(_run_until_signal, settings)
 
 
 @main.command(name="all")
-@click.option("--data-dir", envvar="DATA_DIR", default="./vstack-data",
+@click.option("--data-dir", envvar="DATA_DIR", default=DEFAULT_DATA_DIR,
               type=click.Path(path_type=Path), help="Root of every service's data [env DATA_DIR].")
 @click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
 @click.option("--nodes", "node_count", default=3, type=click.IntRange(1, 9),
               help="Storage nodes to start, on ports 8081, 8082, ...")
-def all_services(data_dir: Path, host: str, node_count: int) -> None:
+@security_options
+def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None:
     """Run the embedded local cluster on the guide's ports.
 
     The metadata service (8080), three storage nodes (8081-8083, binary
     8181-8183) and the uploader (8084); the smart client and web page join
     as they land.
     """
-    meta_url = f"http://{host}:8080"
+    if not is_loopback(host) and not sec["cluster_secret"] and not sec["insecure"]:
+        # Beyond loopback with no secrets given: make them once, where the CLIs look.
+        cluster, token = ensure_secret_files(data_dir)
+        sec = {**sec, "cluster_secret": cluster.decode(),
+               "api_token": sec["api_token"] or token.decode()}
+        click.echo(f"secrets (CLUSTER_SECRET, API_TOKEN) in {data_dir / 'secrets'}", err=True)
+    auth = _policy(host, sec)
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    meta_url = f"http://{reach}:8080"
     services: list[Settings] = [MetadataSettings(
-        database=data_dir / "metadata" / "metadata.db", port=8080, host=host,
+        database=data_dir / "metadata" / "metadata.db", port=8080, host=host, auth=auth,
         aliases=tuple((f"http://storage-node-{i}:8081", f"http://localhost:{8080 + i}")
                       for i in range(1, node_count + 1)),
     )]
     services += [
         StorageSettings(
             data_dir=data_dir / f"storage-node-{i}", port=8080 + i, host=host,
-            node_id=f"storage-node-{i}", node_url=f"http://{host}:{8080 + i}",
-            metadata_urls=(meta_url,),
+            node_id=f"storage-node-{i}", node_url=f"http://{reach}:{8080 + i}",
+            metadata_urls=(meta_url,), auth=auth,
         )
         for i in range(1, node_count + 1)
     ]
     services.append(UploaderSettings(temp_dir=data_dir / "uploads", metadata_urls=(meta_url,),
-                                     port=8084, host=host))
+                                     port=8084, host=host, auth=auth))
     click.echo(
         f"V-Stack local cluster: metadata service on 8080, {node_count} storage nodes on ports "
         f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), uploader on 8084, data "

@@ -22,6 +22,7 @@ import trio
 from nodes.client.fetcher import stream_video
 from nodes.net.metadata_client import MetadataClient
 from protocol.errors import VStackError
+from tools.credentials import DEFAULT_DATA_DIR, api_bearer
 
 __all__ = ["main"]
 
@@ -42,7 +43,9 @@ async def _to_file(client: MetadataClient, video_id: str, out: Path) -> int:
 
 
 async def _play(metadata_urls: tuple[str, ...], video_id: str, out: Path | None) -> int:
-    client = MetadataClient(metadata_urls)
+    # Reads may be closed (PUBLIC_READS=0): then the user's token opens them.
+    data_dir = Path(os.environ.get("DATA_DIR", DEFAULT_DATA_DIR))
+    client = MetadataClient(metadata_urls, headers=api_bearer(data_dir))
     try:
         if out is None:
             return await _to_stdout(client, video_id)

@@ -26,6 +26,7 @@ import trio
 from nodes.net.errors import deadline
 from nodes.net.http_client import HttpClient, HttpResult, StreamBody
 from protocol.errors import VStackError
+from tools.credentials import DEFAULT_DATA_DIR, api_bearer
 
 __all__ = ["PutError", "main", "send_multipart"]
 
@@ -122,11 +123,12 @@ async def _status(http: HttpClient, url: str, session: str) -> dict[str, Any]:
     return state
 
 
-async def _put(url: str, path: Path, title: str, as_json: bool, poll: float) -> dict[str, Any]:
+async def _put(url: str, path: Path, title: str, as_json: bool, poll: float,
+               auth: list[tuple[str, str]]) -> dict[str, Any]:
     quiet = as_json or (not sys.stderr.isatty() and os.environ.get("VSTACK_PROGRESS") != "1")
     size = (await trio.Path(path).stat()).st_size
     bar: Any
-    async with HttpClient() as http:
+    async with HttpClient(headers=auth) as http:
         with click.progressbar(length=size, label="uploading ", file=sys.stderr, show_eta=True,
                                show_percent=True, hidden=quiet) as bar:
             answer = await send_multipart(url, path, title, bar.update, http=http)
@@ -157,11 +159,19 @@ async def _put(url: str, path: Path, title: str, as_json: bool, poll: float) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print the final status object as JSON.")
 @click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.05),
               help="Seconds between status checks.")
+@click.option("--data-dir", envvar="DATA_DIR", default=DEFAULT_DATA_DIR, show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where `vstack-node all` keeps its secrets, if API_TOKEN is not set [env DATA_DIR].")
 def main(file: Path, title: str | None, uploader: str, metadata: str, as_json: bool,
-         poll: float) -> None:
-    """Upload FILE (MP4, AVI, MOV, MKV, WebM, FLV) to V-Stack and wait until it is stored."""
+         poll: float, data_dir: Path) -> None:
+    """Upload FILE (MP4, AVI, MOV, MKV, WebM, FLV) to V-Stack and wait until it is stored.
+
+    Sends API_TOKEN (else CLUSTER_SECRET; from the environment, else from
+    DATA_DIR/secrets) as the bearer token when one is set.
+    """
     try:
-        state = trio.run(_put, uploader.rstrip("/"), file, title or file.stem, as_json, poll)
+        state = trio.run(_put, uploader.rstrip("/"), file, title or file.stem, as_json, poll,
+                         api_bearer(data_dir))
     except VStackError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

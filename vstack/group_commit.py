@@ -36,13 +36,13 @@ which carries the pending write so the caller can wait for it and retry.
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from protocol.errors import LocalProtocolError
 
+from . import fsio
 from .records import ALIGN, HEADER_SIZE, RecordHeader, encode_header, record_length
 
 __all__ = [
@@ -136,7 +136,7 @@ def write_record(fd: int, pw: PendingWrite) -> None:
         bufs.append(_PAD[:pad])
     pos, total = pw.offset, pw.length
     while total:
-        n = os.pwritev(fd, bufs, pos)
+        n = fsio.fs.pwritev(fd, bufs, pos)
         if n <= 0:
             raise OSError("pwritev wrote nothing")
         pos += n
@@ -169,7 +169,7 @@ def collect_batch(queues: Iterable[tuple[int, int, list[PendingWrite]]]) -> Sync
 def fsync_batch(batch: SyncBatch) -> None:
     """Blocking: make the batch's files durable."""
     for fd in batch.fds:
-        os.fdatasync(fd)
+        fsio.fs.fdatasync(fd)
 
 
 def _advance(

@@ -44,6 +44,12 @@ ACCEPTED_FORMATS: Final = {
     "mov": "MP4/MOV", "mp4": "MP4/MOV", "avi": "AVI", "matroska": "MKV/WebM", "webm": "MKV/WebM",
     "flv": "FLV", "mpegts": "MPEG-TS",
 }
+#: Put before every ``-i``: FFmpeg opens only local files (no network, no
+#: ``concat:``/``subfile:`` tricks) and only through the demuxers of the
+#: containers we take, so an upload that is really a playlist or a DASH
+#: manifest naming other files (``/etc/passwd``, an internal URL) opens nothing.
+INPUT_GUARD: Final = ("-protocol_whitelist", "file",
+                      "-format_whitelist", "mov,matroska,avi,flv,mpegts")
 TS_VIDEO: Final = frozenset({"h264", "hevc", "mpeg2video"})
 TS_AUDIO: Final = frozenset({"aac", "mp3", "ac3", "eac3", "mp2"})
 
@@ -101,7 +107,7 @@ class ProbeResult:
 
 
 def probe_command(ffmpeg: str, path: Path) -> list[str]:
-    return [ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)]
+    return [ffmpeg, "-hide_banner", "-nostdin", *INPUT_GUARD, "-i", str(path)]
 
 
 def parse_probe(stderr: str) -> ProbeResult:
@@ -181,7 +187,7 @@ def plan_segments(probe: ProbeResult, file_size: int, *, chunk_size: int, chunk_
 def segment_command(ffmpeg: str, src: Path, out_dir: Path, plan: SegmentPlan,
                     probe: ProbeResult) -> list[str]:
     """FFmpeg arguments that write ``seg%05d.ts`` and ``segments.csv`` into ``out_dir``."""
-    cmd = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(src),
+    cmd = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", *INPUT_GUARD, "-i", str(src),
            "-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn"]
     if plan.transcode_video:
         t = plan.segment_time

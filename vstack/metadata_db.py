@@ -49,6 +49,7 @@ from typing import Any
 
 import apsw
 
+from . import fsio
 from .metadata_reads import MetadataReads
 from .metadata_tables import SCHEMA as TABLES
 from .metadata_tables import materialize, migrate
@@ -104,7 +105,7 @@ class MetadataDB(MetadataReads):
         self.path = str(path)
         self.synchronous = synchronous
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            fsio.makedirs(Path(self.path).parent)  # synced into its parent, if new
         self.conn = apsw.Connection(self.path)
         self.conn.setbusytimeout(5000)
         cur = self.conn.cursor()

@@ -107,6 +107,11 @@ class MetadataReads:
                           (node_id,))
         return rows[0] if rows else None
 
+    def node_key_sha256(self, node_id: str) -> str | None:
+        """The digest of the key ``node_id`` is bound to, if any."""
+        rows = self.query("SELECT key_sha256 FROM node_claims WHERE node_id = ?", (node_id,))
+        return rows[0]["key_sha256"] if rows else None
+
     # -- statistics ------------------------------------------------------------------------
 
     def totals(self) -> dict[str, int]:

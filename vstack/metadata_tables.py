@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS node_claims (
     node_url TEXT NOT NULL,
     status TEXT NOT NULL,
     version TEXT,
-    since TEXT
+    since TEXT,
+    key_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS node_claims_by_url ON node_claims (node_url);
 """
@@ -117,6 +118,8 @@ def migrate(cur: apsw.Cursor) -> None:
     if "committed_ns" not in columns:
         cur.execute("ALTER TABLE chunks ADD COLUMN committed_ns INTEGER NOT NULL DEFAULT 0")
     cur.execute(VIEWS)
+    if "key_sha256" not in {row[1] for row in cur.execute("PRAGMA table_info(node_claims)")}:
+        cur.execute("ALTER TABLE node_claims ADD COLUMN key_sha256 TEXT")
     if not list(cur.execute("SELECT 1 FROM node_claims LIMIT 1")):
         cur.execute("INSERT OR IGNORE INTO node_claims (node_id, node_url, status, version, since)"
                     " SELECT node_id, node_url, status, version, last_heartbeat FROM storage_nodes")
@@ -240,12 +243,14 @@ def _put_node(cur: apsw.Cursor, node_id: str, value: Value) -> None:
     old = [r[0] for r in cur.execute("SELECT node_url FROM node_claims WHERE node_id = ?",
                                      (node_id,))]
     since = value.get("since")
+    key = value.get("key_sha256")
     cur.execute(
-        "INSERT INTO node_claims (node_id, node_url, status, version, since) VALUES (?,?,?,?,?)"
-        " ON CONFLICT(node_id) DO UPDATE SET node_url = excluded.node_url,"
-        " status = excluded.status, version = excluded.version, since = excluded.since",
+        "INSERT INTO node_claims (node_id, node_url, status, version, since, key_sha256)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT(node_id) DO UPDATE SET node_url = excluded.node_url,"
+        " status = excluded.status, version = excluded.version, since = excluded.since,"
+        " key_sha256 = excluded.key_sha256",
         (node_id, url, _text(value["status"]), value.get("version"),
-         since if isinstance(since, str) else None))
+         since if isinstance(since, str) else None, key if isinstance(key, str) else None))
     for touched in {url, *old}:
         _settle_url(cur, touched)
 

@@ -12,22 +12,49 @@ the index reflects the file exactly (:meth:`~vstack.superblock.Superblock.waterm
 The snapshot is taken on the event-loop thread
 (:func:`checkpoint_snapshot`, a copy, so writes go on) and written from a
 worker thread atomically: temporary file, fsync, rename, fsync of the
-directory (:func:`write_checkpoint`).
+directory (:func:`write_checkpoint`, :func:`vstack.fsio.atomic_writer`).
 
 On open, :func:`recover`:
 
 1. loads the checkpoint if there is a readable one, clearing every VERIFIED
    flag (a check holds only for the process that made it); an unreadable
    checkpoint is logged and ignored, and every file is scanned instead;
-2. drops rows that point into superblock files which no longer exist;
-3. opens every superblock file, then scans each from its watermark (from 0
+2. removes the files of *retired* superblocks (below), durably, before it
+   reads anything;
+3. drops rows that point into superblock files which no longer exist;
+4. opens every superblock file, then scans each from its watermark (from 0
    if the checkpoint does not know it, or there is none), checking CRCs and
    skipping torn or failed records (:func:`vstack.records.scan`). Records
    apply in file order, files in id order: a record replaces the row of its
    key if its sequence number is not lower; a tombstone removes an older row
    and hides older records of its key scanned after it;
-4. cuts a torn tail, so appending resumes just past the last valid record;
-5. lists the chunks whose rows are flagged quarantined.
+5. cuts a torn tail, so appending resumes just past the last valid record;
+6. lists the chunks whose rows are flagged quarantined.
+
+Retired superblocks
+-------------------
+Compaction retires a superblock, writes a checkpoint that no longer lists
+it, and only then unlinks its file; the unlink is durable once the data
+directory is fsynced. A crash (or a cancelled or failed unlink) in between
+leaves the file on disk with no watermark, and scanning it from offset 0
+would re-insert chunks whose tombstones lie below other superblocks'
+watermarks: deleted chunks would come back. So a superblock file whose id
+is below the checkpoint's ``next_sb`` and which the checkpoint gives no
+watermark is retired (:func:`retired_superblocks`), and is removed before
+the scan. That rule, rather than a list of retired ids kept in the
+checkpoint, is the sound one because it follows from how every checkpoint
+is made, with no new state to keep right: the snapshot takes ``next_sb``
+and the watermarks of *every* open superblock in one step on the event-loop
+thread, and a superblock is open from the moment its id is taken
+(:meth:`~vstack.superblock.SuperblockFiles.create`) until it is retired, so
+an id below ``next_sb`` without a watermark can only be a retired
+superblock (or one whose creation failed, which holds nothing). Every later
+checkpoint carries ``next_sb`` forward and never lists the id again, so the
+record cannot be lost by a later write (a list would have to be carried
+along until the unlink is known durable), and it also cleans up data
+directories written before this rule, with the same checkpoint format.
+Without a readable checkpoint there is nothing to compare with and every
+file is scanned, as before.
 
 Everything here blocks; the store calls it before serving.
 """
@@ -36,7 +63,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +71,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from . import fsio
 from .index import FLAG_QUARANTINED, FLAG_VERIFIED, ChunkIndex
 from .location import find, insert, relocate, row_header
 from .records import ALIGN, RecordHeader, ScanResult, scan
-from .superblock import Superblock, SuperblockFiles, fsync_dir
+from .superblock import Superblock, SuperblockFiles
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -57,6 +84,7 @@ __all__ = [
     "checkpoint_snapshot",
     "load_checkpoint",
     "recover",
+    "retired_superblocks",
     "write_checkpoint",
 ]
 
@@ -95,13 +123,8 @@ def checkpoint_snapshot(index: ChunkIndex, *, next_seq: int, next_sb: int,
 
 def write_checkpoint(index_dir: Path, snapshot: dict[str, npt.NDArray[Any]]) -> None:
     """Blocking: write a snapshot atomically (tmp, fsync, rename, fsync dir)."""
-    tmp = index_dir / (CHECKPOINT_NAME + ".tmp")
-    with open(tmp, "wb") as f:
+    with fsio.atomic_writer(index_dir / CHECKPOINT_NAME) as f:
         np.savez(f, **snapshot)  # type: ignore[arg-type]
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, index_dir / CHECKPOINT_NAME)
-    fsync_dir(index_dir)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -148,6 +171,9 @@ def recover(files: SuperblockFiles, index_dir: Path) -> Recovered:
     if ckpt is not None:
         files.next_id = ckpt.next_sb
     ids = files.ids_on_disk()
+    retired = retired_superblocks(ckpt, ids)
+    files.remove_retired(retired)  # before anything is scanned: see "Retired superblocks"
+    ids = [i for i in ids if i not in retired]
     _drop_rows_of_missing_superblocks(index, ids)
     files.open_existing(ids)  # all open first: lookups during the scan read any of them
     tail = _TailScan(index, files, next_seq=ckpt.next_seq if ckpt is not None else 1)
@@ -155,6 +181,7 @@ def recover(files: SuperblockFiles, index_dir: Path) -> Recovered:
         tail.scan_superblock(files[sb_id], ckpt.watermarks.get(sb_id, 0) if ckpt is not None else 0)
     report = {
         "checkpoint_loaded": ckpt is not None,
+        "retired_removed": retired,
         "records_scanned": tail.scanned,
         "bytes_skipped": tail.skipped,
         "damaged_records": tail.damaged[:100],
@@ -166,6 +193,17 @@ def recover(files: SuperblockFiles, index_dir: Path) -> Recovered:
     )
     return Recovered(index=index, next_seq=tail.next_seq,
                      quarantined=_quarantined(index, files), report=report)
+
+
+def retired_superblocks(ckpt: Checkpoint | None, ids: list[int]) -> list[int]:
+    """The superblocks of ``ids`` (on disk) that ``ckpt`` shows were retired.
+
+    Those below its ``next_sb`` that it gives no watermark (see the module
+    docstring, "Retired superblocks").
+    """
+    if ckpt is None:
+        return []
+    return [i for i in ids if i < ckpt.next_sb and i not in ckpt.watermarks]
 
 
 def _load_if_readable(path: Path) -> Checkpoint | None:
@@ -215,8 +253,8 @@ class _TailScan:
             self.damaged.append(key.decode(errors="replace"))
         if result.end < file_size:
             log.warning("superblock %d: cut %d bytes of torn tail", sb.id, file_size - result.end)
-            os.ftruncate(sb.fd, result.end)
-            os.fsync(sb.fd)
+            fsio.fs.ftruncate(sb.fd, result.end)
+            fsio.fs.fsync(sb.fd)
         sb.size = -(-result.end // ALIGN) * ALIGN
 
     def _apply(self, rec: RecordHeader) -> None:

@@ -187,10 +187,24 @@ def set_override(mode: str | None) -> Change:
 # -- storage nodes ---------------------------------------------------------------------------
 
 
-def register_node(node_url: str, node_id: str, version: str, *, since: str) -> Change:
-    """A node (re)registers at ``node_url``: healthy from now on."""
-    return lambda cur: {"node_url": node_url, "node_id": node_id, "status": "healthy",
-                        "version": version, "since": since}
+def register_node(node_url: str, node_id: str, version: str, *, since: str,
+                  key_sha256: str | None = None) -> Change:
+    """A node (re)registers at ``node_url``: healthy from now on.
+
+    A node id is bound to the key (its digest) of the first registration that
+    named one: a registration without that key is refused (409), so no one
+    can re-point a node's id at another server.
+    """
+
+    def claim(cur: Value | None) -> Value:
+        bound = cur.get("key_sha256") if cur is not None else None
+        if bound is not None and bound != key_sha256:
+            raise ChangeRejected(f"node id {node_id} is registered by another node "
+                                 "(its node key differs)", 409)
+        return {"node_url": node_url, "node_id": node_id, "status": "healthy",
+                "version": version, "since": since, "key_sha256": key_sha256 or bound}
+
+    return claim
 
 
 def set_liveness(status: str, *, since: str) -> Change:

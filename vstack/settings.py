@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from .auth import AuthPolicy
+
+#: No secrets: loopback callers need no credentials (see :mod:`vstack.auth`).
+OPEN: Final = AuthPolicy()
+
 __all__ = ["DEFAULT_MAX_CHUNK_BYTES", "StorageSettings", "binary_port_for"]
 
 DEFAULT_MAX_CHUNK_BYTES: Final = 8 * 1024 * 1024
@@ -29,15 +34,17 @@ class StorageSettings:
     data_dir: Path
     port: int = 8081
     binary_port: int | None = None  # None: port + 100; 0: any free port
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     node_id: str = ""
     node_url: str | None = None
+    node_key: str | None = None  # NODE_KEY; None: the one in data_dir/node.key (made once)
     metadata_urls: tuple[str, ...] = ()
     max_superblock_size: int = 1 << 30
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
     capacity_bytes: int | None = None  # refuse writes (507) beyond this many stored bytes
     max_disk_usage_percent: float = 95.0
     allowed_origin: str = "*"
+    auth: AuthPolicy = OPEN
     heartbeat_interval: float = 10.0
     checkpoint_interval: float = 60.0
     compaction_interval: float = 30.0
@@ -46,6 +53,11 @@ class StorageSettings:
     scrub_pause: float = 3600.0  # between two full passes
     read_timeout: float = 30.0  # one read inside a request
     idle_timeout: float = 75.0  # between requests on a keep-alive connection
+    header_timeout: float = 30.0  # a whole request head (HTTP) or frame header (binary)
+    max_connections: int | None = None  # per listener; None: a quarter of the fd limit, <= 1024
+    #: Request payloads the binary protocol holds at once, all connections together
+    #: (and as much again for chunks read into memory to answer GETs).
+    max_buffered_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -54,6 +66,14 @@ class StorageSettings:
             raise ValueError("max_chunk_bytes must be positive")
         if not 0 < self.compaction_garbage_ratio <= 1:
             raise ValueError("compaction_garbage_ratio must be in (0, 1]")
+        if self.header_timeout <= 0:
+            raise ValueError("HEADER_TIMEOUT must be positive")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("MAX_CONNECTIONS must be at least 1")
+        if self.max_buffered_bytes <= 0:
+            raise ValueError("MAX_BUFFERED_BYTES must be positive")
+        if self.compaction_interval <= 0:
+            raise ValueError("COMPACTION_INTERVAL_SEC must be positive")
 
     @property
     def effective_node_id(self) -> str:
@@ -70,7 +90,7 @@ class MetadataSettings:
 
     database: Path
     port: int = 8080
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     peers: tuple[str, ...] = ()  # every replica's base URL, the same list everywhere
     replica_id: int = 0
     heartbeat_interval: float = 10.0
@@ -84,7 +104,7 @@ class MetadataSettings:
     chunk_duration: int = 10  # the nominal chunk length manifests announce (CHUNK_DURATION)
     peer_port: int | None = None  # replica-to-replica listener; None: port + 100; 0: any free port
     peer_addresses: tuple[str, ...] = ()  # each replica's host:port for peer traffic (default: derived)
-    cluster_secret: bytes | None = None  # authenticates peer traffic; None: loopback peers only
+    auth: AuthPolicy = OPEN  # its cluster secret also authenticates peer traffic
     max_rounds_in_flight: int = 2000  # decisions at once; more are refused with a 503
     bootstrap: bool = False  # a new cluster: vote at once, with no past to join
     read_timeout: float = 30.0
@@ -101,8 +121,11 @@ class MetadataSettings:
             host, sep, port = addr.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"peer address {addr!r} is not host:port")
-        if self.cluster_secret is not None and len(self.cluster_secret) < 16:
-            raise ValueError("CLUSTER_SECRET must be at least 16 bytes")
+
+    @property
+    def cluster_secret(self) -> bytes | None:
+        """Authenticates peer traffic; ``None``: replicas accept peers on loopback only."""
+        return self.auth.cluster_secret
 
     @property
     def replicas(self) -> int:
@@ -144,7 +167,7 @@ class UploaderSettings:
     temp_dir: Path
     metadata_urls: tuple[str, ...]
     port: int = 8084
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     chunk_size: int = 2 * 1024 * 1024
     chunk_duration: float = 10.0
     max_concurrent_uploads: int = 5
@@ -153,6 +176,7 @@ class UploaderSettings:
     replicas: int = 3
     chunks_in_flight: int = 8
     ffmpeg: str | None = None  # None: a system ffmpeg, else the imageio-ffmpeg one
+    auth: AuthPolicy = OPEN
     read_timeout: float = 60.0
     idle_timeout: float = 75.0
 

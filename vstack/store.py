@@ -27,15 +27,21 @@ Writes go through four steps so that many can share one ``fdatasync``
 Deletes append tombstones through the same path. Compaction copies the live
 records of a superblock forward (keeping their sequence numbers, so a later
 tombstone still wins), carries forward tombstones whose target superblock
-still exists, checkpoints the index, and only then unlinks the old file;
-readers hold a reference on the file they read, so the descriptor stays open
-until the last ``sendfile`` from it ends.
+still exists, retires it, checkpoints the index, and only then unlinks the
+old file; that checkpoint is what makes the retirement durable (recovery
+removes a retired file it still finds before scanning anything, see
+:mod:`vstack.recovery`). Readers hold a reference on the file they read, so
+the descriptor stays open until the last ``sendfile`` from it ends.
 
 Restart (:mod:`vstack.recovery`): load the checkpoint (index arrays plus, per
 superblock, the offset up to which it is reflected), then scan only what was
 appended after it, verifying CRCs, skipping torn or failed records and
 cutting a torn tail. Without a checkpoint every file is scanned. A data
 directory is used by one process at a time (an ``flock`` on ``LOCK``).
+
+Every call that changes the disk (create, write, sync, truncate, rename,
+unlink, mkdir) goes through :data:`vstack.fsio.fs`, so the crash-state
+tests can record them and rebuild what a power loss would leave.
 
 Threads: every method that changes the store's state runs on the caller's
 (event-loop) thread; the blocking ones (``write``, ``fsync_batch``,
@@ -63,7 +69,7 @@ import numpy.typing as npt
 from protocol.errors import ProtocolError, VStackError
 from protocol.frames import crc32c
 
-from . import group_commit, recovery
+from . import fsio, group_commit, recovery
 from .group_commit import Busy, PendingWrite, SyncBatch, WriteKind
 from .index import FLAG_QUARANTINED, FLAG_VERIFIED, ChunkIndex
 from .location import Location, find, insert, is_current, relocate, row_header
@@ -132,13 +138,13 @@ class SuperblockStore:
             StoreInUse: another process has the directory open.
         """
         self = cls(Path(root), max_superblock_size=max_superblock_size)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        fsio.makedirs(self.data_dir)  # new directories synced into their parents
+        fsio.makedirs(self.index_dir)
+        self._lock_fd = fsio.fs.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._lock_fd)
+            fsio.fs.close(self._lock_fd)
             raise StoreInUse(f"{self.root} is in use by another storage node") from None
         try:
             done = recovery.recover(self._files, self.index_dir)
@@ -392,7 +398,11 @@ class SuperblockStore:
             self.quarantined.pop(loc.key.decode(), None)  # no longer held: not counted either
 
     def retire(self, sb_id: int) -> Path:
-        """Stop using superblock ``sb_id``; the caller then checkpoints and unlinks it."""
+        """Stop using superblock ``sb_id``; the caller then checkpoints and unlinks it.
+
+        The next checkpoint records the retirement (it no longer lists
+        ``sb_id``): from then on, recovery removes the file if it is still there.
+        """
         return self._files.retire(sb_id)
 
     def unlink(self, path: Path) -> None:
@@ -454,5 +464,5 @@ class SuperblockStore:
         self.closed = True
         self._files.close()
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
+            fsio.fs.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1

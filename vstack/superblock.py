@@ -19,16 +19,24 @@ no new reader can find it, but closes its descriptor only when the last
 reference is dropped; the file itself may be unlinked before that, as the
 open descriptor keeps its bytes readable.
 
+Retiring is made durable by the checkpoint, not by the unlink: the
+checkpoint written after :meth:`~SuperblockFiles.retire` no longer lists the
+superblock, and recovery removes any such file still on disk before it scans
+anything (:func:`vstack.recovery.recover`), so a crash between the
+checkpoint and a durable :meth:`~SuperblockFiles.unlink` cannot bring the
+file's deleted chunks back.
+
 Methods that change the set run on the event-loop thread (or during
 :meth:`~vstack.store.SuperblockStore.open`, before anything else runs);
-:meth:`~SuperblockFiles.unlink`, :meth:`~SuperblockFiles.exists_on_disk` and
-:func:`fsync_dir` block and only touch the file system, so worker threads may
-call them. Record headers are read with a short ``pread``
-(:meth:`SuperblockFiles.header_at`).
+:meth:`~SuperblockFiles.unlink` and :meth:`~SuperblockFiles.exists_on_disk`
+block and only touch the file system, so worker threads may call them. Every
+call that changes the disk goes through :data:`vstack.fsio.fs`. Record
+headers are read with a short ``pread`` (:meth:`SuperblockFiles.header_at`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -37,10 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from . import fsio
 from .group_commit import PendingWrite
 from .records import HEADER_SIZE, RecordHeader, parse_header
 
-__all__ = ["Superblock", "SuperblockFiles", "fsync_dir"]
+__all__ = ["Superblock", "SuperblockFiles"]
 
 log = logging.getLogger("vstack.store")
 
@@ -98,7 +107,7 @@ class SuperblockFiles:
         """Open the files ``ids`` (as found on disk); the last becomes active."""
         for sb_id in ids:
             path = self.path(sb_id)
-            fd = os.open(path, os.O_RDWR)
+            fd = fsio.fs.open(path, os.O_RDWR)
             self._open[sb_id] = Superblock(sb_id, path, fd, os.fstat(fd).st_size)
             self.next_id = max(self.next_id, sb_id + 1)
         if ids:
@@ -109,8 +118,12 @@ class SuperblockFiles:
         sb_id = self.next_id
         self.next_id += 1
         path = self.path(sb_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        fsync_dir(self.data_dir)
+        fd = fsio.fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fsio.fsync_dir(self.data_dir)  # the name must outlive a crash before any write is acked
+        except BaseException:
+            fsio.fs.close(fd)
+            raise
         sb = Superblock(sb_id, path, fd, 0)
         self._open[sb_id] = sb
         self.active = sb
@@ -182,9 +195,19 @@ class SuperblockFiles:
         return sb.path
 
     def unlink(self, path: Path) -> None:
-        """Blocking: remove a retired superblock file for good."""
-        path.unlink(missing_ok=True)
-        fsync_dir(self.data_dir)
+        """Blocking: remove a retired superblock file for good (durably)."""
+        with contextlib.suppress(FileNotFoundError):
+            fsio.fs.unlink(path)
+        fsio.fsync_dir(self.data_dir)
+
+    def remove_retired(self, ids: list[int]) -> None:
+        """Blocking: remove the files of superblocks retired by an earlier process (durably)."""
+        for sb_id in ids:
+            log.warning("superblock %d was retired before the restart; removing its file", sb_id)
+            with contextlib.suppress(FileNotFoundError):
+                fsio.fs.unlink(self.path(sb_id))
+        if ids:
+            fsio.fsync_dir(self.data_dir)
 
     def close(self) -> None:
         """Close every descriptor, readers or not."""
@@ -196,14 +219,5 @@ class SuperblockFiles:
 
 def _close(sb: Superblock) -> None:
     if sb.fd >= 0:
-        os.close(sb.fd)
+        fsio.fs.close(sb.fd)
         sb.fd = -1
-
-
-def fsync_dir(path: Path) -> None:
-    """Blocking: make the names in directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,18 +7,25 @@ A session moves through named stages with a 0-100 progress figure, and ends
     queued -> processing -> chunking -> uploading_chunks -> finalizing -> completed
        \\___________\\____________\\______________\\______________\\-> failed
 
-Sessions are JSON files, written atomically (temp file, fsync, rename), so
-status survives a restart of the uploader.
+Sessions are JSON files, written atomically and durably (temp file, fsync,
+rename, fsync of the directory: :func:`vstack.fsio.write_atomic`), so status
+survives a restart of the uploader and a power loss: once :meth:`SessionStore.save`
+has returned, the session reads back as saved. Without the directory fsync
+a rename may be lost: a session reported ``completed`` could come back
+``finalizing`` and be cleaned up as interrupted, and a new session could
+vanish. The sessions directory itself is synced into its parent when it is
+created.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+
+from . import fsio
 
 __all__ = ["STAGES", "TERMINAL", "Session", "SessionStore"]
 
@@ -92,20 +99,16 @@ class SessionStore:
     """Sessions as one JSON file each under ``root``."""
 
     def __init__(self, root: Path) -> None:
+        """Blocking: creates ``root`` (durably) if it does not exist."""
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        fsio.makedirs(root)
 
     def path(self, session_id: str) -> Path:
         return self.root / f"{session_id}.json"
 
     def save(self, session: Session) -> None:
-        """Blocking: write atomically."""
-        tmp = self.root / f".{session.session_id}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(session), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path(session.session_id))
+        """Blocking: write atomically and durably."""
+        fsio.write_atomic(self.path(session.session_id), json.dumps(asdict(session)).encode())
 
     def load(self, session_id: str) -> Session | None:
         """Blocking: the saved session, or ``None`` if it is missing or unreadable.

@@ -6,7 +6,7 @@ import json
 import time
 
 from nodes.net.http_server import Body
-from protocol.api import ChunkCommit, CommitResult
+from protocol.api import MAX_COPIES, ChunkCommit, CommitResult
 from protocol.errors import ProtocolError
 from protocol.http import Request, Response
 from vstack.registers import chunk_key, commit_chunk
@@ -14,7 +14,7 @@ from vstack.registers import chunk_key, commit_chunk
 from .api_common import ok, read_json
 from .replication import peer_slot_states, slot_state
 from .state import MetadataService
-from .storage_checks import verify_placement
+from .storage_checks import known_nodes, verify_placement
 
 __all__ = ["chunk_fragments", "commit", "consensus"]
 
@@ -22,11 +22,22 @@ __all__ = ["chunk_fragments", "commit", "consensus"]
 async def commit(svc: MetadataService, req: Request, body: Body) -> Response:
     """``POST /chunk/{id}/commit``: check the nodes hold it, then decide (Paxos)."""
     chunk_id = req.params["chunk_id"]
-    request = ChunkCommit.from_json(await read_json(body))
+    raw = await read_json(body)
+    for field in ("node_urls", "fragments_metadata"):
+        if isinstance(raw.get(field), list) and len(raw[field]) > MAX_COPIES:
+            raise ProtocolError(f"{field} lists more than {MAX_COPIES} entries", 400)
+    request = ChunkCommit.from_json(raw)
     verified = await verify_placement(svc, chunk_id, request)
     if verified is None:
+        known = known_nodes(svc)
+        unknown = sorted({name for name in (*request.node_urls,
+                                            *(f.node_url for f in request.fragments or ()))
+                          if known.address(name) is None})
+        why = (f"; not registered storage nodes (never contacted): {', '.join(unknown[:4])}"
+               if unknown else "")
         return ok(CommitResult(success=False, committed_nodes=(),
-                               message=f"Failed to reach consensus for chunk {chunk_id}").to_json())
+                               message=f"Failed to reach consensus for chunk {chunk_id}{why}"
+                               ).to_json())
     nodes, fragments = verified
     now_ns = time.time_ns()
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now_ns / 1e9))

@@ -20,7 +20,7 @@ import logging
 
 from nodes.net.errors import deadline
 from protocol.errors import ProtocolError, VStackError
-from protocol.node_api import Heartbeat, NodeRegistration
+from protocol.node_api import Heartbeat, NodeRegistration, node_key_digest
 from vstack.metadata_db import utc_now
 from vstack.node_urls import normalize_url
 from vstack.registers import node_key, register_node, set_liveness
@@ -35,7 +35,8 @@ log = logging.getLogger("vstack.metadata.liveness")
 async def register(svc: MetadataService, reg: NodeRegistration) -> None:
     url = normalize_url(reg.node_url)
     await svc.decide(node_key(reg.node_id),
-                     register_node(url, reg.node_id, reg.version, since=utc_now()))
+                     register_node(url, reg.node_id, reg.version, since=utc_now(),
+                                   key_sha256=node_key_digest(reg.node_key)))
     svc.last_seen[reg.node_id] = svc.now()
     when = utc_now()
     await svc.run_db(lambda: svc.db.record_heartbeat(
@@ -48,6 +49,10 @@ async def heartbeat(svc: MetadataService, node_id: str, beat: Heartbeat) -> None
     row = svc.reader.node(node_id)
     if row is None:
         raise ProtocolError(f"Node {node_id} is not registered", 404)
+    bound = svc.reader.node_key_sha256(node_id)
+    if bound is not None and bound != node_key_digest(beat.node_key):
+        raise ProtocolError(f"node id {node_id} is registered by another node "
+                            "(its node key differs)", 409)
     svc.last_seen[node_id] = svc.now()
     when, url = utc_now(), row["node_url"]
     await svc.run_db(lambda: svc.db.record_heartbeat(

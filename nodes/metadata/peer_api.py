@@ -14,7 +14,6 @@ nothing it carried is looked at: a forged ``commit`` is never learned.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import struct
@@ -34,11 +33,12 @@ from protocol.consensus import (
 )
 from protocol.errors import ProtocolError
 from protocol.frames import Frame, Opcode, response
+from vstack.auth import is_loopback
 
 from .replication import slot_state
 from .state import MetadataService
 
-__all__ = ["handle", "is_loopback", "serve_peers"]
+__all__ = ["handle", "serve_peers"]
 
 log = logging.getLogger("vstack.metadata.peers")
 
@@ -46,22 +46,9 @@ log = logging.getLogger("vstack.metadata.peers")
 PEER_CONNECTIONS_PER_REPLICA = 4
 
 
-
 class Unauthenticated(ProtocolError):
     def __init__(self, why: str) -> None:
         super().__init__(f"peer traffic refused: {why}", 401)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a peer address is on the loopback network; an IPv4 peer of a dual-stack
-    listener shows as ``::ffff:127.0.0.1``, which is loopback too."""
-    try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def _check_peer(svc: MetadataService, session: FrameSession, req: Frame) -> int:

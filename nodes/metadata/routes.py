@@ -12,53 +12,54 @@ this table binds them.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Final
 
 import trio
 
+from nodes.net import routing
 from nodes.net.http_server import Handler, HttpLimits, serve_http
+from nodes.net.routing import RouteTable
 from protocol.http import Router
+from vstack.auth import Access
 
 from . import api_chunks, api_nodes, api_redundancy, api_videos
-from .api_common import Endpoint
 from .state import MetadataService
 
 __all__ = ["ROUTES", "build_router", "serve_api"]
 
-ROUTES: Final[list[tuple[str, str, Endpoint]]] = [
-    ("GET", "/health", api_videos.health),
-    ("GET", "/", api_videos.root),
-    ("POST", "/video", api_videos.create_video),
-    ("PATCH", "/video/{video_id}/status", api_videos.set_status),
-    ("DELETE", "/video/{video_id}", api_videos.delete_video),
-    ("GET", "/videos", api_videos.list_videos),
-    ("GET", "/manifest/{video_id}", api_videos.manifest),
-    ("POST", "/chunk/{chunk_id}/commit", api_chunks.commit),
-    ("GET", "/chunk/{chunk_id}/fragments", api_chunks.chunk_fragments),
-    ("GET", "/consensus/{chunk_id}", api_chunks.consensus),
-    ("GET", "/nodes/healthy", api_nodes.nodes_healthy),
-    ("GET", "/nodes/all", api_nodes.nodes_all),
-    ("GET", "/nodes/health-summary", api_nodes.nodes_summary),
-    ("POST", "/nodes/register", api_nodes.register),
-    ("POST", "/nodes/{node_id}/heartbeat", api_nodes.heartbeat),
-    ("GET", "/stats", api_nodes.stats),
-    ("GET", "/storage/overhead", api_nodes.overhead),
-    ("GET", "/video/{video_id}/popularity", api_redundancy.popularity),
-    ("POST", "/video/{video_id}/view", api_redundancy.add_view),
-    ("GET", "/redundancy/recommend/{video_id}", api_redundancy.recommend),
-    ("POST", "/redundancy/override/{video_id}", api_redundancy.override),
-    ("DELETE", "/redundancy/override/{video_id}", api_redundancy.clear_override),
-    ("GET", "/redundancy/efficiency", api_redundancy.efficiency),
-    ("GET", "/redundancy/config", api_redundancy.config),
+P, R, U, C = Access.PUBLIC, Access.READ, Access.USER, Access.CLUSTER
+
+#: (method, path, who may call it, endpoint); see :mod:`vstack.auth`.
+ROUTES: Final[RouteTable] = [
+    ("GET", "/health", P, api_videos.health),
+    ("GET", "/", P, api_videos.root),
+    ("POST", "/video", U, api_videos.create_video),
+    ("PATCH", "/video/{video_id}/status", U, api_videos.set_status),
+    ("DELETE", "/video/{video_id}", U, api_videos.delete_video),
+    ("GET", "/videos", R, api_videos.list_videos),
+    ("GET", "/manifest/{video_id}", R, api_videos.manifest),
+    ("POST", "/chunk/{chunk_id}/commit", C, api_chunks.commit),
+    ("GET", "/chunk/{chunk_id}/fragments", R, api_chunks.chunk_fragments),
+    ("GET", "/consensus/{chunk_id}", R, api_chunks.consensus),
+    ("GET", "/nodes/healthy", R, api_nodes.nodes_healthy),
+    ("GET", "/nodes/all", R, api_nodes.nodes_all),
+    ("GET", "/nodes/health-summary", R, api_nodes.nodes_summary),
+    ("POST", "/nodes/register", C, api_nodes.register),
+    ("POST", "/nodes/{node_id}/heartbeat", C, api_nodes.heartbeat),
+    ("GET", "/stats", R, api_nodes.stats),
+    ("GET", "/storage/overhead", R, api_nodes.overhead),
+    ("GET", "/video/{video_id}/popularity", R, api_redundancy.popularity),
+    ("POST", "/video/{video_id}/view", U, api_redundancy.add_view),
+    ("GET", "/redundancy/recommend/{video_id}", R, api_redundancy.recommend),
+    ("POST", "/redundancy/override/{video_id}", U, api_redundancy.override),
+    ("DELETE", "/redundancy/override/{video_id}", U, api_redundancy.clear_override),
+    ("GET", "/redundancy/efficiency", R, api_redundancy.efficiency),
+    ("GET", "/redundancy/config", R, api_redundancy.config),
 ]
 
 
 def build_router(svc: MetadataService) -> Router[Handler]:
-    router: Router[Handler] = Router()
-    for method, path, endpoint in ROUTES:
-        router.add(method, path, partial(endpoint, svc))
-    return router
+    return routing.build_router(ROUTES, svc, svc.settings.auth)
 
 
 async def serve_api(svc: MetadataService, *,

@@ -22,6 +22,7 @@ from functools import partial
 
 import trio
 
+from nodes.net.http_client import HttpClient
 from nodes.net.jobs import run_forever
 from nodes.net.storage_client import open_storage_pool
 from vstack.metadata_db import MetadataDB
@@ -60,6 +61,10 @@ def _start_jobs(nursery: trio.Nursery, svc: MetadataService) -> None:
             initial_delay=s.views_merge_interval)
 
 
+#: The largest answer a storage node's health or HEAD check may give this service.
+NODE_ANSWER_BYTES = 64 * 1024
+
+
 async def serve_metadata(
     settings: MetadataSettings,
     *,
@@ -71,7 +76,11 @@ async def serve_metadata(
     reader = MetadataDB(settings.database, synchronous=settings.sqlite_synchronous)
     svc = MetadataService(settings, db, reader)
     try:
-        async with open_storage_pool() as storage, trio.open_nursery() as nursery:
+        # Calls to storage nodes: small answers only (health, HEAD), few idle connections.
+        http = HttpClient(max_bytes=NODE_ANSWER_BYTES, max_idle_per_host=2, max_per_host=16,
+                          headers=settings.auth.bearer_header())
+        async with http, open_storage_pool(http, secret=settings.auth.cluster_secret) as storage, \
+                trio.open_nursery() as nursery:
             svc.storage = storage
             await nursery.start(svc.transport.run)
             await nursery.start(svc.replica.run)

@@ -2,9 +2,14 @@
 
 A chunk is committed only after a majority of the nodes its writer names
 answer that they hold it with the right SHA-256 (for erasure-coded chunks,
-enough fragments to rebuild it). Deleting a video removes every copy it
-has on the nodes, best effort (a node that is down keeps garbage that the
-redundancy manager collects later).
+enough fragments to rebuild it). A writer may name only known nodes: a
+registered node (by its id or the URL it registered), a node of
+``STORAGE_NODES``, or an operator's alias. The check goes to the address
+the cluster knows for it, never to one the writer made up; any other name
+is never contacted and counts as a node that failed (:func:`known_nodes`).
+
+Deleting a video removes every copy it has on the nodes, best effort (a node
+that is down keeps garbage that the redundancy manager collects later).
 """
 
 from __future__ import annotations
@@ -16,16 +21,45 @@ import trio
 from nodes.net.errors import deadline
 from protocol.api import ChunkCommit, Fragment
 from protocol.errors import VStackError
+from vstack.node_urls import normalize_url
 
 from .state import MetadataService
 
-__all__ = ["Verified", "delete_copies", "verify_placement"]
+__all__ = ["KnownNodes", "Verified", "delete_copies", "known_nodes", "verify_placement"]
 
 log = logging.getLogger("vstack.metadata.checks")
 
 ATTEMPTS = 3
 
 Verified = tuple[list[str], list[Fragment]]
+
+
+class KnownNodes:
+    """The storage nodes this replica may contact, and the address of each."""
+
+    def __init__(self, svc: MetadataService) -> None:
+        self._aliases = svc.aliases
+        self._by_id: dict[str, str] = {}
+        self._urls: set[str] = {normalize_url(u) for u in svc.settings.storage_nodes}
+        self._urls |= set(svc.aliases.as_dict().values())
+        for row in svc.reader.node_rows():
+            url = normalize_url(str(row["node_url"]))
+            self._by_id[str(row["node_id"])] = url
+            self._urls.add(url)
+
+    def address(self, name: str) -> str | None:
+        """Where to check the node ``name`` names, or ``None`` if it is no known node."""
+        if name in self._by_id:
+            return self._aliases.resolve(self._by_id[name])
+        url = normalize_url(name)
+        resolved = self._aliases.resolve(url)
+        if url in self._urls or resolved != url:
+            return resolved
+        return None
+
+
+def known_nodes(svc: MetadataService) -> KnownNodes:
+    return KnownNodes(svc)
 
 
 async def verify_placement(svc: MetadataService, chunk_id: str,
@@ -37,6 +71,7 @@ async def verify_placement(svc: MetadataService, chunk_id: str,
     :data:`ATTEMPTS` tries, a short pause between them (a write may still be
     landing). ``None`` if they never do.
     """
+    known = known_nodes(svc)
     urls = list(dict.fromkeys(commit.node_urls))
     frags = list(commit.fragments or ())
     quorum = len(commit.node_urls) // 2 + 1
@@ -44,9 +79,10 @@ async def verify_placement(svc: MetadataService, chunk_id: str,
         held: dict[str, bool] = {}
         frag_ok: dict[str, bool] = {}
 
-        async def check(url: str, stored_id: str, sha: str, into: dict[str, bool],
+        async def check(name: str, stored_id: str, sha: str, into: dict[str, bool],
                         tag: str) -> None:
-            into[tag] = await holds(svc, url, stored_id, sha)
+            address = known.address(name)
+            into[tag] = address is not None and await holds(svc, address, stored_id, sha)
 
         async with trio.open_nursery() as nursery:
             for url in urls:
@@ -66,10 +102,10 @@ async def verify_placement(svc: MetadataService, chunk_id: str,
     return None
 
 
-async def holds(svc: MetadataService, url: str, stored_id: str, sha256_hex: str) -> bool:
+async def holds(svc: MetadataService, address: str, stored_id: str, sha256_hex: str) -> bool:
     try:
-        with deadline(svc.settings.probe_timeout, f"check of {stored_id} on {url}"):
-            return await svc.storage.holds(svc.aliases.resolve(url), stored_id, sha256_hex)
+        with deadline(svc.settings.probe_timeout, f"check of {stored_id} on {address}"):
+            return await svc.storage.holds(address, stored_id, sha256_hex)
     except VStackError:
         return False
 
@@ -77,10 +113,14 @@ async def holds(svc: MetadataService, url: str, stored_id: str, sha256_hex: str)
 async def delete_copies(svc: MetadataService, targets: list[tuple[str, str]]) -> int:
     """Delete each ``(node URL, stored id)``; returns how many are gone (deleted or absent)."""
     deleted = 0
+    known = known_nodes(svc)
 
     async def one(url: str, stored_id: str) -> None:
         nonlocal deleted
-        if await svc.storage.delete(svc.aliases.resolve(url), stored_id):
+        address = known.address(url)
+        if address is None:
+            log.warning("not deleting %s from %s: no longer a known node", stored_id, url)
+        elif await svc.storage.delete(address, stored_id):
             deleted += 1
 
     async with trio.open_nursery() as nursery:

@@ -157,6 +157,14 @@ class FrameClient:
     async def ping(self) -> None:
         self._check(await self.request(Opcode.PING))
 
+    async def authenticate(self, token: bytes) -> None:
+        """Present ``token`` (the cluster secret, or an API token) for this connection.
+
+        Raises:
+            ProtocolError: 401, the token was refused (the server closes the connection).
+        """
+        self._check(await self.request(Opcode.AUTH, b"", token))
+
     async def put(self, chunk_id: str, data: bytes) -> tuple[int, ChunkInfo]:
         """Store a chunk; returns (201 new | 200 same bytes already there, info)."""
         frame = self._check(await self.request(Opcode.PUT, chunk_id.encode(), data))

@@ -1,59 +1,133 @@
 """A trio server for the binary frame protocol (see ``protocol/README.md``).
 
+Theory of operation
+-------------------
 One reader task per connection turns bytes into frames; each request runs in
-its own task (at most :data:`MAX_IN_FLIGHT` per connection), so a client can
-pipeline many requests and get responses as they complete, matched by
-request id. Responses are written under one send lock per connection
-(:class:`FrameSession`); a response may end with a file range sent with
-``os.sendfile`` straight from disk.
+its own task, so a client can pipeline requests and get responses as they
+complete, matched by request id. Responses are written under one send lock
+per connection (:class:`FrameSession`); a response may end with a file range
+sent with ``os.sendfile`` straight from disk.
+
+**Order per key.** Requests on one connection that carry the same key (a
+chunk id) are answered in the order they arrived, and each one runs only
+after the one before it has been answered: a GET pipelined after a DELETE of
+the same chunk sees the chunk deleted. Requests with different keys (or
+none) run concurrently and may be answered in any order.
+
+**Bounds.** Whatever a peer sends, a connection holds at most
+``max_in_flight`` requests and ``connection_bytes`` payload bytes, and all
+connections of a server together at most ``buffered_bytes``
+(:class:`~nodes.net.bounds.ByteBudget`). A frame's payload is reserved as soon
+as its header is parsed, before any of it is read; while a reservation (or a
+request slot) is not available the reader reads nothing more, so a peer that
+sends faster than requests finish is slowed by TCP flow control, never
+buffered. The payload buffer grows with the bytes that arrive
+(:mod:`protocol.frames`). A frame's header and key must arrive within
+``header_timeout`` of its first byte, its payload within ``header_timeout +
+length / min_payload_rate`` after its reservation, every read within
+``read_timeout``; an idle connection is closed after ``idle_timeout``; a
+response that cannot leave within ``send_timeout`` (a peer that does not read)
+ends the connection, and so releases what its requests held. At most
+``max_connections`` connections are served
+(:class:`~nodes.net.bounds.ConnectionGate`); one more gets a 503 error frame.
 
 A malformed frame gets an error frame (request id 0) and the connection is
 closed; a payload that fails its CRC32C gets a 400 for that request only.
-Idle connections are closed after ``idle_timeout``; a frame that stalls
-half-way for ``read_timeout`` is dropped the same way. What a request means
-is the caller's :data:`FrameHandler` (the storage node's is
-:mod:`nodes.storage.binary_api`); any error it raises is answered as an
-error frame, so no request can take the server down.
+What a request means is the caller's :data:`FrameHandler` (the storage
+node's is :mod:`nodes.storage.binary_api`); any error it raises is answered
+as an error frame, so no request can take the server down.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
 from protocol.errors import ProtocolError, RemoteProtocolError
-from protocol.frames import NEED_DATA, ChecksumMismatch, Frame, FrameConnection, Opcode, response
+from protocol.frames import (
+    FLAG_RESPONSE,
+    ChecksumMismatch,
+    Frame,
+    FrameConnection,
+    Opcode,
+    response,
+)
 
+from .bounds import ByteBudget, ConnectionGate
 from .zerocopy import receive_frame_bytes, sendfile
 
-__all__ = ["MAX_IN_FLIGHT", "FrameHandler", "FrameLimits", "FrameSession", "serve_frames"]
+__all__ = ["FrameHandler", "FrameLimits", "FrameSession", "serve_frames"]
 
 log = logging.getLogger("vstack.binary")
 
-MAX_IN_FLIGHT = 64
+#: A server's default budget of buffered payload bytes, all connections together.
+DEFAULT_BUFFERED_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
 class FrameLimits:
+    """What one frame server lets its peers make it hold, and for how long."""
+
     max_payload: int
     read_timeout: float = 30.0
     idle_timeout: float = 75.0
-    #: Connections served at once; more are closed as they arrive, so a flood
-    #: of connections (each may buffer up to ``max_payload``) stays bounded.
-    max_connections: int = 1024
+    #: A frame's header and key must arrive within this of its first byte.
+    header_timeout: float = 30.0
+    #: Slowest payload accepted (bytes/s), on top of ``header_timeout``.
+    min_payload_rate: int = 64 * 1024
+    #: How long one response may take to leave before the connection is dropped.
+    send_timeout: float = 30.0
+    #: Connections served at once (None: from the descriptor limit); one more gets a 503.
+    max_connections: int | None = None
+    #: Requests of one connection in flight at once.
+    max_in_flight: int = 64
+    #: Payload bytes one connection's requests may hold at once (None: 4 x max_payload).
+    max_connection_bytes: int | None = None
+    #: ... and all connections together (None: 256 MiB, at least one connection's).
+    max_buffered_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if self.connection_bytes < self.max_payload:
+            raise ValueError("a connection's byte budget must hold one maximal payload")
+        if self.buffered_bytes < self.connection_bytes:
+            raise ValueError("the server's byte budget must hold one connection's")
+        if min(self.read_timeout, self.idle_timeout, self.header_timeout, self.send_timeout) <= 0:
+            raise ValueError("timeouts must be positive")
+
+    @property
+    def connection_bytes(self) -> int:
+        return self.max_connection_bytes or 4 * self.max_payload
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.max_buffered_bytes or max(DEFAULT_BUFFERED_BYTES, self.connection_bytes)
 
 
 class FrameSession:
-    """One connection's sending side: frames leave whole, one at a time."""
+    """One connection's sending side: frames leave whole, one at a time.
 
-    def __init__(self, stream: trio.SocketStream, conn: FrameConnection) -> None:
+    Args:
+        send_timeout: how long one response may take to leave; past it (or on
+            any other failure mid-send) the connection is broken and
+            :attr:`cancel_scope`, the connection's, is cancelled.
+    """
+
+    def __init__(self, stream: trio.SocketStream, conn: FrameConnection, *,
+                 send_timeout: float = math.inf) -> None:
         self.stream = stream
         self.conn = conn
+        self.peer = _peer_of(stream)
+        self.bearer: bytes | None = None  # the token this connection presented (AUTH)
         self.send_lock = trio.Lock()
         self.broken = False
+        self.send_timeout = send_timeout
+        self.cancel_scope = trio.CancelScope()
 
     async def send(self, frame: Frame) -> None:
         await self.send_raw(self.conn.send(frame))
@@ -68,12 +142,16 @@ class FrameSession:
             if self.broken:
                 raise trio.BrokenResourceError("connection broken")
             try:
-                if file is not None:
-                    await sendfile(self.stream, *file, head=data)
-                else:
-                    await self.stream.send_all(data)
-            except BaseException:
+                with trio.fail_after(self.send_timeout):
+                    if file is not None:
+                        await sendfile(self.stream, *file, head=data)
+                    else:
+                        await self.stream.send_all(data)
+            except BaseException as exc:
                 self.broken = True
+                self.cancel_scope.cancel()
+                if isinstance(exc, trio.TooSlowError):
+                    raise trio.BrokenResourceError("the peer does not read its answers") from None
                 raise
 
 
@@ -93,91 +171,168 @@ async def _answer(session: FrameSession, handler: FrameHandler, req: Frame) -> N
         await session.send(response(req, 500, b"Internal server error"))
 
 
-async def _serve_connection(handler: FrameHandler, limits: FrameLimits,
-                            stream: trio.SocketStream) -> None:
-    conn = FrameConnection(max_payload=limits.max_payload)
-    session = FrameSession(stream, conn)
-    slots = trio.Semaphore(MAX_IN_FLIGHT)
+def _error_frame(status: int, message: str, request_id: int = 0) -> Frame:
+    """The frame that reports a connection-level error (opcode PING)."""
+    return Frame(opcode=Opcode.PING, request_id=request_id, status=status,
+                 payload=message.encode(), flags=FLAG_RESPONSE)
 
-    async def run(req: Frame) -> None:
-        try:
-            await _answer(session, handler, req)
-        finally:
-            slots.release()
 
-    try:
-        async with trio.open_nursery() as nursery:
-            while not session.broken:
-                try:
-                    event = conn.next_event()
-                except ChecksumMismatch as exc:
-                    await session.send(response(exc.frame, 400, b"payload CRC32C mismatch"))
-                    continue
-                except RemoteProtocolError as exc:
-                    await session.send(Frame(opcode=Opcode.PING, request_id=0, status=exc.status,
-                                             payload=exc.msg.encode(), flags=1))
-                    break
-                if event is NEED_DATA:
-                    timeout = limits.read_timeout if conn.buffered else limits.idle_timeout
-                    with trio.move_on_after(timeout):
-                        if not await receive_frame_bytes(stream, conn) and not conn.buffered:
-                            break
+class _Connection:
+    """One connection: frames read within their deadlines and budgets, run in key order."""
+
+    def __init__(self, handler: FrameHandler, limits: FrameLimits, stream: trio.SocketStream,
+                 budget: ByteBudget) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.conn = FrameConnection(max_payload=limits.max_payload)
+        self.session = FrameSession(stream, self.conn, send_timeout=limits.send_timeout)
+        self.budget = ByteBudget(limits.connection_bytes, parent=budget)
+        self.slots = trio.Semaphore(limits.max_in_flight)
+        self.last: dict[bytes, trio.Event] = {}  # key -> answered when its latest request is
+
+    async def serve(self) -> None:
+        with self.session.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                while not self.session.broken:
+                    await self.slots.acquire()  # at max_in_flight, nothing more is read
+                    try:
+                        got = await self._next_frame()
+                    except ChecksumMismatch as exc:
+                        self._dispatch(nursery, exc.frame, 0, bad_crc=True)
                         continue
-                    break  # timed out
-                assert isinstance(event, Frame)
-                if event.is_response:
-                    await session.send(Frame(
-                        opcode=Opcode.PING, request_id=event.request_id, status=400,
-                        payload=b"clients send requests, not responses", flags=1))
-                    break
-                await slots.acquire()
-                nursery.start_soon(run, event)
+                    except RemoteProtocolError as exc:
+                        self.slots.release()
+                        await self.session.send(_error_frame(exc.status, exc.msg))
+                        break
+                    except BaseException:
+                        self.slots.release()
+                        raise
+                    if got is None:
+                        self.slots.release()
+                        break
+                    frame, charge = got
+                    if frame.is_response:
+                        self.budget.release(charge)
+                        self.slots.release()
+                        await self.session.send(_error_frame(
+                            400, "clients send requests, not responses", frame.request_id))
+                        break
+                    self._dispatch(nursery, frame, charge)
+
+    def _dispatch(self, nursery: trio.Nursery, req: Frame, charge: int, *,
+                  bad_crc: bool = False) -> None:
+        """Start ``req``'s task, behind the previous request with its key."""
+        prev = self.last.get(req.key) if req.key else None
+        done = trio.Event()
+        if req.key:
+            self.last[req.key] = done
+        nursery.start_soon(self._run, req, charge, prev, done, bad_crc)
+
+    async def _run(self, req: Frame, charge: int, prev: trio.Event | None, done: trio.Event,
+                   bad_crc: bool) -> None:
+        try:
+            if prev is not None:
+                await prev.wait()
+            if bad_crc:
+                await self.session.send(response(req, 400, b"payload CRC32C mismatch"))
+            else:
+                await _answer(self.session, self.handler, req)
+        finally:
+            done.set()
+            if self.last.get(req.key) is done:
+                del self.last[req.key]
+            self.budget.release(charge)
+            self.slots.release()
+
+    async def _next_frame(self) -> tuple[Frame, int] | None:
+        """The next frame and the bytes reserved for it; ``None`` once the peer
+        has closed between frames or is too slow. Nothing stays reserved when
+        this raises (a protocol error, or a checksum mismatch)."""
+        conn, limits = self.conn, self.limits
+        charge, reserved, deadline = 0, False, math.inf
+        try:
+            while True:
+                event = conn.next_event()
+                if isinstance(event, Frame):
+                    if not reserved:  # it came whole with earlier bytes: read no more until it fits
+                        await self.budget.acquire(len(event.payload))
+                        charge = len(event.payload)
+                    return event, charge
+                size = conn.incoming_payload
+                if size is not None and not reserved:
+                    await self.budget.acquire(size)  # before a byte of its payload is read
+                    charge, reserved = size, True
+                    deadline = trio.current_time() + limits.header_timeout + (
+                        size / limits.min_payload_rate)
+                elif deadline == math.inf and conn.buffered:
+                    deadline = trio.current_time() + limits.header_timeout
+                busy = bool(conn.buffered) or size is not None
+                timeout = limits.read_timeout if busy else limits.idle_timeout
+                with trio.move_on_at(min(trio.current_time() + timeout, deadline)):
+                    if not await receive_frame_bytes(self.session.stream, conn) and not busy:
+                        break  # closed between frames
+                    if deadline == math.inf:  # the first bytes of a frame
+                        deadline = trio.current_time() + limits.header_timeout
+                    continue
+                break  # timed out
+        except BaseException:
+            self.budget.release(charge)
+            raise
+        self.budget.release(charge)
+        return None
+
+
+async def _handle_connection(handler: FrameHandler, limits: FrameLimits, budget: ByteBudget,
+                             stream: trio.SocketStream) -> None:
+    """One connection's whole life; nothing it does can take the server down."""
+    try:
+        await _Connection(handler, limits, stream, budget).serve()
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass  # the peer went away
+    except* Exception as group:
+        log.error("binary connection failed", exc_info=group)
     finally:
         with trio.move_on_after(1) as cs:
             cs.shield = True
             await stream.aclose()
 
 
-async def _handle_connection(handler: FrameHandler, limits: FrameLimits,
-                             stream: trio.SocketStream) -> None:
-    """One connection's whole life; nothing it does can take the server down."""
-    try:
-        await _serve_connection(handler, limits, stream)
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass  # the peer went away
-    except* Exception as group:
-        log.error("binary connection failed", exc_info=group)
-
-
 async def serve_frames(handler: FrameHandler, *, host: str, port: int, limits: FrameLimits,
                        admit: Callable[[trio.SocketStream], bool] | None = None,
+                       budget: ByteBudget | None = None,
                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the frame protocol until cancelled; reports the bound port.
 
     ``admit`` sees each connection before a byte is read from it (e.g. to
-    serve loopback peers only); a refused one, or one past
-    ``limits.max_connections``, is closed at once.
+    serve loopback peers only); a refused one is closed at once. ``budget``
+    is the byte budget of all its connections together (default: a new one of
+    ``limits.buffered_bytes``; pass one to share it, or to watch it).
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     log.info("binary protocol listening on %s:%d", host, bound)
-    slots = trio.Semaphore(limits.max_connections)
+    shared = budget if budget is not None else ByteBudget(limits.buffered_bytes)
+    if shared.capacity < limits.connection_bytes:
+        raise ValueError("the server's byte budget must hold one connection's")
+    refusal = FrameConnection().send(_error_frame(503, "too many connections; retry later"))
+    gate = ConnectionGate(f"binary protocol on port {bound}",
+                          max_connections=limits.max_connections, refusal=refusal)
 
-    async def gate(stream: trio.SocketStream) -> None:
-        try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            log.warning("binary connection refused: %d connections open already",
-                        limits.max_connections)
-            await stream.aclose()
-            return
-        try:
-            if admit is not None and not admit(stream):
+    async def run(stream: trio.SocketStream) -> None:
+        if admit is not None and not admit(stream):
+            with trio.CancelScope(shield=True):
                 await stream.aclose()
-                return
-            await _handle_connection(handler, limits, stream)
-        finally:
-            slots.release()
+            return
+        await _handle_connection(handler, limits, shared, stream)
 
     task_status.started(bound)
-    await trio.serve_listeners(gate, listeners)
+    await gate.serve(run, listeners)
+
+
+def _peer_of(stream: trio.SocketStream) -> str:
+    """The caller's IP address, for access checks ("" if it cannot be told)."""
+    try:
+        addr = stream.socket.getpeername()
+    except (OSError, AttributeError):
+        return ""
+    return str(addr[0]) if isinstance(addr, tuple) else ""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import select
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -121,7 +121,9 @@ class HttpClient:
     call :meth:`aclose`."""
 
     def __init__(self, *, max_bytes: int = MAX_RESPONSE_BYTES, max_idle_per_host: int = 8,
-                 max_per_host: int = 64) -> None:
+                 max_per_host: int = 64, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """``headers`` go with every request (a service's ``Authorization``)."""
+        self.headers = list(headers)
         self.max_bytes = max_bytes
         self.max_idle_per_host = max_idle_per_host
         self.max_per_host = max_per_host
@@ -166,7 +168,7 @@ class HttpClient:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers = [*(headers or []), ("Content-Type", "application/json")]
-        hdrs = [("Host", netloc), *(headers or [])]
+        hdrs = [("Host", netloc), *self.headers, *(headers or [])]
         length = body.length if isinstance(body, StreamBody) else len(body)
         if length or method in ("POST", "PUT", "PATCH"):
             hdrs.append(("Content-Length", str(length)))

@@ -1,7 +1,6 @@
 """A small trio HTTP/1.1 server over h11, shared by every V-Stack service.
 
-One task per connection reads events with a timeout on every read (slow or
-idle clients are dropped), routes each request through a
+One task per connection reads events, routes each request through a
 :class:`protocol.http.Router`, and writes the handler's
 :class:`~protocol.http.Response`. A body that is a
 :class:`~protocol.http.FileRange` goes through h11's
@@ -11,16 +10,36 @@ Handlers read request bodies through :class:`Body`, which enforces a byte
 limit *before* reading (by ``Content-Length``) and while reading. Any
 :class:`~protocol.errors.ProtocolError` becomes a JSON error with its status;
 any other exception becomes a 500 without a traceback on the wire (it is
-logged). After an error with an unread body, the connection is closed.
+logged). ``OPTIONS`` on a routed path is answered 204 with ``Allow`` and,
+where the service sends CORS headers, a CORS preflight answer.
+
+Bounds (:class:`HttpLimits`): a request's *head* (request line and headers)
+must arrive whole within ``header_timeout`` of its first byte (of the
+connection's start, for the first request), as nginx's
+``client_header_timeout``, whatever the pace of the bytes; it may not be
+longer than ``max_header_bytes`` (431), counted exactly, however the bytes
+are split between reads. Between requests a connection may stay idle for
+``idle_timeout``; every read of a body must complete within
+``read_timeout``. At most ``max_connections`` connections are served; one
+more is answered 503 and closed (:class:`~nodes.net.bounds.ConnectionGate`).
+
+An answer sent before its request body was read (a 413, say) closes the
+connection, but only after the rest of the body has been read and thrown
+away, up to ``drain_bytes`` or ``drain_timeout``: a client that sends its
+whole body before it reads (no ``Expect: 100-continue``, as Python's
+urllib, requests and aiohttp do) would otherwise get a reset instead of the
+answer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Final
 
 import h11
 import trio
@@ -28,15 +47,16 @@ import trio
 from protocol.errors import ProtocolError, VStackError
 from protocol.http import (
     DEFAULT_MAX_HEADER_BYTES,
-    REASONS,
     FileRange,
     Request,
     Response,
     Router,
     error_response,
     parse_target,
+    reason_phrase,
 )
 
+from .bounds import ConnectionGate
 from .zerocopy import sendfile
 
 __all__ = ["Body", "Handler", "HttpLimits", "serve_http", "serve_stream"]
@@ -44,17 +64,43 @@ __all__ = ["Body", "Handler", "HttpLimits", "serve_http", "serve_stream"]
 log = logging.getLogger("vstack.http")
 
 _RECV = 256 * 1024
+#: After an answer that left the request body unread: discard at most this much
+#: of it, for at most this long, before closing.
+DRAIN_BYTES: Final = 64 * 1024 * 1024
+DRAIN_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class HttpLimits:
+    """What one HTTP server lets its clients make it hold, and for how long."""
+
+    #: Request line plus headers, in bytes (431 past it).
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    #: One read of a request body.
     read_timeout: float = 30.0
+    #: Between requests on a kept-alive connection.
     idle_timeout: float = 75.0
+    #: A whole request head, from its first byte (the connection's start, for the first).
+    header_timeout: float = 30.0
+    #: Connections served at once (None: from the descriptor limit); one more gets a 503.
+    max_connections: int | None = None
+    #: Unread request body discarded after an early answer, at most (bytes, seconds).
+    drain_bytes: int = DRAIN_BYTES
+    drain_timeout: float = DRAIN_SECONDS
+
+    def __post_init__(self) -> None:
+        if min(self.read_timeout, self.idle_timeout, self.header_timeout) <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_header_bytes < 64:
+            raise ValueError("max_header_bytes is too small for any request")
 
 
 class _Timeout(VStackError):
     pass
+
+
+class _HeadTimeout(_Timeout):
+    """A request head started but did not arrive whole within ``header_timeout``."""
 
 
 class Body:
@@ -62,13 +108,13 @@ class Body:
 
     def __init__(self, conn: _Connection, declared: int | None = None) -> None:
         self._conn = conn
-        self._declared = declared  # Content-Length, if the request has one
+        self.declared = declared  # Content-Length, if the request has one
         self.consumed = False
 
     async def chunks(self, limit: int) -> AsyncIterator[bytes]:
         """Yield the body in pieces; 413 before reading if its declared length
         passes ``limit``, and as soon as it passes ``limit`` bytes otherwise."""
-        if self._declared is not None and self._declared > limit:
+        if self.declared is not None and self.declared > limit:
             raise ProtocolError(f"body larger than {limit} bytes", 413)
         seen = 0
         while True:
@@ -98,19 +144,57 @@ class _Connection:
         self.limits = limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.head_request = False
+        self.peer = _peer_of(stream)
+        self.first = True  # the connection's first request: its head deadline runs from now
 
-    async def next_event(self, *, idle: bool = False) -> h11.Event | type[h11.PAUSED]:
+    async def next_request(self) -> h11.Event | type[h11.PAUSED]:
+        """The next request head (or the end of the connection), within the head
+        deadline and exactly within ``max_header_bytes``.
+
+        h11 checks its limit only against an *incomplete* head, and only after
+        a read: a head completed by the read that crossed the limit would pass.
+        So we count every byte the head was given (what h11 still held from the
+        previous request, plus what we feed it), read no more than the limit
+        at a time, and measure the head once h11 has parsed it.
+
+        Raises:
+            h11.RemoteProtocolError: a malformed head, or one over the limit (431).
+            _HeadTimeout: the head started but did not complete in time.
+            _Timeout: no byte came: within ``header_timeout`` of the
+                connection's start, or ``idle_timeout`` after an answer.
+        """
+        limits = self.limits
+        limit = limits.max_header_bytes
+        fed = len(self.conn.trailing_data[0])
+        deadline = trio.current_time() + limits.header_timeout if fed or self.first else math.inf
+        self.first = False
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                if isinstance(event, h11.Request) and fed - len(self.conn.trailing_data[0]) > limit:
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+                return event  # type: ignore[return-value]
+            if fed >= limit:  # h11 only refuses an incomplete head *over* its limit
+                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+            wait = trio.current_time() + limits.idle_timeout if deadline == math.inf else deadline
+            with trio.move_on_at(wait):
+                data = await self.stream.receive_some(limit - fed)
+                if deadline == math.inf:
+                    deadline = trio.current_time() + limits.header_timeout
+                fed += len(data)
+                self.conn.receive_data(bytes(data))  # no copy: sockets give bytes already
+                continue
+            raise _HeadTimeout if fed else _Timeout  # a 408 only to a head that started
+
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        """The next event of a request body, each read within ``read_timeout``."""
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            timeout = self.limits.idle_timeout if idle else self.limits.read_timeout
-            # While headers are awaited, read no more than the header limit at a
-            # time: h11 checks the limit only against an incomplete event.
-            size = _RECV if self.conn.their_state is h11.SEND_BODY else self.limits.max_header_bytes
-            with trio.move_on_after(timeout):
-                data = await self.stream.receive_some(size)
-                self.conn.receive_data(bytes(data))  # no copy: sockets give bytes already
+            with trio.move_on_after(self.limits.read_timeout):
+                data = await self.stream.receive_some(_RECV)
+                self.conn.receive_data(bytes(data))
                 continue
             raise _Timeout
 
@@ -126,7 +210,7 @@ class _Connection:
             headers.append((b"content-length", str(len(body)).encode()))
         head = self.conn.send(
             h11.Response(status_code=resp.status, headers=headers,
-                         reason=REASONS.get(resp.status, b""))
+                         reason=reason_phrase(resp.status))
         ) or b""
         if len(body) and self.conn.our_state is h11.SEND_BODY and not self.head_request:
             if isinstance(body, FileRange):
@@ -157,12 +241,26 @@ async def serve_http(
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     log.info("HTTP listening on %s:%d", host, bound)
+    gate = ConnectionGate(f"HTTP on port {bound}", max_connections=limits.max_connections,
+                          refusal=_REFUSAL)
     task_status.started(bound)
 
     async def handle(stream: trio.SocketStream) -> None:
         await serve_stream(stream, router, limits=limits, default_headers=default_headers)
 
-    await trio.serve_listeners(handle, listeners)
+    await gate.serve(handle, listeners)
+
+
+def _refusal() -> bytes:
+    """The whole answer to a connection over the cap, sent before a byte is read."""
+    body = error_response(503, "Too many connections; retry later").body
+    assert isinstance(body, bytes)
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body))
+
+
+_REFUSAL: Final = _refusal()
 
 
 async def serve_stream(
@@ -200,65 +298,100 @@ async def _serve_connection(
 ) -> None:
     while True:
         try:
-            event = await conn.next_event(idle=True)
+            event = await conn.next_request()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
             if conn.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 msg = "Request header fields too large" if status == 431 else str(exc)
                 await conn.send_response(error_response(status, msg), [("Connection", "close")])
             return
-        if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+        except _HeadTimeout:
+            if conn.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await conn.send_response(error_response(408, "timed out reading the request head"),
+                                         [("Connection", "close")])
             return
-        if not isinstance(event, h11.Request):
+        if not isinstance(event, h11.Request):  # ConnectionClosed, PAUSED
             return
-        started = time.perf_counter()
-        length = dict(event.headers).get(b"content-length")
-        body = Body(conn, int(length) if length is not None else None)  # h11 checked it
-        method = event.method.decode("ascii", "replace")
-        conn.head_request = method == "HEAD"
-        try:
-            path, query = parse_target(event.target)
-            handler, params = router.match(method, path)
-            request = Request(
-                method=method,
-                target=event.target.decode("ascii", "replace"),
-                path=path,
-                query=query,
-                headers={k.decode().lower(): v.decode("latin-1") for k, v in event.headers},
-                params=params,
-            )
-            response = await handler(request, body)
-        except ProtocolError as exc:
-            response = error_response(exc.status, exc.msg, getattr(exc, "problems", None))
-        except _Timeout:
-            response = error_response(408, "timed out reading the request")
-        except h11.RemoteProtocolError as exc:
-            response = error_response(exc.error_status_hint, str(exc))
-        except Exception:
-            log.exception("unhandled error serving %s %s", method, event.target)
-            response = error_response(500, "Internal server error")
-        extra = default_headers()
-        if not body.consumed and conn.conn.their_state is h11.SEND_BODY and response.status != 408:
-            await _drain_small(conn, body, event)
-        unread = conn.conn.their_state is not h11.DONE
-        if unread:
-            extra.append(("Connection", "close"))
-        try:
-            if conn.conn.our_state is not h11.SEND_RESPONSE:
-                return
-            await conn.send_response(response, extra)
-        finally:
-            if response.after is not None:
-                response.after()
-        log.debug("%s %s -> %d in %.2f ms", method, event.target.decode(errors="replace"),
-                  response.status, (time.perf_counter() - started) * 1e3)
-        state: object = conn.conn.our_state  # changed by send_response
-        if unread or state is h11.MUST_CLOSE:
+        if not await _serve_request(conn, router, default_headers, event):
             return
         try:
             conn.conn.start_next_cycle()
         except h11.LocalProtocolError:
             return
+
+
+async def _serve_request(conn: _Connection, router: Router[Handler],
+                         default_headers: Callable[[], list[tuple[str, str]]],
+                         event: h11.Request) -> bool:
+    """Answer one request; whether the connection may serve another."""
+    started = time.perf_counter()
+    length = dict(event.headers).get(b"content-length")
+    body = Body(conn, int(length) if length is not None else None)  # h11 checked it
+    method = event.method.decode("ascii", "replace")
+    conn.head_request = method == "HEAD"
+    extra = default_headers()
+    try:
+        path, query = parse_target(event.target)
+        request = Request(
+            method=method,
+            target=event.target.decode("ascii", "replace"),
+            path=path,
+            query=query,
+            headers={k.decode().lower(): v.decode("latin-1") for k, v in event.headers},
+            peer=conn.peer,
+        )
+        allowed = router.allowed(path) if method == "OPTIONS" else set()
+        if allowed and "OPTIONS" not in allowed:
+            response = _preflight(request, allowed, extra)
+        else:
+            handler, params = router.match(method, path)
+            request = replace(request, params=params)
+            response = await handler(request, body)
+    except ProtocolError as exc:
+        response = error_response(exc.status, exc.msg, getattr(exc, "problems", None))
+    except _Timeout:
+        response = error_response(408, "timed out reading the request")
+    except h11.RemoteProtocolError as exc:
+        response = error_response(exc.error_status_hint, str(exc))
+    except Exception:
+        log.exception("unhandled error serving %s %s", method, event.target)
+        response = error_response(500, "Internal server error")
+    if not body.consumed and conn.conn.their_state is h11.SEND_BODY and response.status != 408:
+        await _drain_small(conn, body, event)
+    unread = conn.conn.their_state is not h11.DONE
+    if unread:
+        extra.append(("Connection", "close"))
+    # Told nothing but this answer, a client waiting for "100 Continue" sends no body.
+    drain = unread and response.status != 408 and not conn.conn.client_is_waiting_for_100_continue
+    try:
+        if conn.conn.our_state is not h11.SEND_RESPONSE:
+            return False
+        await conn.send_response(response, extra)
+    finally:
+        if response.after is not None:
+            response.after()
+    log.debug("%s %s -> %d in %.2f ms", method, event.target.decode(errors="replace"),
+              response.status, (time.perf_counter() - started) * 1e3)
+    if drain:
+        await _drain_after_answer(conn, body)
+    state: object = conn.conn.our_state  # changed by send_response
+    return not unread and state is not h11.MUST_CLOSE
+
+
+def _preflight(request: Request, allowed: set[str], extra: list[tuple[str, str]]) -> Response:
+    """204 to ``OPTIONS`` on a routed path: ``Allow``, and where the service sends
+    CORS headers (``extra`` has an allowed origin), the rest of a preflight answer."""
+    methods = ", ".join(sorted(allowed | {"OPTIONS"}))
+    headers = [("Allow", methods)]
+    sent = {name.lower() for name, _ in extra}
+    if "access-control-allow-origin" in sent:
+        if "access-control-allow-methods" not in sent:
+            headers.append(("Access-Control-Allow-Methods", methods))
+        asked = request.header("access-control-request-headers")
+        if asked and "access-control-allow-headers" not in sent:
+            headers.append(("Access-Control-Allow-Headers", asked))
+        headers.append(("Access-Control-Max-Age", "600"))
+    return Response(status=204, headers=headers)
 
 
 _DRAIN_LIMIT = 64 * 1024
@@ -271,6 +404,36 @@ async def _drain_small(conn: _Connection, body: Body, request: h11.Request) -> N
         return
     with contextlib.suppress(ProtocolError, _Timeout, h11.RemoteProtocolError):
         await body.read(_DRAIN_LIMIT)
+
+
+async def _drain_after_answer(conn: _Connection, body: Body) -> None:
+    """Read and discard the rest of a body the answer did not need, then let
+    the connection close: within ``drain_bytes`` and ``drain_timeout``.
+
+    A client that sends its whole body before reading (no ``Expect:
+    100-continue``) reads the answer only once it has sent everything; were
+    the connection closed with its body still arriving, the kernel would
+    answer the rest with a reset and the answer would be lost. A body
+    declared longer than the bound is not drained at all: the client could
+    not finish sending it anyway.
+    """
+    limits = conn.limits
+    declared = body.declared
+    if declared is not None and declared > limits.drain_bytes:
+        return
+    left = limits.drain_bytes
+    with trio.move_on_after(limits.drain_timeout), contextlib.suppress(
+            h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        while conn.conn.their_state is h11.SEND_BODY and left > 0:
+            event = conn.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await conn.stream.receive_some(min(_RECV, left))
+                if not data:
+                    return
+                left -= len(data)
+                conn.conn.receive_data(bytes(data))
+            elif not isinstance(event, h11.Data):
+                return
 
 
 async def _lingering_close(stream: trio.abc.HalfCloseableStream) -> None:
@@ -289,3 +452,13 @@ async def _lingering_close(stream: trio.abc.HalfCloseableStream) -> None:
         pass
     finally:
         await stream.aclose()
+
+
+def _peer_of(stream: trio.abc.HalfCloseableStream) -> str:
+    """The caller's IP address, for access checks ("" for a stream that is no socket)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        addr = sock.getpeername() if sock is not None else None
+    except OSError:
+        return ""
+    return str(addr[0]) if isinstance(addr, tuple) else ""

@@ -14,6 +14,7 @@ return the messages of :mod:`protocol.api`; :meth:`call` is the raw form.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from protocol.api import (
@@ -43,13 +44,15 @@ class MetadataUnavailable(TransportError):
 
 class MetadataClient:
     def __init__(self, urls: tuple[str, ...], *, timeout: float = 15.0,
-                 http: HttpClient | None = None) -> None:
+                 http: HttpClient | None = None,
+                 headers: Sequence[tuple[str, str]] = ()) -> None:
+        """``http``: a shared pool (else one of its own, sending ``headers``)."""
         if not urls:
             raise ValueError("no metadata service URL")
         self.urls = tuple(u.rstrip("/") for u in urls)
         self.timeout = timeout
         self._own_http = http is None
-        self.http = http or HttpClient()
+        self.http = http or HttpClient(headers=headers)
         self._best = 0
 
     async def call(self, method: str, path: str, json_body: Any = None, *,

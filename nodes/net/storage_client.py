@@ -35,9 +35,12 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 
 
 class StoragePool:
-    def __init__(self, nursery: trio.Nursery, http: HttpClient) -> None:
+    def __init__(self, nursery: trio.Nursery, http: HttpClient, *,
+                 secret: bytes | None = None) -> None:
+        """``secret``: the cluster secret, presented on each binary connection."""
         self._nursery = nursery
         self.http = http
+        self.secret = secret
         self._clients: dict[str, FrameClient] = {}
         self._locks: dict[str, trio.Lock] = {}
 
@@ -69,6 +72,14 @@ class StoragePool:
                 return None
             client = FrameClient(stream, max_payload=MAX_PAYLOAD, peer=node_url)
             self._nursery.start_soon(client.run_reader)
+            if self.secret is not None:
+                try:
+                    with deadline(5, f"authenticating to {node_url}"):
+                        await client.authenticate(self.secret)
+                except VStackError as exc:
+                    log.warning("binary connection to %s refused our secret: %s", node_url, exc)
+                    await client.aclose()
+                    return None
             self._clients[node_url] = client
             return client
 
@@ -149,11 +160,12 @@ class StoragePool:
 
 
 @asynccontextmanager
-async def open_storage_pool(http: HttpClient | None = None) -> AsyncIterator[StoragePool]:
+async def open_storage_pool(http: HttpClient | None = None, *,
+                            secret: bytes | None = None) -> AsyncIterator[StoragePool]:
     own = http is None
     client = http or HttpClient()
     async with trio.open_nursery() as nursery:
-        pool = StoragePool(nursery, client)
+        pool = StoragePool(nursery, client, secret=secret)
         try:
             yield pool
         finally:

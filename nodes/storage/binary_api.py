@@ -5,31 +5,54 @@ The connection handling (framing, pipelining, one send lock, timeouts) is
 of :class:`~nodes.storage.node.StorageNode`. A GET of a checked chunk sends
 the header, then the bytes with ``os.sendfile`` straight from the
 superblock; its CRC32C is the one recorded at write time.
+
+A GET that needs the chunk in memory (a chunk not yet checked since start,
+or a range, whose CRC32C must be computed) first reserves the chunk's size
+in a byte budget of the node's (``max_buffered_bytes``, beside the frame
+server's budget for request payloads): pipelined GETs whose answers are not
+read cannot hold more than that, together. Requests on one connection with
+the same chunk id run one after the other, in order
+(:mod:`nodes.net.frame_server`).
+
+Access is checked per request as on HTTP (:data:`ACCESS`): a connection
+that is to write presents the cluster secret once, with ``AUTH``, and acts
+with its rights until it closes; a wrong token gets 401 and the connection
+is closed.
 """
 
 from __future__ import annotations
 
-import json
 from functools import partial
+from typing import Final
 
 import trio
 
+from nodes.net.bounds import ByteBudget
 from nodes.net.frame_server import FrameLimits, FrameSession, serve_frames
 from protocol.frames import ChunkInfo, Frame, Opcode, crc32c, decode_range, response
+from protocol.http import json_bytes
+from vstack.auth import Access
 
 from .node import StorageNode
 
 __all__ = ["handle", "serve"]
 
 
-async def handle(node: StorageNode, session: FrameSession, req: Frame) -> None:
-    """Answer one request frame (errors are raised as ProtocolError)."""
+async def handle(node: StorageNode, reads: ByteBudget, session: FrameSession, req: Frame) -> None:
+    """Answer one request frame (errors are raised as ProtocolError).
+
+    ``reads`` bounds the bytes of chunks read into memory to answer GETs.
+    """
     op = req.opcode
+    if op is Opcode.AUTH:
+        await _authenticate(node, session, req)
+        return
+    node.settings.auth.check_token(ACCESS.get(op, Access.CLUSTER), session.bearer, session.peer)
     if op is Opcode.PING:
         await session.send(response(req, 200))
         return
     if op is Opcode.STAT:
-        await session.send(response(req, 200, json.dumps(node.health()).encode()))
+        await session.send(response(req, 200, json_bytes(node.health())))
         return
     chunk_id = req.key.decode("ascii", "replace")
     if op is Opcode.PUT:
@@ -44,15 +67,37 @@ async def handle(node: StorageNode, session: FrameSession, req: Frame) -> None:
         await node.delete(chunk_id)
         await session.send(response(req, 204))
     elif op is Opcode.GET:
-        await _get(node, session, req, chunk_id)
+        rng = decode_range(req.payload)
+        start, length = rng if rng is not None else (0, None)
+        partial_read = rng is not None and (start, length or None) != (0, None)
+        loc = node.head(chunk_id)
+        in_memory = min(loc.size, reads.capacity) if partial_read or not loc.verified else 0
+        await reads.acquire(in_memory)
+        try:
+            await _get(node, session, req, chunk_id, start, length or None, partial_read)
+        finally:
+            reads.release(in_memory)
 
 
-async def _get(node: StorageNode, session: FrameSession, req: Frame, chunk_id: str) -> None:
-    rng = decode_range(req.payload)
-    start, length = rng if rng is not None else (0, None)
-    if length == 0:
-        length = None
-    partial_read = rng is not None and (start, length) != (0, None)
+#: Who may make each request (see :mod:`vstack.auth`); any other opcode: the cluster.
+ACCESS: Final = {Opcode.PING: Access.PUBLIC, Opcode.STAT: Access.PUBLIC, Opcode.GET: Access.READ,
+                 Opcode.HEAD: Access.READ, Opcode.PUT: Access.CLUSTER,
+                 Opcode.DELETE: Access.CLUSTER}
+
+
+async def _authenticate(node: StorageNode, session: FrameSession, req: Frame) -> None:
+    """``AUTH``: a known token gives the connection its rights; any other ends the connection."""
+    token = bytes(req.payload)
+    if node.settings.auth.knows(token):
+        session.bearer = token
+        await session.send(response(req, 200))
+        return
+    await session.send(response(req, 401, b"unknown token"))
+    session.cancel_scope.cancel()  # no second guess on this connection
+
+
+async def _get(node: StorageNode, session: FrameSession, req: Frame, chunk_id: str,
+               start: int, length: int | None, partial_read: bool) -> None:
     read = await node.open_read(chunk_id, start, length, want_bytes=partial_read)
     try:
         status = 206 if partial_read else 200
@@ -72,6 +117,9 @@ async def serve(node: StorageNode, *, task_status: trio.TaskStatus[int] = trio.T
                 ) -> None:
     s = node.settings
     limits = FrameLimits(max_payload=s.max_chunk_bytes + 64, read_timeout=s.read_timeout,
-                         idle_timeout=s.idle_timeout)
-    await serve_frames(partial(handle, node), host=s.host, port=s.effective_binary_port,
+                         idle_timeout=s.idle_timeout, header_timeout=s.header_timeout,
+                         send_timeout=s.read_timeout, max_connections=s.max_connections,
+                         max_buffered_bytes=max(s.max_buffered_bytes, 4 * (s.max_chunk_bytes + 64)))
+    reads = ByteBudget(limits.buffered_bytes)
+    await serve_frames(partial(handle, node, reads), host=s.host, port=s.effective_binary_port,
                        limits=limits, task_status=task_status)

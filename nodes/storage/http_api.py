@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import re
 import time
-from functools import partial
 from typing import Final
 
 import trio
 
+from nodes.net import routing
 from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
+from nodes.net.routing import RouteTable
 from protocol.api import parse_sha256
 from protocol.errors import ProtocolError
 from protocol.http import FileRange, Request, Response, Router, json_response
+from vstack.auth import Access
 from vstack.store import Location
 
 from .node import StorageNode, chunk_key
 
 __all__ = ["build_router", "serve"]
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")  # 18 digits: no int64 overflow
 
 
 async def put_chunk(node: StorageNode, req: Request, body: Body) -> Response:
@@ -106,22 +108,20 @@ async def health(node: StorageNode, req: Request, body: Body) -> Response:
     return json_response(status, info, [("Cache-Control", "no-cache")])
 
 
-ROUTES: Final = [
-    ("PUT", "/chunk/{chunk_id}", put_chunk),
-    ("GET", "/chunk/{chunk_id}", get_chunk),
-    ("HEAD", "/chunk/{chunk_id}", head_chunk),
-    ("DELETE", "/chunk/{chunk_id}", delete_chunk),
-    ("GET", "/ping", ping),
-    ("HEAD", "/ping", ping),
-    ("GET", "/health", health),
+#: (method, path, who may call it, endpoint); see :mod:`vstack.auth`.
+ROUTES: Final[RouteTable] = [
+    ("PUT", "/chunk/{chunk_id}", Access.CLUSTER, put_chunk),
+    ("GET", "/chunk/{chunk_id}", Access.READ, get_chunk),
+    ("HEAD", "/chunk/{chunk_id}", Access.READ, head_chunk),
+    ("DELETE", "/chunk/{chunk_id}", Access.CLUSTER, delete_chunk),
+    ("GET", "/ping", Access.PUBLIC, ping),
+    ("HEAD", "/ping", Access.PUBLIC, ping),
+    ("GET", "/health", Access.PUBLIC, health),
 ]
 
 
 def build_router(node: StorageNode) -> Router[Handler]:
-    router: Router[Handler] = Router()
-    for method, path, endpoint in ROUTES:
-        router.add(method, path, partial(endpoint, node))
-    return router
+    return routing.build_router(ROUTES, node, node.settings.auth)
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int]:
@@ -153,6 +153,7 @@ async def serve(node: StorageNode, *, task_status: trio.TaskStatus[int] = trio.T
 
     await serve_http(
         build_router(node), host=s.host, port=s.port,
-        limits=HttpLimits(read_timeout=s.read_timeout, idle_timeout=s.idle_timeout),
+        limits=HttpLimits(read_timeout=s.read_timeout, idle_timeout=s.idle_timeout,
+                          header_timeout=s.header_timeout, max_connections=s.max_connections),
         default_headers=default_headers, task_status=task_status,
     )

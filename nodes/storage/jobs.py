@@ -2,7 +2,8 @@
 
 * checkpointer: writes the index checkpoint every ``checkpoint_interval``
   seconds when anything changed, so a restart scans only a short tail;
-* compactor: rewrites sealed superblocks whose garbage share passes
+* compactor: every ``compaction_interval`` seconds (``COMPACTION_INTERVAL_SEC``),
+  rewrites sealed superblocks whose garbage share passes
   ``compaction_garbage_ratio`` (see :func:`compact`), online;
 * scrubber: re-reads every chunk at ``scrub_rate_bytes`` per second and
   checks its CRC32C, quarantining any that fail, so corruption of data that
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Final
 
 import trio
 
@@ -29,6 +31,9 @@ from .node import StorageNode
 __all__ = ["compact", "compact_once", "scrub_pass", "start_all"]
 
 log = logging.getLogger("vstack.storage.jobs")
+
+#: How long the checkpoint and unlink that end a compaction may hold off a shutdown.
+RETIRE_SECONDS: Final = 60.0
 
 
 def start_all(nursery: trio.Nursery, node: StorageNode) -> None:
@@ -72,7 +77,11 @@ async def compact(node: StorageNode, sb_id: int) -> None:
     Reads keep working throughout: a chunk is served from the old place until
     its copy is durable and published, and the old file stays open until the
     last reader of it is done. A crash at any point leaves either the old
-    record, the copy, or both (same sequence number: either is right).
+    record, the copy, or both (same sequence number: either is right). Once
+    the superblock is retired, the checkpoint that records it and the unlink
+    run shielded from cancellation (for at most ``RETIRE_SECONDS``); a file
+    left behind anyway is removed by recovery before it scans anything
+    (:mod:`vstack.recovery`), so its deleted chunks never come back.
     """
     store = node.store
     copied = dropped = 0
@@ -90,8 +99,16 @@ async def compact(node: StorageNode, sb_id: int) -> None:
         await node.commit(pw)
         _raise_if_failed(pw)
     path = store.retire(sb_id)
-    await node.checkpoint()  # the index no longer points into sb_id: safe to delete
-    await trio.to_thread.run_sync(store.unlink, path)
+    # Retired: the index no longer points into sb_id. The checkpoint records that
+    # (recovery then removes the file, whatever happens to the unlink), and the
+    # unlink reclaims the space; a cancellation (SIGTERM) must not split the two.
+    with trio.move_on_after(RETIRE_SECONDS, shield=True) as scope:
+        await node.checkpoint()
+        await trio.to_thread.run_sync(store.unlink, path)
+    if scope.cancelled_caught:
+        log.warning("superblock %d: retiring took over %.0f s; its file is removed at the "
+                    "next start", sb_id, RETIRE_SECONDS)
+        return
     log.info("compacted superblock %d: %d chunks moved, %d tombstones kept, %d corrupt dropped",
              sb_id, copied, len(tombstones), dropped)
 

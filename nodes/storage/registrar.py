@@ -18,7 +18,9 @@ other failure.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 from nodes.net.errors import deadline
@@ -26,10 +28,13 @@ from nodes.net.http_client import HttpClient, HttpResult
 from nodes.net.jobs import Backoff, run_forever
 from protocol.errors import RemoteProtocolError
 from protocol.node_api import Heartbeat, NodeRegistration
+from vstack import fsio
 
 from .node import StorageNode
 
-__all__ = ["CALL_TIMEOUT", "Registrar"]
+__all__ = ["CALL_TIMEOUT", "NODE_KEY_FILE", "Registrar", "load_node_key"]
+
+NODE_KEY_FILE = "node.key"
 
 log = logging.getLogger("vstack.storage.registrar")
 
@@ -46,6 +51,7 @@ class Registrar:
     node: StorageNode
     metadata_url: str
     http: HttpClient
+    node_key: str | None = None  # binds our node id to us (see NodeRegistration)
     registered: bool = False
     heartbeats: int = 0  # accepted since start (for tests and /health)
 
@@ -80,7 +86,7 @@ class Registrar:
         s = self.node.settings
         assert s.node_url is not None
         body = NodeRegistration(node_url=s.node_url, node_id=self.node.node_id,
-                                version=self.node.version)
+                                version=self.node.version, node_key=self.node_key)
         res = await self._post("/nodes/register", body.to_json())
         _expect_ok(res, "registration")
         self.registered = True
@@ -90,11 +96,30 @@ class Registrar:
         node = self.node
         return Heartbeat(disk_usage_percent=round(node.disk_usage_percent(), 2),
                          chunk_count=node.chunk_count(), free_bytes=node.free_bytes(),
-                         version=node.version).to_json()
+                         version=node.version, node_key=self.node_key).to_json()
 
     async def _post(self, path: str, body: dict[str, object]) -> HttpResult:
         with deadline(CALL_TIMEOUT, f"POST {self.base}{path}"):
             return await self.http.request("POST", self.base + path, json_body=body, retry=True)
+
+
+def load_node_key(data_dir: Path, given: str | None = None) -> str:
+    """This node's key: ``given`` (``NODE_KEY``), else the one in ``data_dir/node.key``,
+    made once (random, mode 0600, fsynced with its directory) on first start.
+
+    The key stays with the data: a node that lost its data directory is a new
+    node, and registers under its old id only if given the old key back.
+    """
+    if given:
+        return given
+    path = data_dir / NODE_KEY_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(32)
+    fsio.write_atomic(path, key.encode(), mode=0o600)
+    return key
 
 
 def _expect_ok(res: HttpResult, what: str) -> None:

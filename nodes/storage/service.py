@@ -18,7 +18,7 @@ from vstack.store import SuperblockStore
 
 from . import binary_api, http_api, jobs
 from .node import NodePorts, StorageNode
-from .registrar import Registrar
+from .registrar import Registrar, load_node_key
 
 __all__ = ["serve_storage_node"]
 
@@ -33,7 +33,7 @@ async def serve_storage_node(
         lambda: SuperblockStore.open(settings.data_dir, max_superblock_size=settings.max_superblock_size)
     )
     node = StorageNode(settings, store)
-    http = HttpClient(max_idle_per_host=2)
+    http = HttpClient(max_idle_per_host=2, headers=settings.auth.bearer_header())
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.run_committer)
@@ -42,8 +42,10 @@ async def serve_storage_node(
             node.ports = NodePorts(http=http_port, binary=binary_port)
             jobs.start_all(nursery, node)
             if settings.metadata_urls and settings.node_url:
+                key = await trio.to_thread.run_sync(load_node_key, settings.data_dir,
+                                                    settings.node_key)
                 for url in settings.metadata_urls:
-                    nursery.start_soon(Registrar(node, url, http).run)
+                    nursery.start_soon(Registrar(node, url, http, node_key=key).run)
             log.info("storage node %s ready: HTTP %d, binary %d, data %s",
                      node.node_id, http_port, binary_port, settings.data_dir)
             task_status.started(node)

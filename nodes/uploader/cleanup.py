@@ -5,12 +5,23 @@ which deletes its *committed* chunks from their nodes; the uploader deletes
 the copies it stored but had not committed yet (it knows their nodes).
 
 An upload cut short by a restart of the uploader is harder: which copies it
-placed died with the old process. Its session is marked ``failed`` at
-start-up, its video record deleted, and every healthy node asked to delete
-every chunk id the video could have had (chunk ids follow
-:func:`protocol.api.chunk_id` and no chunk is shorter than one second).
+placed died with the old process. At start-up (:func:`recover`) each
+session that did not end is settled by what the metadata service says of its
+video, never by its own file alone:
 
-Everything here is best effort and never raises: a node or metadata replica
+* the video is ``active``: the upload had finished (the video turns active
+  just before its session is saved ``completed``, and a crash may fall in
+  between), so the session is marked ``completed``; nothing is deleted;
+* there is no such video, or it is not active: the session is marked
+  ``failed``, its video record deleted, and every healthy node asked to
+  delete every chunk id the video could have had (chunk ids follow
+  :func:`protocol.api.chunk_id` and no chunk is shorter than one second);
+* the metadata service cannot be asked (unreachable, no quorum, timeout):
+  nothing is decided and nothing deleted; the session keeps its last stage
+  and is settled in the background, with back-off, once the service
+  answers.
+
+Cleaning up is best effort and never raises: a node or metadata replica
 that cannot be reached is logged, and the rest goes on.
 """
 
@@ -25,20 +36,23 @@ from functools import partial
 import trio
 
 from nodes.net.errors import deadline
+from nodes.net.jobs import Backoff
 from nodes.net.storage_client import StoragePool
-from protocol.api import chunk_id
+from protocol.api import Manifest, chunk_id
 from protocol.errors import VStackError
 from vstack.upload_session import TERMINAL, Session
 
 from .placer import healthy_nodes
 from .state import Uploader
 
-__all__ = ["delete_copies", "recover", "remove_files", "remove_upload"]
+__all__ = ["delete_copies", "recover", "remove_files", "remove_upload", "settle_later"]
 
 log = logging.getLogger("vstack.uploader")
 
 #: How long deleting a video record may take.
 DELETE_VIDEO_SECONDS = 30.0
+#: How long asking for an interrupted upload's video may take, per attempt.
+SETTLE_SECONDS = 10.0
 INTERRUPTED = "interrupted by a restart of the uploader; please upload again"
 
 
@@ -71,17 +85,86 @@ async def remove_files(up: Uploader, session_id: str) -> None:
 
 
 async def recover(up: Uploader) -> None:
-    """Mark the sessions a restart cut short failed; clean up after them in the background."""
-    for s in up.sessions.values():
-        if s.status in TERMINAL:
-            continue
-        s.fail(INTERRUPTED)
+    """Settle the sessions a restart cut short by the state of their video (see above).
+
+    Each is asked about once, all at once, before the service starts serving;
+    those the metadata service could not answer for are retried in the
+    background (in ``up.nursery``).
+    """
+    async with trio.open_nursery() as nursery:
+        for s in list(up.sessions.values()):
+            if s.status not in TERMINAL:
+                nursery.start_soon(_settle_or_defer, up, s)
+
+
+async def _settle_or_defer(up: Uploader, s: Session) -> None:
+    try:
+        await _settle(up, s)
+    except VStackError as exc:
+        log.warning("session %s was interrupted by a restart, and the state of its video %s "
+                    "is unknown (%s): left as it is until the metadata service answers",
+                    s.session_id, s.video_id, exc)
+    except Exception:
+        log.exception("settling interrupted session %s failed; retrying later", s.session_id)
+    else:
+        return
+    up.nursery.start_soon(settle_later, up, s)
+
+
+async def settle_later(up: Uploader, s: Session, backoff: Backoff | None = None) -> None:
+    """Ask again, with back-off, until the metadata service answers for ``s``'s video."""
+    backoff = backoff or Backoff(initial=1.0, maximum=60.0)
+    while True:
+        await trio.sleep(backoff.next_delay())
         try:
-            await up.save(s)
-        except OSError as exc:
-            log.error("could not save session %s: %s", s.session_id, exc)
-        log.warning("session %s was interrupted by a restart", s.session_id)
-        up.nursery.start_soon(_remove_interrupted, up, s)
+            await _settle(up, s)
+        except Exception as exc:  # VStackError above all: the service is still unreachable
+            log.debug("session %s: still cannot settle it: %r", s.session_id, exc)
+            continue
+        log.info("session %s settled after %d attempts", s.session_id, backoff.failures + 1)
+        return
+
+
+async def _settle(up: Uploader, s: Session) -> None:
+    """End interrupted session ``s`` by the state of its video.
+
+    Raises:
+        VStackError: the metadata service could not tell; nothing was changed.
+    """
+    if s.status in TERMINAL:  # settled by an earlier attempt
+        return
+    with deadline(SETTLE_SECONDS, f"the state of video {s.video_id}"):
+        manifest = await up.metadata.manifest(s.video_id, linearizable=True)
+    if manifest is not None and manifest.status == "active":
+        await _complete(up, s, manifest)
+    else:
+        await _fail_interrupted(up, s)
+
+
+async def _complete(up: Uploader, s: Session, manifest: Manifest) -> None:
+    """The video went active before the restart: the upload had finished."""
+    s.total_chunks = manifest.total_chunks
+    s.chunks_done = manifest.total_chunks
+    s.manifest_url = f"/manifest/{s.video_id}"
+    s.advance("completed")
+    try:
+        await up.save(s)
+    except OSError as exc:  # served from memory; settled again at the next start
+        log.error("could not save session %s: %s", s.session_id, exc)
+    log.warning("session %s was interrupted by a restart after its video %s became active: "
+                "completed", s.session_id, s.video_id)
+    await remove_files(up, s.session_id)
+
+
+async def _fail_interrupted(up: Uploader, s: Session) -> None:
+    """The video never went active: fail the session, remove what it stored (in the background)."""
+    s.fail(INTERRUPTED)
+    try:
+        await up.save(s)
+    except OSError as exc:
+        log.error("could not save session %s: %s", s.session_id, exc)
+    log.warning("session %s was interrupted by a restart", s.session_id)
+    up.nursery.start_soon(_remove_interrupted, up, s)
 
 
 async def _remove_interrupted(up: Uploader, s: Session) -> None:

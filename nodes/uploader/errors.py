@@ -7,6 +7,7 @@ accepting request itself are :class:`~protocol.errors.ProtocolError`\\ s
 with a 4xx status, as everywhere else.
 
     VStackError
+     +-- OutcomeUnknown     whether the video became active cannot be told (yet)
      +-- UploadFailed       the upload could not be completed (no nodes, lost copies, ...)
           +-- ChunkingFailed    FFmpeg could not cut the video
                +-- Oversize     a copied segment is larger than a chunk may be
@@ -16,7 +17,12 @@ from __future__ import annotations
 
 from protocol.errors import VStackError
 
-__all__ = ["ChunkingFailed", "Oversize", "UploadFailed"]
+__all__ = ["ChunkingFailed", "OutcomeUnknown", "Oversize", "UploadFailed"]
+
+
+class OutcomeUnknown(VStackError):
+    """Making the video active got no answer, and asking after it got none either:
+    the upload is neither failed nor completed until the metadata service answers."""
 
 
 class UploadFailed(VStackError):

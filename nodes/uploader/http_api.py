@@ -17,16 +17,19 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from functools import partial
 from pathlib import Path
+from typing import Final
 
 import trio
 
+from nodes.net import routing
 from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
+from nodes.net.routing import RouteTable
 from protocol.api import VideoCreate
 from protocol.errors import ProtocolError
 from protocol.http import Request, Response, Router, json_response
 from protocol.multipart import parse_boundary
+from vstack.auth import Access
 from vstack.media import ProbeError, ProbeResult
 from vstack.upload_session import Session
 
@@ -98,12 +101,16 @@ async def _probe(up: Uploader, path: Path) -> ProbeResult:
         raise ProtocolError(str(exc), 500) from None
 
 
+#: (method, path, who may call it, endpoint); see :mod:`vstack.auth`.
+ROUTES: Final[RouteTable] = [
+    ("GET", "/health", Access.PUBLIC, health),
+    ("POST", "/upload", Access.USER, upload),
+    ("GET", "/upload/status/{session_id}", Access.READ, upload_status),
+]
+
+
 def build_router(up: Uploader) -> Router[Handler]:
-    r: Router[Handler] = Router()
-    r.add("GET", "/health", partial(health, up))
-    r.add("POST", "/upload", partial(upload, up))
-    r.add("GET", "/upload/status/{session_id}", partial(upload_status, up))
-    return r
+    return routing.build_router(ROUTES, up, up.settings.auth)
 
 
 async def serve(up: Uploader, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED

@@ -35,8 +35,8 @@ from vstack.media import ChunkingReport, ProbeResult, Segment, SegmentPlan, plan
 from vstack.settings import UploaderSettings
 from vstack.upload_session import Session
 
-from .cleanup import delete_copies, remove_files, remove_upload
-from .errors import ChunkingFailed, Oversize, UploadFailed
+from .cleanup import delete_copies, remove_files, remove_upload, settle_later
+from .errors import ChunkingFailed, OutcomeUnknown, Oversize, UploadFailed
 from .ffmpeg import cut_streaming
 from .placer import Chunk, Placer, healthy_nodes
 from .state import Uploader
@@ -47,6 +47,8 @@ log = logging.getLogger("vstack.uploader")
 
 #: How long cleaning up after a failure may delay a shutdown.
 CLEANUP_SECONDS: Final = 120.0
+#: Seconds to learn whether a video became active when making it so got no answer.
+ACTIVATE_CHECK_SECONDS: Final = 15.0
 
 
 class UploadJob:
@@ -96,6 +98,13 @@ class UploadJob:
         try:
             async with self.up.queue.slot(self.session):
                 await self._pipeline()
+        except OutcomeUnknown as exc:
+            # Neither failed nor completed: settled by the video's state once the
+            # metadata service answers, as after a restart (never deleted meanwhile).
+            log.warning("upload %s: whether video %s became active is unknown (%s); asking "
+                        "again until the metadata service answers", self.session.session_id,
+                        self.video_id, exc)
+            self.up.nursery.start_soon(settle_later, self.up, self.session)
         except Exception as exc:
             await self._fail(_reason(exc, self.session.session_id))
         finally:
@@ -215,13 +224,34 @@ class UploadJob:
         if manifest.total_chunks != count or any(
                 not (c.replicas or c.fragments) for c in manifest.chunks):
             raise UploadFailed("the manifest does not list every chunk; upload again")
-        await self.up.metadata.set_status(self.video_id, "active")
+        try:
+            await self.up.metadata.set_status(self.video_id, "active")
+        except VStackError:
+            # The change may have been made and only its answer lost: ask before
+            # failing, since failing deletes the video.
+            if not await self._became_active():
+                raise
+        # A crash here leaves an active video and a session not yet completed:
+        # recovery asks the metadata service and completes it (cleanup.recover).
         self.session.manifest_url = f"/manifest/{self.video_id}"
         await self._advance("completed")
 
+    async def _became_active(self) -> bool:
+        """Whether the video is ``active`` after all (a quorum read).
+
+        Raises:
+            OutcomeUnknown: the metadata service cannot tell either.
+        """
+        try:
+            with trio.fail_after(ACTIVATE_CHECK_SECONDS):
+                manifest = await self.up.metadata.manifest(self.video_id, linearizable=True)
+        except (VStackError, trio.TooSlowError) as exc:
+            raise OutcomeUnknown(str(exc)) from None
+        return manifest is not None and manifest.status == "active"
+
     async def _advance(self, stage: str) -> None:
-        self.session.advance(stage)
-        await self.up.save(self.session)
+        """Move the session to ``stage``: saved first, then shown."""
+        await self.up.save_then_show(self.session, lambda s: s.advance(stage))
 
     # -- failure ------------------------------------------------------------------------
 

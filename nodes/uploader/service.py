@@ -61,7 +61,8 @@ async def serve_uploader(settings: UploaderSettings, *,
     stops them (their sessions are marked interrupted at the next start).
     """
     ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, settings.ffmpeg)
-    async with HttpClient() as http, open_storage_pool(http) as pool, \
+    async with HttpClient(headers=settings.auth.bearer_header()) as http, \
+            open_storage_pool(http, secret=settings.auth.cluster_secret) as pool, \
             trio.open_nursery() as nursery:
         metadata = MetadataClient(settings.metadata_urls, http=http)
         up = await Uploader.open(settings, metadata, pool, nursery, ffmpeg=ffmpeg)

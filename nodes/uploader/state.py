@@ -10,7 +10,8 @@ started in :attr:`Uploader.nursery`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import trio
 
 from nodes.net.metadata_client import MetadataClient
 from nodes.net.storage_client import StoragePool
+from vstack import fsio
 from vstack.settings import UploaderSettings
 from vstack.upload_session import Session, SessionStore
 
@@ -98,8 +100,8 @@ class Uploader:
 
         def prepare() -> tuple[SessionStore, list[Session]]:
             for d in ("incoming", "work"):
-                (settings.temp_dir / d).mkdir(parents=True, exist_ok=True)
-            store = SessionStore(settings.temp_dir / "sessions")
+                fsio.makedirs(settings.temp_dir / d)
+            store = SessionStore(settings.temp_dir / "sessions")  # synced into TEMP_DIR if new
             return store, store.all()
 
         store, sessions = await trio.to_thread.run_sync(prepare)
@@ -115,7 +117,20 @@ class Uploader:
         return self.work / session_id
 
     async def save(self, session: Session) -> None:
+        """Save ``session`` durably (file and directory entry fsynced)."""
         await trio.to_thread.run_sync(self.store.save, session)
+
+    async def save_then_show(self, session: Session, change: Callable[[Session], None]) -> None:
+        """Apply ``change`` to a copy of ``session``, save that, and only then to ``session``.
+
+        What ``/upload/status`` shows never runs ahead of the disk: a stage a
+        poller has seen (``completed`` above all) is the one a restart finds.
+        If the save fails, ``session`` is left as it was and the error raised.
+        """
+        ahead = dataclasses.replace(session)
+        change(ahead)
+        await self.save(ahead)
+        vars(session).update(vars(ahead))
 
     @property
     def failed_nodes(self) -> set[str]:

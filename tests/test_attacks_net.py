@@ -1,0 +1,631 @@
+"""Attacks on the shared servers (issue 9, items 4, 5, 6 and 8), on 127.0.0.1.
+
+Each test plays one attack against a real listening socket, bounded in
+count and time (slow attacks on virtual time: the ``clock`` fixture), and
+checks the bound the server promises: what it holds (its byte budgets'
+accounting and tracemalloc, never RSS), when it hangs up, what it answers.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import logging
+import os
+import resource
+import socket
+import subprocess
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from nodes.net.bounds import ByteBudget, ConnectionGate
+from nodes.net.frame_client import open_frame_client
+from nodes.net.frame_server import FrameLimits, FrameSession, serve_frames
+from nodes.net.http_client import request
+from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
+from protocol.errors import ProtocolError
+from protocol.frames import (
+    HEADER,
+    MAGIC,
+    NEED_DATA,
+    VERSION,
+    Frame,
+    FrameConnection,
+    Opcode,
+    encode_range,
+    response,
+)
+from protocol.http import Request, Response, Router, json_response
+from protocol.validate import ValidationError
+
+MiB = 1024 * 1024
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever the attack, the servers log no error (no traceback, no leak found late)."""
+    yield
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait until ``check()`` holds (the server works in its own tasks)."""
+    with trio.fail_after(seconds):
+        while not check():
+            await trio.sleep(0.01)
+
+
+async def read_frames(stream: trio.SocketStream, codec: FrameConnection, n: int) -> list[Frame]:
+    out: list[Frame] = []
+    with trio.fail_after(30):
+        while len(out) < n:
+            event = codec.next_event()
+            if event is NEED_DATA:
+                data = await stream.receive_some(1 << 20)
+                assert data, "closed early"
+                codec.receive_data(data)
+            else:
+                assert isinstance(event, Frame)
+                out.append(event)
+    return out
+
+
+async def read_to_eof(stream: trio.SocketStream, seconds: float = 60.0) -> bytes:
+    got = b""
+    with trio.fail_after(seconds):
+        while data := await stream.receive_some(65536):
+            got += data
+    return got
+
+
+def put_header(request_id: int, payload_length: int, key: bytes = b"k") -> bytes:
+    return HEADER.pack(MAGIC, VERSION, Opcode.PUT, 0, 0, request_id, len(key), payload_length, 0) + key
+
+
+class Held:
+    """A frame handler that holds every request until released (a slow disk)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.running = 0
+        self.most = 0
+        self.release = trio.Event()
+
+    async def __call__(self, session: FrameSession, req: Frame) -> None:
+        self.calls += 1
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        await session.send(response(req, 200))
+
+
+async def start_frames(nursery: trio.Nursery, handler: Callable[[FrameSession, Frame], Awaitable[None]],
+                       limits: FrameLimits, budget: ByteBudget | None = None) -> int:
+    port: int = await nursery.start(partial(serve_frames, handler, host="127.0.0.1", port=0,
+                                            limits=limits, budget=budget))
+    return port
+
+
+# -- item 4: the binary protocol trusts no length -----------------------------------------------
+
+
+async def test_headers_promising_8_mib_allocate_nothing_until_the_bytes_come(
+        nursery: trio.Nursery) -> None:
+    budget = ByteBudget(256 * MiB)
+    port = await start_frames(nursery, Held(), FrameLimits(max_payload=8 * MiB + 64), budget)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(10)]
+        for i, stream in enumerate(streams):
+            await stream.send_all(put_header(i + 1, 8 * MiB) + b"x" * 1000)
+        await eventually(lambda: budget.statistics().in_use == 10 * 8 * MiB)  # all headers parsed
+        await trio.sleep(0.2)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * MiB, f"{held / MiB:.1f} MiB held for 10 headers and 10 kB of payload"
+    for stream in streams:
+        await stream.aclose()
+    await eventually(lambda: budget.statistics().in_use == 0)
+
+
+async def test_pipelined_puts_stop_being_read_at_the_connection_budget(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    held = Held()
+    budget = ByteBudget(64 * MiB)
+    limits = FrameLimits(max_payload=MiB, max_connection_bytes=4 * MiB)
+    port = await start_frames(nursery, held, limits, budget)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    payload = b"p" * MiB
+    codec = FrameConnection(max_payload=MiB)
+    sent = 0
+
+    async def pipeline() -> None:  # 64 PUTs, sent as fast as the server takes them
+        nonlocal sent
+        for i in range(64):
+            await stream.send_all(codec.send(Frame(opcode=Opcode.PUT, request_id=i + 1,
+                                                   key=b"k%d" % i, payload=payload)))
+            sent += 1
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        nursery.start_soon(pipeline)
+        await eventually(lambda: held.calls >= 4)
+        await trio.sleep(5)  # the server reads nothing more: the client's sends stall
+        grew = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert held.calls == 4
+    assert budget.statistics().peak <= 4 * MiB
+    assert sent < 64
+    assert grew < 12 * MiB, f"{grew / MiB:.1f} MiB"
+    held.release.set()  # the disk catches up: everything is answered, in full
+    answers = await read_frames(stream, codec, 64)
+    assert sorted(f.request_id for f in answers) == list(range(1, 65))
+    await eventually(lambda: budget.statistics().in_use == 0)  # the last task ends after its answer
+    await stream.aclose()
+
+
+async def test_all_connections_together_stay_within_the_node_budget(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    held = Held()
+    budget = ByteBudget(8 * MiB)
+    limits = FrameLimits(max_payload=MiB, max_connection_bytes=4 * MiB)
+    port = await start_frames(nursery, held, limits, budget)
+    codec = FrameConnection(max_payload=MiB)
+    streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(6)]
+    for n, stream in enumerate(streams):
+        wire = b"".join(codec.send(Frame(opcode=Opcode.PUT, request_id=i + 1, key=b"c%d-%d" % (n, i),
+                                         payload=b"q" * (MiB // 2))) for i in range(4))
+        nursery.start_soon(stream.send_all, wire)
+    await eventually(lambda: held.calls >= 16)
+    await trio.sleep(5)
+    assert held.calls == 16  # 8 MiB of the 12 MiB sent
+    assert budget.statistics().peak <= 8 * MiB
+    held.release.set()
+    for stream in streams:  # no deadlock: every request is answered
+        assert len(await read_frames(stream, FrameConnection(), 4)) == 4
+        await stream.aclose()
+
+
+async def test_small_frames_that_arrive_whole_count_against_the_budget_too(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    held = Held()
+    budget = ByteBudget(MiB)
+    limits = FrameLimits(max_payload=64 * 1024, max_connection_bytes=256 * 1024)
+    port = await start_frames(nursery, held, limits, budget)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    codec = FrameConnection()
+    wire = b"".join(codec.send(Frame(opcode=Opcode.PUT, request_id=i + 1, key=b"s%d" % i,
+                                     payload=b"s" * 20_000)) for i in range(40))
+    nursery.start_soon(stream.send_all, wire)  # 800 kB in one go: frames arrive whole
+    await eventually(lambda: held.calls >= 13)
+    await trio.sleep(5)
+    assert held.calls == 13  # 13 x 20 kB fit in 256 KiB, 14 do not
+    assert budget.statistics().peak <= 256 * 1024
+    held.release.set()
+    assert len(await read_frames(stream, codec, 40)) == 40
+    await stream.aclose()
+
+
+async def test_a_server_stopped_mid_attack_leaves_its_budget_balanced(
+        clock: trio.testing.MockClock) -> None:
+    held = Held()
+    budget = ByteBudget(MiB)
+    limits = FrameLimits(max_payload=64 * 1024, max_connection_bytes=256 * 1024)
+    codec = FrameConnection()
+    wire = b"".join(codec.send(Frame(opcode=Opcode.PUT, request_id=i + 1, key=b"s%d" % i,
+                                     payload=b"s" * 20_000)) for i in range(40))
+    async with trio.open_nursery() as server:
+        port = await start_frames(server, held, limits, budget)
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        for stream in streams:
+            server.start_soon(stream.send_all, wire)
+        await eventually(lambda: held.calls >= 39)  # 13 per connection
+        await trio.sleep(1)
+        server.cancel_scope.cancel()  # readers wait for room, requests are being served
+    assert budget.statistics().in_use == 0
+    for stream in streams:
+        await stream.aclose()
+
+
+async def test_requests_in_flight_per_connection_are_capped(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    held = Held()
+    port = await start_frames(nursery, held, FrameLimits(max_payload=MiB, max_in_flight=8))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    codec = FrameConnection()
+    await stream.send_all(b"".join(codec.send(Frame(opcode=Opcode.PING, request_id=i + 1))
+                                   for i in range(100)))
+    await eventually(lambda: held.calls >= 8)
+    await trio.sleep(5)
+    assert (held.calls, held.most) == (8, 8)
+    held.release.set()
+    assert len(await read_frames(stream, codec, 100)) == 100
+    await stream.aclose()
+
+
+async def test_a_peer_that_never_reads_its_answers_is_dropped(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    sending = 0
+
+    async def big_answer(session: FrameSession, req: Frame) -> None:
+        nonlocal sending
+        sending += 1
+        try:
+            await session.send(response(req, 200, b"a" * MiB))
+        finally:
+            sending -= 1
+
+    limits = FrameLimits(max_payload=MiB, send_timeout=30, idle_timeout=3600)
+    port = await start_frames(nursery, big_answer, limits)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    codec = FrameConnection()
+    await stream.send_all(b"".join(codec.send(Frame(opcode=Opcode.GET, request_id=i + 1, key=b"g%d" % i))
+                                   for i in range(32)))
+    await eventually(lambda: sending > 0)
+    await trio.sleep(60)  # ... and never reads: the answers cannot leave
+    assert sending == 0  # the server gave up on them, and on the connection
+    try:
+        received = await read_to_eof(stream, seconds=10)
+    except trio.BrokenResourceError:
+        received = b""
+    assert len(received) < 32 * MiB
+    await stream.aclose()
+
+
+async def test_a_frame_header_sent_a_byte_every_20_s_is_dropped_after_the_header_timeout(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    port = await start_frames(nursery, Held(), FrameLimits(max_payload=MiB, header_timeout=30))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    wire = FrameConnection().send(Frame(opcode=Opcode.PING, request_id=1))
+
+    async def drip() -> None:
+        for i in range(len(wire)):
+            await stream.send_all(wire[i : i + 1])
+            await trio.sleep(20)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(drip)
+        start = trio.current_time()
+        assert await read_to_eof(stream, seconds=1000) == b""  # closed, never answered
+        assert trio.current_time() - start < 35  # not 24 x 20 s
+        inner.cancel_scope.cancel()
+    await stream.aclose()
+
+
+async def test_pipelined_ranged_gets_never_read_hold_a_bounded_number_of_chunks(
+        start_node: Callable[..., Any]) -> None:
+    # A ranged GET reads its chunk into memory (its CRC32C must be computed);
+    # 40 of them whose answers are not read must not hold 40 chunks.
+    node, _ = await start_node(max_chunk_bytes=MiB - 64, max_buffered_bytes=4 * MiB)
+    chunks = {b"r%d" % i: bytes([i]) * (MiB - 64) for i in range(40)}
+    async with open_frame_client("127.0.0.1", node.ports.binary) as client:
+        for key, data in chunks.items():
+            await client.put(key.decode(), data)
+    codec = FrameConnection(max_payload=MiB)
+    wire = b"".join(codec.send(Frame(opcode=Opcode.GET, request_id=i + 1, key=key,
+                                     payload=encode_range(1, MiB - 100)))
+                    for i, key in enumerate(chunks))
+    stream = await trio.open_tcp_stream("127.0.0.1", node.ports.binary)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await stream.send_all(wire)
+        await trio.sleep(0.5)  # ... and read nothing for a while
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MiB, f"{peak / MiB:.1f} MiB"
+    answers = await read_frames(stream, codec, 40)  # then every answer arrives, right
+    for frame in answers:
+        key = b"r%d" % (frame.request_id - 1)
+        assert (frame.status, frame.payload) == (206, chunks[key][1 : MiB - 99])
+    await stream.aclose()
+
+
+def test_out_of_descriptors_a_real_node_backs_off_quietly(node_process: Callable[..., Any]) -> None:
+    proc = node_process(MAX_CONNECTIONS="1000", LOG_LEVEL="WARNING")
+    proc.start()
+    keep = socket.create_connection(("127.0.0.1", proc.port), timeout=10)  # opened before
+    pid = proc.proc.pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the child's, inherited
+    limit = len(os.listdir(f"/proc/{pid}/fd")) + 3
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{hard}"], check=True)
+    flood = [socket.create_connection(("127.0.0.1", proc.port), timeout=10) for _ in range(100)]
+    time.sleep(2)  # the node runs out of descriptors, retries accept, backs off
+    keep.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert keep.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")  # served connections go on
+    for sock in flood:
+        sock.close()
+    keep.close()
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:{hard}"], check=True)
+    deadline = time.monotonic() + 20
+    while True:  # new connections are served again
+        try:
+            with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as sock:
+                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n"):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "not served again"
+        time.sleep(0.2)
+    proc.kill()
+    log = (proc.data_dir.parent / "node-process.log").read_text(errors="replace")
+    assert "Traceback" not in log
+    assert 1 <= log.count("cannot accept connections") <= 2, log[-2000:]
+
+
+# -- item 8: order per key on one binary connection ------------------------------------------
+
+
+async def test_requests_on_one_chunk_are_answered_in_order_and_see_each_other(
+        start_node: Callable[..., Any]) -> None:
+    node, _ = await start_node()
+    async with open_frame_client("127.0.0.1", node.ports.binary) as client:
+        for i in range(20):
+            await client.put(f"order-{i}", b"data %d" % i)
+    codec = FrameConnection()
+    wire = b""
+    for i in range(20):  # per chunk: DELETE, GET (must miss), PUT, GET (must hit)
+        key = b"order-%d" % i
+        wire += codec.send(Frame(opcode=Opcode.DELETE, request_id=4 * i + 1, key=key))
+        wire += codec.send(Frame(opcode=Opcode.GET, request_id=4 * i + 2, key=key))
+        wire += codec.send(Frame(opcode=Opcode.PUT, request_id=4 * i + 3, key=key, payload=b"new"))
+        wire += codec.send(Frame(opcode=Opcode.GET, request_id=4 * i + 4, key=key))
+    stream = await trio.open_tcp_stream("127.0.0.1", node.ports.binary)
+    async with stream:
+        await stream.send_all(wire)
+        answers = await read_frames(stream, codec, 80)
+    for i in range(20):
+        mine = [f for f in answers if f.key == b"order-%d" % i]
+        assert [f.request_id for f in mine] == [4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4]
+        assert [f.status for f in mine] == [204, 404, 201, 200]
+        assert mine[3].payload == b"new"
+
+
+# -- item 5: connections, heads, descriptors --------------------------------------------------
+
+
+async def test_connections_past_the_cap_are_refused_quietly(
+        start_node: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    node, _ = await start_node(max_connections=3)
+    caplog.set_level(logging.INFO)
+    for port in (node.ports.http, node.ports.binary):
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        await trio.sleep(0.2)
+        for _ in range(20):
+            assert await _answer_of(port, node) == 503
+        await held.pop().aclose()  # a slot frees up: served again
+        with trio.fail_after(10):
+            while await _answer_of(port, node) != 200:
+                await trio.sleep(0.05)
+        for stream in held:
+            await stream.aclose()
+    assert not [r for r in caplog.records if r.exc_info]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings  # one per episode and port, not one per refusal
+
+
+async def _answer_of(port: int, node: Any) -> int:
+    """The status a new connection gets for a ping (HTTP or binary)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        if port == node.ports.http:
+            await stream.send_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await read_to_eof(stream, seconds=5)
+            if answer.startswith(b"HTTP/1.1 503"):
+                assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"].startswith("Too many")
+            return int(answer.split(b" ", 2)[1])
+        codec = FrameConnection()
+        await stream.send_all(codec.send(Frame(opcode=Opcode.PING, request_id=7)))
+        [frame] = await read_frames(stream, codec, 1)
+        assert frame.request_id in (0, 7)
+        return frame.status
+
+
+class Exhausted(trio.abc.Listener[trio.SocketStream]):
+    """A listener whose first ``failures`` accepts fail as if out of descriptors."""
+
+    def __init__(self, real: trio.SocketListener, failures: int) -> None:
+        self.real = real
+        self.failures = failures
+
+    async def accept(self) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await self.real.accept()
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+async def test_out_of_descriptors_the_accept_loop_backs_off_quietly(
+        nursery: trio.Nursery, clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    [real] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = real.socket.getsockname()[1]
+    served = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        served.set()
+        await stream.aclose()
+
+    gate = ConnectionGate("test", max_connections=4, refusal=b"")
+    start = trio.current_time()
+    nursery.start_soon(gate.serve, handler, [Exhausted(real, 40)])
+    client = await trio.open_tcp_stream("127.0.0.1", port)  # waits in the backlog meanwhile
+    with trio.fail_after(120):
+        await served.wait()
+    await client.aclose()
+    assert gate.statistics().accept_failures == 40
+    assert trio.current_time() - start > 30  # backed off (up to 1 s), no busy loop
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback per accept
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 2
+
+
+async def test_a_head_sent_a_byte_every_20_s_gets_408_after_the_header_timeout(
+        start_node: Callable[..., Any], clock: trio.testing.MockClock) -> None:
+    node, _ = await start_node(header_timeout=30)
+    stream = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
+    head = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def drip() -> None:
+        for i in range(len(head)):
+            await stream.send_all(head[i : i + 1])
+            await trio.sleep(20)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(drip)
+        start = trio.current_time()
+        answer = await read_to_eof(stream, seconds=1000)
+        assert trio.current_time() - start < 35  # not 32 x 20 s
+        inner.cancel_scope.cancel()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    await stream.aclose()
+
+
+async def test_the_16_kib_header_limit_is_exact(start_node: Callable[..., Any]) -> None:
+    node, _ = await start_node()
+
+    def head(size: int) -> bytes:
+        start, end = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+        return start + b"a" * (size - len(start) - len(end)) + end
+
+    async def status_of(data: bytes, pieces: int = 1) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
+        async with stream:
+            step = -(-len(data) // pieces)
+            for i in range(0, len(data), step):
+                await stream.send_all(data[i : i + step])
+            got = b""
+            with trio.fail_after(10):
+                while b"\r\n" not in got:
+                    got += await stream.receive_some(4096)
+        return got.split(b"\r\n")[0]
+
+    assert await status_of(head(16 * 1024)) == b"HTTP/1.1 200 OK"
+    assert await status_of(head(16 * 1024 + 1)) == b"HTTP/1.1 431 Request Header Fields Too Large"
+    for pieces in (1, 2, 3):  # however the bytes are split between reads
+        assert (await status_of(head(31 * 1024), pieces)).startswith(b"HTTP/1.1 431")
+    # A head read whole, with the end of a body, before its turn comes.
+    put = b"PUT /chunk/pipelined HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"b" * 20000
+    stream = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
+    async with stream:
+        await stream.send_all(put + head(20 * 1024).replace(b"Host: x", b"Host: x\r\nConnection: close"))
+        answer = await read_to_eof(stream, seconds=10)
+    assert answer.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert answer.count(b"HTTP/1.1 431 Request Header Fields Too Large\r\n") == 1
+
+
+# -- item 6: a 413 reaches a client that sends its whole body ---------------------------------
+
+
+def blocking_put(port: int, size: int, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """What urllib, requests and aiohttp do: send everything, then read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("PUT", "/chunk/too-big", body=b"x" * size, headers=headers or {})
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+async def test_a_whole_9_mib_body_still_gets_its_413(start_node: Callable[..., Any]) -> None:
+    node, _ = await start_node()
+    with trio.fail_after(60):
+        status, body = await trio.to_thread.run_sync(blocking_put, node.ports.http, 9 * MiB)
+    assert status == 413
+    assert json.loads(body)["error"] == f"Chunk of {9 * MiB} bytes exceeds the limit of {8 * MiB}"
+    assert (await request("GET", f"http://127.0.0.1:{node.ports.http}/ping")).status == 200
+
+
+async def _refuse(req: Request, body: Body) -> Response:
+    raise ProtocolError("body larger than 16 bytes", 413)
+
+
+async def test_the_drain_is_bounded_in_bytes_and_time(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    router: Router[Handler] = Router()
+    router.add("PUT", "/chunk/{chunk_id}", _refuse)
+    limits = HttpLimits(drain_bytes=MiB, drain_timeout=10)
+    port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0, limits=limits))
+    cases = [  # (declared length, extra header, body bytes sent, most seconds until closed)
+        (4 * MiB, b"", 0, 5),  # over the bound: not drained at all
+        (MiB // 2, b"Expect: 100-continue\r\n", 0, 5),  # will send no body: not drained
+        (MiB // 2, b"", 1000, 15),  # a body that stalls: drained for drain_timeout at most
+    ]
+    for declared, extra, sent, most in cases:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"PUT /chunk/x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s"
+                              % (declared, extra, b"z" * sent))
+        start = trio.current_time()
+        answer = await read_to_eof(stream, seconds=100)
+        assert answer.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+        assert trio.current_time() - start < most, (declared, extra)
+        await stream.aclose()
+
+
+# -- item 8: small ones -----------------------------------------------------------------------
+
+
+async def test_501_has_a_reason_and_options_is_a_preflight(start_node: Callable[..., Any]) -> None:
+    node, _ = await start_node()
+    stream = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
+    async with stream:
+        await stream.send_all(b"PUT /chunk/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+        answer = await read_to_eof(stream, seconds=10)
+    assert answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
+    base = f"http://127.0.0.1:{node.ports.http}"
+    res = await request("OPTIONS", f"{base}/chunk/any-chunk", headers=[
+        ("Origin", "http://player.example"), ("Access-Control-Request-Method", "PUT"),
+        ("Access-Control-Request-Headers", "content-type")])
+    assert res.status == 204
+    assert res.headers["access-control-allow-origin"] == "*"
+    assert "PUT" in res.headers["access-control-allow-methods"]
+    assert res.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PUT"
+    assert (await request("OPTIONS", f"{base}/nowhere")).status == 404
+
+
+async def test_json_bodies_never_carry_nan(nursery: trio.Nursery) -> None:
+    async def not_finite(req: Request, body: Body) -> Response:
+        if req.query.get("as") == "422":
+            raise ValidationError([{"type": "finite_number", "loc": ["body", "duration_sec"],
+                                    "msg": "Input should be a finite number", "input": float("nan")}])
+        return json_response(200, {"nan": float("nan"), "inf": [float("inf"), -float("inf")]})
+
+    router: Router[Handler] = Router()
+    router.add("GET", "/x", not_finite)
+    port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0,
+                                       limits=HttpLimits()))
+
+    def strict(text: str) -> Any:
+        raise AssertionError(f"{text} is not JSON")
+
+    ok = await request("GET", f"http://127.0.0.1:{port}/x")
+    assert json.loads(ok.body, parse_constant=strict) == {"nan": None, "inf": [None, None]}
+    refused = await request("GET", f"http://127.0.0.1:{port}/x?as=422")
+    assert refused.status == 422
+    assert json.loads(refused.body, parse_constant=strict)["detail"][0]["input"] is None
