@@ -83,6 +83,13 @@ async def read_frames(stream: trio.SocketStream, codec: FrameConnection, n: int)
     return out
 
 
+async def drip(stream: trio.SocketStream, data: bytes, every: float) -> None:
+    """Send ``data`` one byte every ``every`` seconds (a slowloris)."""
+    for i in range(len(data)):
+        await stream.send_all(data[i : i + 1])
+        await trio.sleep(every)
+
+
 async def read_to_eof(stream: trio.SocketStream, seconds: float = 60.0) -> bytes:
     got = b""
     with trio.fail_after(seconds):
@@ -297,14 +304,8 @@ async def test_a_frame_header_sent_a_byte_every_20_s_is_dropped_after_the_header
     port = await start_frames(nursery, Held(), FrameLimits(max_payload=MiB, header_timeout=30))
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     wire = FrameConnection().send(Frame(opcode=Opcode.PING, request_id=1))
-
-    async def drip() -> None:
-        for i in range(len(wire)):
-            await stream.send_all(wire[i : i + 1])
-            await trio.sleep(20)
-
     async with trio.open_nursery() as inner:
-        inner.start_soon(drip)
+        inner.start_soon(drip, stream, wire, 20)
         start = trio.current_time()
         assert await read_to_eof(stream, seconds=1000) == b""  # closed, never answered
         assert trio.current_time() - start < 35  # not 24 x 20 s
@@ -490,14 +491,8 @@ async def test_a_head_sent_a_byte_every_20_s_gets_408_after_the_header_timeout(
     node, _ = await start_node(header_timeout=30)
     stream = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
     head = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
-
-    async def drip() -> None:
-        for i in range(len(head)):
-            await stream.send_all(head[i : i + 1])
-            await trio.sleep(20)
-
     async with trio.open_nursery() as inner:
-        inner.start_soon(drip)
+        inner.start_soon(drip, stream, head, 20)
         start = trio.current_time()
         answer = await read_to_eof(stream, seconds=1000)
         assert trio.current_time() - start < 35  # not 32 x 20 s

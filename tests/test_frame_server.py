@@ -13,7 +13,9 @@ import trio
 from nodes.net.frame_client import open_frame_client
 from nodes.net.http_client import request
 from protocol.errors import ProtocolError
-from protocol.frames import HEADER, NEED_DATA, Frame, FrameConnection, Opcode, crc32c
+from protocol.frames import HEADER, Frame, FrameConnection, Opcode, crc32c
+
+from .test_attacks_net import read_frames
 
 
 async def test_put_get_head_delete_over_frames(start_node: Callable[..., Any]) -> None:
@@ -82,7 +84,7 @@ async def test_damaged_payload_is_refused_and_the_connection_survives(
     stream = await trio.open_tcp_stream("127.0.0.1", node.ports.binary)
     async with stream:
         await stream.send_all(bytes(wire) + codec.send(Frame(opcode=Opcode.PING, request_id=6)))
-        replies = await _read_frames(stream, codec, 2)
+        replies = await read_frames(stream, codec, 2)
     assert [(f.request_id, f.status) for f in replies] == [(5, 400), (6, 200)]
     async with open_frame_client("127.0.0.1", node.ports.binary) as client:
         with pytest.raises(ProtocolError):
@@ -99,7 +101,7 @@ async def test_malformed_frame_closes_only_that_connection(start_node: Callable[
             async with stream:
                 await stream.send_all(garbage)
                 codec = FrameConnection()
-                [err] = await _read_frames(stream, codec, 1)
+                [err] = await read_frames(stream, codec, 1)
                 assert err.status in (400, 413)
                 assert err.message
                 with trio.fail_after(5):
@@ -117,21 +119,6 @@ async def test_idle_binary_connections_time_out(
     with trio.fail_after(100):
         assert await stream.receive_some(100) == b""
     await stream.aclose()
-
-
-async def _read_frames(stream: trio.SocketStream, codec: FrameConnection, n: int) -> list[Frame]:
-    out: list[Frame] = []
-    with trio.fail_after(10):
-        while len(out) < n:
-            ev = codec.next_event()
-            if ev is NEED_DATA:
-                data = await stream.receive_some(65536)
-                assert data, "connection closed early"
-                codec.receive_data(data)
-            else:
-                assert isinstance(ev, Frame)
-                out.append(ev)
-    return out
 
 
 async def test_connection_reset_mid_request_does_not_hurt_the_node(
