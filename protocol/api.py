@@ -40,6 +40,7 @@ __all__ = [
     "Fragment",
     "Manifest",
     "ManifestChunk",
+    "Recommendation",
     "StatusChange",
     "VideoCreate",
     "VideoCreated",
@@ -48,6 +49,7 @@ __all__ = [
     "format_sha256",
     "json_object",
     "parse_sha256",
+    "shard_id",
 ]
 
 #: The chunk-id rule of the contract; nothing outside it ever reaches a store.
@@ -79,6 +81,18 @@ def chunk_id(video_id: str, sequence_num: int) -> str:
     if sequence_num < 0 or not CHUNK_ID_RE.match(cid):
         raise ValueError(f"no valid chunk id for video {video_id!r}, chunk {sequence_num}")
     return cid
+
+
+def shard_id(chunk_id: str, index: int) -> str:
+    """The id erasure-coded shard ``index`` of ``chunk_id`` is stored under: ``<chunk_id>-sN``.
+
+    Raises:
+        ValueError: the result would break :data:`CHUNK_ID_RE`.
+    """
+    sid = f"{chunk_id}-s{index}"
+    if index < 0 or not CHUNK_ID_RE.match(sid):
+        raise ValueError(f"no valid shard id for chunk {chunk_id!r}, shard {index}")
+    return sid
 
 
 def parse_sha256(value: object) -> str:
@@ -383,3 +397,24 @@ class Manifest:
                 "created_at": self.created_at, "status": self.status,
                 "chunk_duration_sec": self.chunk_duration_sec,
                 "chunks": [c.to_json() for c in self.chunks]}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Recommendation:
+    """``GET /redundancy/recommend/{id}``: the mode a video should be stored in."""
+
+    video_id: str
+    view_count: int
+    recommended_mode: str
+    override: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Recommendation:
+        mode, forced = data["recommended_mode"], data.get("override")
+        if mode not in REDUNDANCY_MODES or (forced is not None and forced not in REDUNDANCY_MODES):
+            raise ValueError(f"unknown redundancy mode {mode!r}")
+        views = data["view_count"]
+        if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+            raise ValueError("view_count must be a non-negative integer")
+        return cls(video_id=str(data["video_id"]), view_count=views, recommended_mode=mode,
+                   override=forced)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -133,8 +134,14 @@ async def test_every_format_is_stored_and_plays(
     assert manifest["status"] == "active"
     assert manifest["title"] == f"my {name}"
     assert manifest["total_chunks"] == state["total_chunks"] >= 2
+    # A new video has no views: stored erasure-coded, 5 shards spread 2+2+1 on 3 nodes.
+    assert state["redundancy_mode"] == "erasure_coding"
     for chunk in manifest["chunks"]:
-        assert len(chunk["replicas"]) == 3
+        assert chunk["redundancy_mode"] == "erasure_coding"
+        assert chunk["replicas"] == []
+        assert sorted(f["fragment_index"] for f in chunk["fragments"]) == [0, 1, 2, 3, 4]
+        per_node = Counter(f["node_url"] for f in chunk["fragments"])
+        assert sorted(per_node.values()) == [1, 2, 2]
         assert 0 < chunk["duration_sec"] <= 4
     assert sum(ch["duration_sec"] for ch in manifest["chunks"]) == pytest.approx(5, abs=0.6)
     out = await download(c, answer["video_id"], tmp_path / "out.ts")
@@ -199,14 +206,15 @@ async def test_things_that_are_not_videos_leave_nothing_behind(
     assert leftovers == []
 
 
+@pytest.mark.parametrize("mode", ["replication", "erasure_coding"])
 async def test_a_node_dying_during_distribution_is_replaced(
     start_node: Callable[..., Any], start_metadata: Callable[..., Any],
-    start_uploader: Callable[..., Any], tmp_path: Path,
+    start_uploader: Callable[..., Any], tmp_path: Path, mode: str,
 ) -> None:
     src = make_video(tmp_path / "long.mp4", 20, ["-c:v", "libx264", "-pix_fmt", "yuv420p",
                                                  "-g", "25", "-c:a", "aac"])
     c = await cluster(start_node, start_metadata, start_uploader, tmp_path, nodes=4,
-                      chunk_duration=1.0, chunks_in_flight=1)
+                      chunk_duration=1.0, chunks_in_flight=1, redundancy=mode)
     answer = (await upload(c, src)).json()
     # The node dies as processing starts; the metadata service still lists it
     # as healthy (it has not been silent for NODE_TIMEOUT yet), so the
@@ -221,10 +229,18 @@ async def test_a_node_dying_during_distribution_is_replaced(
     dead = f"http://127.0.0.1:{c.nodes[0].ports.http}"
     assert at_kill < manifest["total_chunks"] - 2, "the node died before most chunks were stored"
     # Chunks committed after the failure (beyond the one in flight) avoid the dead node.
-    late = [ch for ch in manifest["chunks"][at_kill + 2 :] if dead in ch["replicas"]]
+    def nodes_of(ch: dict[str, Any]) -> set[str]:
+        return set(ch["replicas"]) | {f["node_url"] for f in ch["fragments"] or ()}
+
+    late = [ch for ch in manifest["chunks"][at_kill + 2 :] if dead in nodes_of(ch)]
     assert dead in (await request("GET", f"{c.url}/health")).json()["failed_nodes"]
     assert late == [], "chunks placed after the failure avoid the dead node"
-    assert all(len(ch["replicas"]) == 3 for ch in manifest["chunks"])
+    for ch in manifest["chunks"]:
+        assert ch["redundancy_mode"] == mode
+        if mode == "replication":
+            assert len(ch["replicas"]) == 3
+        else:
+            assert len({f["fragment_index"] for f in ch["fragments"]}) == 5
     out = await download(c, answer["video_id"], tmp_path / "long.ts")
     assert probe_file(out).duration == pytest.approx(20, abs=1)
 

@@ -19,6 +19,7 @@ import trio
 
 from nodes.metadata.service import serve_metadata
 from nodes.metadata.state import MetadataService
+from nodes.redundancy.service import serve_redundancy
 from nodes.storage.node import StorageNode
 from nodes.storage.service import serve_storage_node
 from nodes.uploader.service import Uploader, serve_uploader
@@ -29,6 +30,7 @@ from vstack.node_urls import parse_aliases
 from vstack.settings import (
     DEFAULT_MAX_CHUNK_BYTES,
     MetadataSettings,
+    RedundancySettings,
     StorageSettings,
     UploaderSettings,
     parse_database_url,
@@ -56,8 +58,7 @@ def main(log_level: str) -> None:
     """Start V-Stack services: a storage node, a metadata replica, the uploader, or all of
     them as one local cluster (`vstack-node all`).
 
-    The smart client (8086), the web page (8085) and the redundancy manager are
-    not part of this release yet.
+    The smart client (8086) and the web page (8085) are not part of this release yet.
     """
     _setup_logging(log_level)
 
@@ -66,7 +67,7 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(u.strip().rstrip("/") for u in (value or "").split(",") if u.strip())
 
 
-Settings = StorageSettings | MetadataSettings | UploaderSettings
+Settings = StorageSettings | MetadataSettings | UploaderSettings | RedundancySettings
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -110,6 +111,10 @@ async def _run_until_signal(*services: Settings) -> None:
                 up: Uploader = await nursery.start(serve_uploader, settings)
                 click.echo(f"uploader: http://127.0.0.1:{up.port} (temp {settings.temp_dir})",
                            err=True)
+                continue
+            if isinstance(settings, RedundancySettings):
+                await nursery.start(serve_redundancy, settings)
+                click.echo(f"redundancy manager: a pass every {settings.interval:.0f} s", err=True)
                 continue
             if isinstance(settings, MetadataSettings):
                 meta: MetadataService = await nursery.start(serve_metadata, settings)
@@ -281,16 +286,57 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
               "[env MAX_UPLOAD_BYTES].")
 @click.option("--ffmpeg", envvar="FFMPEG", default=None,
               help="FFmpeg binary [env FFMPEG; default: ffmpeg on PATH, else imageio-ffmpeg's].")
+@click.option("--redundancy", envvar="UPLOAD_REDUNDANCY", default="auto",
+              type=click.Choice(["auto", "replication", "erasure_coding"]),
+              help="How new uploads are stored; auto: as /redundancy/recommend says "
+              "[env UPLOAD_REDUNDANCY].")
 @security_options
 def uploader(port: int, host: str, metadata_url: str, temp_dir: Path, chunk_size: int,
              chunk_duration: float, max_concurrent_uploads: int, max_upload_bytes: int,
-             ffmpeg: str | None, **sec: Any) -> None:
+             ffmpeg: str | None, redundancy: str, **sec: Any) -> None:
     """Run the uploader: video files in, ~10 s MPEG-TS chunks on the storage nodes out."""
     settings = UploaderSettings(
         temp_dir=temp_dir, metadata_urls=_split(metadata_url), port=port, host=host,
         chunk_size=chunk_size, chunk_duration=chunk_duration,
         max_concurrent_uploads=max_concurrent_uploads, max_upload_bytes=max_upload_bytes,
-        ffmpeg=ffmpeg, auth=_policy(host, sec))
+        ffmpeg=ffmpeg, redundancy=redundancy, auth=_policy(host, sec))
+    trio.run(_run_until_signal, settings)
+
+
+@main.command()
+@click.option("--metadata-url", envvar="METADATA_SERVICE_URL", default="http://localhost:8080",
+              help="Metadata replica URL(s), comma-separated [env METADATA_SERVICE_URL].")
+@click.option("--interval", envvar="REDUNDANCY_INTERVAL_SEC", default=30.0,
+              type=click.FloatRange(0.1), help="Seconds between two looks at the cluster "
+              "[env REDUNDANCY_INTERVAL_SEC].")
+@click.option("--repair-grace", envvar="REPAIR_GRACE_SEC", default=300.0,
+              type=click.FloatRange(0.0), help="A node down this long is lost and its chunks "
+              "are rebuilt elsewhere [env REPAIR_GRACE_SEC].")
+@click.option("--orphan-grace", envvar="ORPHAN_GRACE_SEC", default=3600.0,
+              type=click.FloatRange(0.0), help="A stored copy no placement references this "
+              "long is deleted [env ORPHAN_GRACE_SEC].")
+@click.option("--upload-expiry", envvar="UPLOAD_EXPIRY_SEC", default=6 * 3600.0,
+              type=click.FloatRange(0.0), help="An upload with no progress this long is deleted "
+              "[env UPLOAD_EXPIRY_SEC].")
+@click.option("--popularity-threshold", envvar="POPULARITY_THRESHOLD", default=1000,
+              type=click.IntRange(0), help="Views in the window above which a video is "
+              "replicated; below half of it, erasure-coded [env POPULARITY_THRESHOLD].")
+@click.option("--popularity-window", envvar="POPULARITY_WINDOW_SEC", default=3600.0,
+              type=click.FloatRange(1.0), help="Views are counted over this many recent "
+              "seconds [env POPULARITY_WINDOW_SEC].")
+@click.option("--rate", envvar="REDUNDANCY_RATE_BYTES", default=64 * 1024 * 1024,
+              type=click.IntRange(1), help="Bytes per second repair and migration may move "
+              "[env REDUNDANCY_RATE_BYTES].")
+@security_options
+def redundancy(metadata_url: str, interval: float, repair_grace: float, orphan_grace: float,
+               upload_expiry: float, popularity_threshold: int, popularity_window: float,
+               rate: int, **sec: Any) -> None:
+    """Run the redundancy manager: self-repair, migration between modes, garbage collection."""
+    settings = RedundancySettings(
+        metadata_urls=_split(metadata_url), interval=interval, repair_grace=repair_grace,
+        orphan_grace=orphan_grace, upload_expiry=upload_expiry,
+        popularity_threshold=popularity_threshold, popularity_window=popularity_window,
+        rate_bytes=rate, auth=_policy("127.0.0.1", sec))
     trio.run(_run_until_signal, settings)
 
 
@@ -305,8 +351,8 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
     """Run the embedded local cluster on the guide's ports.
 
     The metadata service (8080), three storage nodes (8081-8083, binary
-    8181-8183) and the uploader (8084); the smart client and web page join
-    as they land.
+    8181-8183), the uploader (8084) and the redundancy manager; the smart
+    client and web page join as they land.
     """
     if not is_loopback(host) and not sec["cluster_secret"] and not sec["insecure"]:
         # Beyond loopback with no secrets given: make them once, where the CLIs look.
@@ -332,6 +378,7 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
     ]
     services.append(UploaderSettings(temp_dir=data_dir / "uploads", metadata_urls=(meta_url,),
                                      port=8084, host=host, auth=auth))
+    services.append(RedundancySettings(metadata_urls=(meta_url,), auth=auth))
     click.echo(
         f"V-Stack local cluster: metadata service on 8080, {node_count} storage nodes on ports "
         f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), uploader on 8084, data "

@@ -176,6 +176,8 @@ class UploaderSettings:
     replicas: int = 3
     chunks_in_flight: int = 8
     ffmpeg: str | None = None  # None: a system ffmpeg, else the imageio-ffmpeg one
+    #: UPLOAD_REDUNDANCY: "auto" (what /redundancy/recommend says), "replication", "erasure_coding"
+    redundancy: str = "auto"
     auth: AuthPolicy = OPEN
     read_timeout: float = 60.0
     idle_timeout: float = 75.0
@@ -187,6 +189,34 @@ class UploaderSettings:
             raise ValueError("chunk size/duration out of range")
         if self.max_concurrent_uploads < 1 or self.replicas < 1:
             raise ValueError("limits must be positive")
+        if self.redundancy not in ("auto", "replication", "erasure_coding"):
+            raise ValueError("UPLOAD_REDUNDANCY must be auto, replication or erasure_coding")
 
 
 __all__ += ["UploaderSettings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedundancySettings:
+    """The redundancy manager: repair, migration between modes, garbage collection."""
+
+    metadata_urls: tuple[str, ...]
+    interval: float = 30.0  # REDUNDANCY_INTERVAL_SEC: between two looks at the cluster
+    repair_grace: float = 300.0  # REPAIR_GRACE_SEC: a node down this long is lost
+    orphan_grace: float = 3600.0  # ORPHAN_GRACE_SEC: an unreferenced copy this old is deleted
+    upload_expiry: float = 6 * 3600.0  # UPLOAD_EXPIRY_SEC: an upload stalled this long fails
+    popularity_threshold: int = 1000  # POPULARITY_THRESHOLD
+    popularity_window: float = 3600.0  # POPULARITY_WINDOW_SEC: views counted over this window
+    rate_bytes: int = 64 * 1024 * 1024  # REDUNDANCY_RATE_BYTES: bytes/s moved at most
+    auth: AuthPolicy = OPEN
+
+    def __post_init__(self) -> None:
+        if not self.metadata_urls:
+            raise ValueError("METADATA_SERVICE_URL is required")
+        if min(self.interval, self.popularity_window) <= 0 or self.rate_bytes <= 0:
+            raise ValueError("intervals and the rate must be positive")
+        if min(self.repair_grace, self.orphan_grace, self.upload_expiry) < 0:
+            raise ValueError("grace periods must not be negative")
+
+
+__all__ += ["RedundancySettings"]

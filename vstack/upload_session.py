@@ -62,6 +62,7 @@ class Session:
     duration_sec: float | None = None
     format: str | None = None
     transcoded: bool | None = None
+    redundancy_mode: str | None = None  # how its chunks are stored: replication | erasure_coding
 
     def advance(self, status: str, progress: int | None = None) -> None:
         if status not in STAGES:

@@ -27,10 +27,12 @@ import trio
 from nodes.net.errors import deadline
 from nodes.net.http_client import HttpClient
 from nodes.net.metadata_client import MetadataClient
-from protocol.api import Manifest, ManifestChunk
+from protocol.api import Fragment, Manifest, ManifestChunk
 from protocol.errors import ProtocolError, VStackError
+from vstack import erasure
+from vstack.redundancy import DATA_SHARDS
 
-__all__ = ["FetchFailed", "fetch_chunk", "stream_video"]
+__all__ = ["FetchFailed", "fetch_chunk", "fetch_shards", "stream_video"]
 
 log = logging.getLogger("vstack.client")
 
@@ -53,9 +55,10 @@ async def fetch_chunk(http: HttpClient, chunk: ManifestChunk) -> bytes:
     Raises:
         FetchFailed: no replica served a copy with the right SHA-256.
     """
+    if chunk.fragments:
+        return await fetch_shards(http, chunk)
     if not chunk.replicas:
-        what = "is erasure-coded (not supported here)" if chunk.fragments else "has no replica"
-        raise FetchFailed(f"chunk {chunk.sequence_num} {what}")
+        raise FetchFailed(f"chunk {chunk.sequence_num} has no replica")
     errors = []
     for url in chunk.replicas:
         try:
@@ -72,6 +75,49 @@ async def fetch_chunk(http: HttpClient, chunk: ManifestChunk) -> bytes:
             continue
         return res.body
     raise FetchFailed(f"chunk {chunk.sequence_num}: no replica served it ({'; '.join(errors)})")
+
+
+async def fetch_shards(http: HttpClient, chunk: ManifestChunk) -> bytes:
+    """An erasure-coded chunk: its shards asked for all at once, the first 3 whose
+    SHA-256 checks out decoded (the slower requests are cancelled), the result
+    checked against the chunk's own SHA-256.
+
+    Raises:
+        FetchFailed: fewer than 3 good shards, or they decode to the wrong bytes.
+    """
+    assert chunk.fragments
+    good: dict[int, bytes] = {}
+    errors: list[str] = []
+
+    async def one(f: Fragment, cancel: trio.CancelScope) -> None:
+        try:
+            with deadline(CHUNK_SECONDS, f"GET {f.fragment_id} from {f.node_url}"):
+                res = await http.request("GET", f"{f.node_url}/chunk/{f.fragment_id}")
+        except VStackError as exc:
+            errors.append(str(exc))
+            return
+        if res.status != 200:
+            errors.append(f"{f.node_url}: {res.status}")
+        elif await trio.to_thread.run_sync(_sha256, res.body) != f.checksum:
+            errors.append(f"{f.node_url}: damaged shard {f.fragment_index}")
+        elif len(good) < DATA_SHARDS:
+            good[f.fragment_index] = res.body
+            if len(good) == DATA_SHARDS:
+                cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for f in chunk.fragments:
+            nursery.start_soon(one, f, nursery.cancel_scope)
+    if len(good) < DATA_SHARDS:
+        raise FetchFailed(f"chunk {chunk.sequence_num}: only {len(good)} good shards of "
+                          f"{len(chunk.fragments)} ({'; '.join(errors)})")
+    try:
+        data = await trio.to_thread.run_sync(erasure.decode, good)
+    except erasure.ErasureError as exc:
+        raise FetchFailed(f"chunk {chunk.sequence_num}: {exc}") from None
+    if await trio.to_thread.run_sync(_sha256, data) != chunk.checksum:
+        raise FetchFailed(f"chunk {chunk.sequence_num}: shards decoded to the wrong bytes")
+    return data
 
 
 def _sha256(data: bytes) -> str:

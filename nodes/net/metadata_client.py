@@ -21,6 +21,7 @@ from protocol.api import (
     ChunkCommit,
     CommitResult,
     Manifest,
+    Recommendation,
     StatusChange,
     VideoCreate,
     VideoCreated,
@@ -143,6 +144,27 @@ class MetadataClient:
         data = await self.json("GET", "/nodes/healthy")
         return decode_answer(lambda d: [NodeRecord.from_json(r) for r in d], data,
                              "GET /nodes/healthy")
+
+    async def all_nodes(self) -> list[NodeRecord]:
+        """Every registered node, whatever its status."""
+        data = await self.json("GET", "/nodes/all")
+        return decode_answer(lambda d: [NodeRecord.from_json(r) for r in d["nodes"]], data,
+                             "GET /nodes/all")
+
+    async def video_ids(self, *, page: int = 1000) -> list[str]:
+        """Every video's id (paged through ``GET /videos``)."""
+        ids: list[str] = []
+        while True:
+            data = await self.json("GET", f"/videos?limit={page}&offset={len(ids)}")
+            batch = decode_answer(lambda d: [str(v["video_id"]) for v in d], data, "GET /videos")
+            ids += batch
+            if len(batch) < page:
+                return ids
+
+    async def recommend(self, video_id: str) -> Recommendation:
+        """The redundancy mode the metadata service recommends for ``video_id``."""
+        data = await self.json("GET", f"/redundancy/recommend/{video_id}")
+        return decode_answer(Recommendation.from_json, data, "GET /redundancy/recommend")
 
     async def aclose(self) -> None:
         if self._own_http:

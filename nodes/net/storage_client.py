@@ -12,9 +12,11 @@ talked to, the node's own status otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -119,6 +121,48 @@ class StoragePool:
         except VStackError:
             return False
         return res.status == 200 and res.headers.get("etag", "").strip('"') == sha256_hex
+
+    async def get(self, node_url: str, chunk_id: str, sha256_hex: str) -> bytes:
+        """A chunk's bytes, checked against ``sha256_hex`` (binary GET, else HTTP).
+
+        Raises:
+            ProtocolError: not there (404), corrupt there (500), or different bytes (502).
+            TransportError: the node could not be reached.
+        """
+        client = await self._client(node_url)
+        data: bytes | bytearray | None = None
+        if client is not None:
+            try:
+                data = await client.get(chunk_id)
+            except TransportError:
+                data = None  # the connection broke: ask over HTTP once
+        if data is None:
+            res = await self.http.request("GET", f"{node_url}/chunk/{chunk_id}",
+                                          max_bytes=MAX_PAYLOAD)
+            if res.status != 200:
+                raise ProtocolError(f"{node_url} answered {res.status}: {res.error_detail()}",
+                                    res.status)
+            data = res.body
+        if hashlib.sha256(data).hexdigest() != sha256_hex:
+            raise RemoteProtocolError(f"{node_url} sent {chunk_id} with the wrong SHA-256", 502)
+        return bytes(data)
+
+    async def list_page(self, node_url: str, cursor: int, limit: int = 1000
+                        ) -> tuple[list[tuple[str, str]], int | None]:
+        """A page of ``(stored id, SHA-256)`` the node holds, and the next cursor."""
+        res = await self.http.request("GET", f"{node_url}/chunks?cursor={cursor}&limit={limit}",
+                                      max_bytes=64 * 1024 + 160 * limit)
+        if res.status != 200:
+            raise ProtocolError(f"{node_url}/chunks answered {res.status}: {res.error_detail()}",
+                                res.status)
+
+        def parse(d: Any) -> tuple[list[tuple[str, str]], int | None]:
+            after = d["next_cursor"]
+            if after is not None and (not isinstance(after, int) or after <= cursor):
+                raise ValueError("next_cursor must move forward")
+            return [(str(c["chunk_id"]), str(c["checksum"])) for c in d["chunks"]], after
+
+        return decode_answer(parse, res.json(), f"{node_url}/chunks")
 
     async def delete_many(self, node_url: str, chunk_ids: list[str]) -> int:
         """Best effort, pipelined on one binary connection; returns how many existed."""

@@ -89,6 +89,31 @@ async def delete_chunk(node: StorageNode, req: Request, body: Body) -> Response:
     return Response(status=204)
 
 
+#: Chunks listed per page of ``GET /chunks`` at most.
+MAX_LIST: Final = 10_000
+
+
+async def list_chunks(node: StorageNode, req: Request, body: Body) -> Response:
+    """``GET /chunks?cursor=N&limit=M``: the chunks held here, a page at a time
+    (for the redundancy manager's garbage collection)."""
+    cursor, limit = _query_int(req, "cursor", 0), _query_int(req, "limit", 1000)
+    if not 1 <= limit <= MAX_LIST:
+        raise ProtocolError(f"limit must be 1..{MAX_LIST}", 400)
+    found, after = await node.list_chunks(cursor, limit)
+    return json_response(200, {"chunks": [{"chunk_id": loc.key.decode("ascii", "replace"),
+                                           "size_bytes": loc.size, "checksum": loc.sha256.hex()}
+                                          for loc in found], "next_cursor": after})
+
+
+def _query_int(req: Request, name: str, default: int) -> int:
+    raw = req.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise ProtocolError(f"{name} must be a non-negative integer", 400)
+    return int(raw)
+
+
 async def ping(node: StorageNode, req: Request, body: Body) -> Response:
     t0 = time.perf_counter()
     usage = node.disk_usage_percent()
@@ -114,6 +139,7 @@ ROUTES: Final[RouteTable] = [
     ("GET", "/chunk/{chunk_id}", Access.READ, get_chunk),
     ("HEAD", "/chunk/{chunk_id}", Access.READ, head_chunk),
     ("DELETE", "/chunk/{chunk_id}", Access.CLUSTER, delete_chunk),
+    ("GET", "/chunks", Access.CLUSTER, list_chunks),
     ("GET", "/ping", Access.PUBLIC, ping),
     ("HEAD", "/ping", Access.PUBLIC, ping),
     ("GET", "/health", Access.PUBLIC, health),

@@ -257,6 +257,24 @@ class StorageNode:
 
     # -- introspection ----------------------------------------------------------
 
+    async def list_chunks(self, cursor: int, limit: int) -> tuple[list[Location], int | None]:
+        """A page of the chunks held here: up to ``limit`` from index row ``cursor``,
+        and the cursor of the next page (``None`` at the end).
+
+        Rows move when chunks are deleted or compacted, so a walk may miss or
+        repeat a chunk that changed meanwhile; the garbage collector, its
+        user, walks again on its next pass.
+        """
+        def page() -> tuple[list[Location], int | None]:
+            rows = self.store.rows()
+            end = min(rows, cursor + limit)
+            found = [loc for row in range(cursor, end)
+                     if (loc := self.store.location_of_row(row)) is not None
+                     and not loc.quarantined]
+            return found, end if end < rows else None
+
+        return await trio.to_thread.run_sync(page)
+
     @staticmethod
     def fs_usage_percent(st: os.statvfs_result) -> float:
         if not st.f_blocks:

@@ -38,8 +38,9 @@ import trio
 from nodes.net.errors import deadline
 from nodes.net.jobs import Backoff
 from nodes.net.storage_client import StoragePool
-from protocol.api import Manifest, chunk_id
+from protocol.api import Manifest, chunk_id, shard_id
 from protocol.errors import VStackError
+from vstack.redundancy import TOTAL_SHARDS
 from vstack.upload_session import TERMINAL, Session
 
 from .placer import healthy_nodes
@@ -57,11 +58,18 @@ INTERRUPTED = "interrupted by a restart of the uploader; please upload again"
 
 
 async def delete_copies(pool: StoragePool, video_id: str, copies: Mapping[int, list[str]]) -> None:
-    """Delete chunk ``seq`` of ``video_id`` from every node listed for it, in parallel."""
+    """Delete chunk ``seq`` of ``video_id`` (a replica, or any of its shards) from every
+    node listed for it, in parallel."""
     async with trio.open_nursery() as nursery:
         for seq, urls in copies.items():
-            for url in urls:
-                nursery.start_soon(pool.delete, url, chunk_id(video_id, seq))
+            ids = _stored_ids(chunk_id(video_id, seq))
+            for url in set(urls):
+                nursery.start_soon(pool.delete_many, url, ids)
+
+
+def _stored_ids(cid: str) -> list[str]:
+    """Every id a chunk may be stored under on a node: itself (a replica), or a shard's."""
+    return [cid, *(shard_id(cid, i) for i in range(TOTAL_SHARDS))]
 
 
 async def remove_upload(up: Uploader, video_id: str, uncommitted: Mapping[int, list[str]]) -> None:
@@ -178,7 +186,7 @@ async def _remove_interrupted(up: Uploader, s: Session) -> None:
             log.warning("session %s: chunks left on the nodes (%s)", s.session_id, exc)
             return
         top = math.ceil(s.duration_sec or 0) + 2
-        ids = [chunk_id(s.video_id, seq) for seq in range(top)]
+        ids = [sid for seq in range(top) for sid in _stored_ids(chunk_id(s.video_id, seq))]
         async with trio.open_nursery() as nursery:
             for node in nodes:
                 nursery.start_soon(up.pool.delete_many, node.url, ids)

@@ -32,13 +32,14 @@ import trio
 
 from protocol.errors import VStackError
 from vstack.media import ChunkingReport, ProbeResult, Segment, SegmentPlan, plan_segments
+from vstack.redundancy import ERASURE_CODING, REPLICATION
 from vstack.settings import UploaderSettings
 from vstack.upload_session import Session
 
 from .cleanup import delete_copies, remove_files, remove_upload, settle_later
 from .errors import ChunkingFailed, OutcomeUnknown, Oversize, UploadFailed
 from .ffmpeg import cut_streaming
-from .placer import Chunk, Placer, healthy_nodes
+from .placer import Chunk, Placer, ShardPlacer, healthy_nodes
 from .state import Uploader
 
 __all__ = ["UploadJob"]
@@ -47,6 +48,8 @@ log = logging.getLogger("vstack.uploader")
 
 #: How long cleaning up after a failure may delay a shutdown.
 CLEANUP_SECONDS: Final = 120.0
+#: Fewest healthy nodes that can hold 5 shards so that losing one leaves 3 (2+2+1).
+MIN_EC_NODES: Final = 3
 #: Seconds to learn whether a video became active when making it so got no answer.
 ACTIVATE_CHECK_SECONDS: Final = 15.0
 
@@ -117,9 +120,12 @@ class UploadJob:
     async def _pipeline(self) -> None:
         await self._advance("processing")
         await trio.Path(self.work).mkdir(parents=True, exist_ok=True)
-        placer = Placer(pool=self.up.pool, metadata=self.up.metadata,
-                        nodes=await healthy_nodes(self.up.metadata),
-                        replicas=self.settings.replicas, tracker=self.up.nodes)
+        nodes = await healthy_nodes(self.up.metadata)
+        mode = await self._mode(len(nodes))
+        self.session.redundancy_mode = mode
+        kind = ShardPlacer if mode == ERASURE_CODING else Placer
+        placer = kind(pool=self.up.pool, metadata=self.up.metadata, nodes=nodes,
+                      replicas=self.settings.replicas, tracker=self.up.nodes)
         t0 = time.monotonic()
         report = await self._chunk(placer)
         count = len(report.segments)
@@ -235,6 +241,24 @@ class UploadJob:
         # recovery asks the metadata service and completes it (cleanup.recover).
         self.session.manifest_url = f"/manifest/{self.video_id}"
         await self._advance("completed")
+
+    async def _mode(self, nodes: int) -> str:
+        """How to store this video: ``UPLOAD_REDUNDANCY``, by default what
+        ``/redundancy/recommend`` says (erasure coding below the popularity
+        threshold, or an override), if the nodes allow it."""
+        mode = self.settings.redundancy
+        if mode == "auto":
+            try:
+                mode = (await self.up.metadata.recommend(self.video_id)).recommended_mode
+            except VStackError as exc:
+                log.warning("upload %s: no redundancy recommendation (%s); replicating",
+                            self.session.session_id, exc)
+                return REPLICATION
+        if mode == ERASURE_CODING and nodes < MIN_EC_NODES:
+            log.info("upload %s: %d healthy nodes, too few for erasure coding; replicating",
+                     self.session.session_id, nodes)
+            return REPLICATION
+        return mode
 
     async def _became_active(self) -> bool:
         """Whether the video is ``active`` after all (a quorum read).

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import trio
@@ -36,13 +36,20 @@ import trio
 from nodes.net.errors import deadline
 from nodes.net.metadata_client import MetadataClient
 from nodes.net.storage_client import StoragePool
-from protocol.api import ChunkCommit, chunk_id
+from protocol.api import ChunkCommit, Fragment, chunk_id, shard_id
 from protocol.errors import VStackError
-from vstack.placement import NodeInfo, choose_nodes, required_copies
+from vstack import erasure
+from vstack.placement import (
+    NodeInfo,
+    PlacementError,
+    choose_nodes,
+    choose_shard_nodes,
+    required_copies,
+)
 
 from .errors import UploadFailed
 
-__all__ = ["BAN_SECONDS", "Chunk", "NodeTracker", "Placer", "healthy_nodes"]
+__all__ = ["BAN_SECONDS", "Chunk", "NodeTracker", "Placer", "ShardPlacer", "healthy_nodes"]
 
 log = logging.getLogger("vstack.uploader")
 
@@ -210,3 +217,61 @@ class Placer:
                 state.holders.remove(url)
                 self.tracker.ban(url)
                 state.failed(url, "lost the chunk after storing it")
+
+
+class ShardPlacer(Placer):
+    """Places the chunks of a cold upload as erasure-coded shards (3 data + 2 parity).
+
+    Each chunk is encoded in a thread (zfec releases the GIL), its 5 shards
+    spread by :func:`vstack.placement.choose_shard_nodes` (distinct nodes when
+    there are 5, else so that losing any one node leaves 3), stored in
+    parallel, a failed shard moved to another node, and the shards committed
+    together with each one's SHA-256 (the metadata service checks them).
+    """
+
+    async def place(self, chunk: Chunk, holders: list[str]) -> None:
+        shards = {s.index: s for s in await trio.to_thread.run_sync(erasure.encode, chunk.data)}
+        stored: dict[int, Fragment] = {}
+        state = _Round(chunk=chunk, holders=holders, tried=set(self.tracker.banned()))
+        for _ in range(ROUNDS):
+            alive = [n for n in self.nodes if n.url not in state.tried]
+            missing = [i for i in shards if i not in stored]
+            if not missing:
+                break
+            try:
+                layout = choose_shard_nodes(
+                    alive, missing, held={i: f.node_url for i, f in stored.items()},
+                    turn=chunk.seq)
+            except PlacementError as exc:
+                raise UploadFailed(f"chunk {chunk.seq}: {exc} ({state.reasons()})") from None
+            async with trio.open_nursery() as nursery:
+                for index, node in layout.items():
+                    nursery.start_soon(self._put_shard, state, node, shards[index], stored)
+        if len(stored) < len(shards):
+            raise UploadFailed(f"chunk {chunk.seq}: only {len(stored)} of {len(shards)} shards "
+                               f"could be stored ({state.reasons()})")
+        commit = replace(chunk.commit([]), redundancy_mode="erasure_coding",
+                         node_urls=tuple(dict.fromkeys(f.node_url for f in stored.values())),
+                         fragments=tuple(stored[i] for i in sorted(stored)))
+        result = await self.metadata.commit_chunk(chunk.id, commit)
+        if not result.success:
+            raise UploadFailed(f"chunk {chunk.seq}: the metadata service could not confirm its "
+                               f"shards ({result.message})")
+
+    async def _put_shard(self, state: _Round, node: NodeInfo, shard: erasure.Shard,
+                         stored: dict[int, Fragment]) -> None:
+        sid = shard_id(state.chunk.id, shard.index)
+        with self.tracker.writing(node.url):
+            try:
+                with deadline(PUT_SECONDS, f"storing {sid} on {node.node_id}"):
+                    await self.pool.put(node.url, sid, bytes(shard.data), shard.sha256)
+            except VStackError as exc:
+                self.tracker.ban(node.url)
+                state.failed(node.url, str(exc), name=node.node_id)
+                log.warning("shard %s: %s failed (%s); trying another node", sid, node.node_id,
+                            exc)
+                return
+        state.holders.append(node.url)
+        stored[shard.index] = Fragment(fragment_id=sid, fragment_index=shard.index,
+                                       node_url=node.url, size_bytes=len(shard.data),
+                                       checksum=shard.sha256)

@@ -1,0 +1,96 @@
+"""The redundancy manager's state: its clients, what it tracks between passes, its counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from nodes.net.metadata_client import MetadataClient
+from nodes.net.storage_client import StoragePool
+from protocol.api import Manifest
+from protocol.node_api import NodeRecord
+from vstack.placement import NodeInfo
+from vstack.reconcile import GraceTracker, Liveness, ViewWindow
+from vstack.settings import RedundancySettings
+
+__all__ = ["Manager", "RateLimiter", "Snapshot", "Stats"]
+
+
+class RateLimiter:
+    """A token bucket over bytes: moving ``n`` bytes waits until the rate allows it.
+
+    Holds at most one second's worth, so a burst after a quiet spell is short
+    and playback is never starved for long.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = rate
+        self._at = trio.current_time()
+        self._lock = trio.Lock()
+
+    async def take(self, n: int) -> None:
+        async with self._lock:
+            now = trio.current_time()
+            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            self._tokens -= n
+            if self._tokens < 0:
+                await trio.sleep(-self._tokens / self.rate)
+
+
+@dataclass
+class Stats:
+    """What the manager did since it started (reported by ``/health`` and logs)."""
+
+    passes: int = 0
+    repairs: int = 0
+    repair_failures: int = 0
+    migrations: int = 0
+    orphans_deleted: int = 0
+    uploads_expired: int = 0
+    bytes_moved: int = 0
+    under_replicated: int = 0  # chunks short of copies at the last pass
+    unrecoverable: int = 0  # chunks with too few copies left to rebuild, at the last pass
+    last_error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The cluster as one pass saw it."""
+
+    nodes: list[NodeRecord]
+    lost: set[str]  # node URLs down past the repair grace
+    manifests: list[Manifest]  # every video that is not deleted
+
+    @property
+    def writable(self) -> list[NodeInfo]:
+        """Healthy nodes new copies may go to."""
+        return [NodeInfo(url=n.node_url, node_id=n.node_id,
+                         disk_usage_percent=n.disk_usage_percent)
+                for n in self.nodes if n.status == "healthy" and n.node_url not in self.lost]
+
+
+@dataclass(eq=False)
+class Manager:
+    settings: RedundancySettings
+    metadata: MetadataClient
+    pool: StoragePool
+    limiter: RateLimiter
+    liveness: Liveness = field(init=False)
+    views: ViewWindow = field(init=False)
+    orphans: GraceTracker[tuple[str, str]] = field(init=False)
+    stalled: GraceTracker[tuple[str, int]] = field(init=False)
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.liveness = Liveness(s.repair_grace)
+        self.views = ViewWindow(s.popularity_window)
+        self.orphans = GraceTracker(s.orphan_grace)
+        self.stalled = GraceTracker(s.upload_expiry)
