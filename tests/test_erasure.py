@@ -231,6 +231,20 @@ def test_a_damaged_trailer_or_padding_is_never_believed(size: int) -> None:
                 decode(given)
 
 
+@pytest.mark.parametrize("claimed", [0, 100, 994, 998, 5000, 2**64 - 1])
+def test_a_well_formed_trailer_with_a_length_that_does_not_fit_is_refused(claimed: int) -> None:
+    """A trailer with a valid CRC (another encoder, a crafted shard) still has to fit."""
+    b = shard_size(997)  # 995..997 fit shards of this size
+    fields = TRAILER.pack(MAGIC, VERSION, 3, 5, 0, claimed, 0)[:16]
+    stream = bytes(3 * b - 20) + fields + crc32c(fields).to_bytes(4, "little")
+    given = {i: stream[i * b:(i + 1) * b] for i in range(3)}
+    with pytest.raises(ErasureError, match=f"length {claimed} does not fit shards of {b} bytes"):
+        decode(given)
+    fields = TRAILER.pack(MAGIC, VERSION, 3, 5, 0, 996, 0)[:16]
+    stream = bytes(3 * b - 20) + fields + crc32c(fields).to_bytes(4, "little")
+    assert decode({i: stream[i * b:(i + 1) * b] for i in range(3)}) == bytes(996)
+
+
 def test_shards_of_different_chunks_are_refused() -> None:
     a, b = encode(chunk(1000, seed=11)), encode(chunk(2000, seed=12))
     mixed = {0: a[0].data, 1: a[1].data, 2: b[2].data}

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from itertools import combinations
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vstack.placement import LOAD_WEIGHT, NodeInfo, choose_nodes, required_copies
+from protocol.errors import VStackError
+from vstack.placement import (
+    LOAD_WEIGHT,
+    NodeInfo,
+    PlacementError,
+    choose_nodes,
+    choose_shard_nodes,
+    required_copies,
+    survives,
+)
 
 
 def node(name: str, usage: float = 0.0) -> NodeInfo:
@@ -123,3 +135,144 @@ def test_required_copies_is_reachable_and_safe(replicas: int, available: int) ->
         assert need == replicas
     if available >= 2 and replicas >= 2:
         assert need >= 2  # one lost node must not lose the chunk
+
+
+# -- shards of an erasure-coded chunk ----------------------------------------------------
+
+CLUSTER = [node(name, usage) for name, usage in zip("abcdefg", [30.0, 10.0, 50.0, 20.0, 40.0,
+                                                               60.0, 5.0], strict=True)]
+
+
+def per_node(layout: dict[int, NodeInfo]) -> list[int]:
+    return sorted(Counter(n.url for n in layout.values()).values(), reverse=True)
+
+
+@pytest.mark.parametrize(("n", "spread", "lost_ok"), [
+    (3, [2, 2, 1], 1),
+    (4, [2, 1, 1, 1], 1),
+    (5, [1, 1, 1, 1, 1], 2),
+    (6, [1, 1, 1, 1, 1], 2),
+    (7, [1, 1, 1, 1, 1], 2),
+])
+def test_shards_spread_so_that_losing_one_node_leaves_three(
+        n: int, spread: list[int], lost_ok: int) -> None:
+    pool = CLUSTER[:n]
+    layout = choose_shard_nodes(pool)
+    assert list(layout) == [0, 1, 2, 3, 4]
+    assert per_node(layout) == spread
+    assert survives(layout) == lost_ok
+    # The data shards are on three distinct nodes: a reader needs no decoding.
+    assert len({layout[i].url for i in range(3)}) == 3
+    # The emptiest nodes are used, the emptiest of all takes a second shard first.
+    ranked = choose_nodes(pool, n)
+    assert {x.url for x in layout.values()} == {x.url for x in ranked[:5]}
+    if n < 5:
+        assert Counter(x.url for x in layout.values())[ranked[0].url] == 2
+    for lost in pool:
+        assert sum(x != lost for x in layout.values()) >= 3
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_fewer_than_three_nodes_are_refused(n: int) -> None:
+    with pytest.raises(PlacementError, match="a new chunk needs 3 nodes") as err:
+        choose_shard_nodes(CLUSTER[:n])
+    assert isinstance(err.value, VStackError)
+    # Excluded nodes do not count.
+    with pytest.raises(PlacementError):
+        choose_shard_nodes(CLUSTER[:4], exclude=[x.url for x in CLUSTER[:4 - n]])
+
+
+def test_repair_places_missing_shards_beside_the_ones_held() -> None:
+    a, b, c, d, _lost, f = CLUSTER[:6]
+    held = {0: a.url, 1: b.url, 2: c.url, 3: d.url}  # shard 4 was on a lost node
+    # A node holding none of the chunk's shards is preferred, even a fuller one.
+    assert choose_shard_nodes([a, b, c, d, f], [4], held=held) == {4: f}
+    # With none free, the best-ranked node holding one takes a second.
+    assert choose_shard_nodes([a, b, c, d], [4], held=held) == {4: b}
+    # A node at two shards takes no more; the full layout still survives one loss.
+    held = {0: a.url, 3: a.url}
+    layout = choose_shard_nodes([a, b, c], [1, 2, 4], held=held)
+    assert a not in layout.values()
+    full = {**{i: next(x for x in CLUSTER if x.url == u) for i, u in held.items()}, **layout}
+    assert survives(full) == 1
+    with pytest.raises(PlacementError):
+        choose_shard_nodes([a, b], [1, 2, 4], held=held)
+    # A held entry for a shard being placed is being replaced: it does not count.
+    assert choose_shard_nodes([a, b, c], [0, 3], held={0: a.url, 3: a.url}) == {0: b, 3: a}
+    assert choose_shard_nodes([a], [0, 3], held={0: a.url, 3: a.url}) == {0: a, 3: a}
+
+
+def test_shard_placement_follows_load_exclusions_and_turns() -> None:
+    pool = [node(name, 25.0) for name in "pqrst"]
+    assert per_node(choose_shard_nodes(pool, exclude=[pool[0].url, pool[1].url])) == [2, 2, 1]
+    busy = choose_shard_nodes(pool[:3], load={pool[0].url: 3, pool[1].url: 3})
+    assert [x for x in busy.values()].count(pool[2]) == 2
+    firsts = {choose_shard_nodes(pool, turn=t)[0].url for t in range(5)}
+    assert firsts == {x.url for x in pool}
+    with pytest.raises(ValueError, match="shard indexes"):
+        choose_shard_nodes(pool, [5])
+
+
+@pytest.mark.parametrize(("layout", "needed", "expected"), [
+    (["a"] * 5, 3, 0),
+    (["a", "a", "a", "b", "b"], 3, 0),
+    (["a", "b", "c", "a", "b"], 3, 1),
+    (["a", "b", "c", "d", "a"], 3, 1),
+    (["a", "b", "c", "d", "e"], 3, 2),
+    (["a", "b", "c", "d", "e", "f"], 3, 3),
+    (["a", "b"], 3, -1),
+    ([], 3, -1),
+    (["a", "b", "c"], 1, 2),  # 3 replicas
+    (["a", "a", "b"], 1, 1),
+    (["a"], 1, 0),
+])
+def test_survives_counts_the_worst_case_node_losses(layout: list[str], needed: int,
+                                                    expected: int) -> None:
+    assert survives(layout, needed=needed) == expected
+    assert survives(dict(enumerate(layout)), needed=needed) == expected
+
+
+def brute_force_survives(layout: Sequence[Hashable], needed: int) -> int:
+    nodes = set(layout)
+    best = -1
+    for f in range(len(nodes) + 1):
+        if all(sum(x not in lost for x in layout) >= needed for lost in combinations(nodes, f)):
+            best = f
+        else:
+            break
+    return best
+
+
+@given(layout=st.lists(st.sampled_from("abcdef"), max_size=8), needed=st.integers(1, 4))
+def test_survives_matches_its_definition(layout: list[str], needed: int) -> None:
+    assert survives(layout, needed=needed) == brute_force_survives(layout, needed)
+
+
+def test_survives_needs_a_positive_need() -> None:
+    with pytest.raises(ValueError, match="needed"):
+        survives(["a"], needed=0)
+
+
+@given(pool=pools(), data=st.data())
+def test_shard_layouts_always_survive_a_node_loss(pool: list[NodeInfo], data: st.DataObject) -> None:
+    indexes = data.draw(st.sets(st.integers(0, 4), min_size=1))
+    others = sorted(set(range(5)) - indexes)
+    held_on = data.draw(st.lists(st.sampled_from(urls(pool)) if pool else st.nothing(),
+                                 min_size=len(others) if pool else 0,
+                                 max_size=len(others) if pool else 0))
+    held = dict(zip(others, held_on, strict=False))
+    if any(c > 2 for c in Counter(held.values()).values()):
+        return  # no placement can mend a layout that is already unsafe
+    try:
+        layout = choose_shard_nodes(pool, indexes, held=held)
+    except PlacementError:
+        room = sum(max(0, 2 - Counter(held.values())[u]) for u in urls(pool))
+        assert room < len(indexes)
+        return
+    assert set(layout) == indexes
+    full = {**held, **{i: n.url for i, n in layout.items()}}
+    assert max(Counter(full.values()).values()) <= 2
+    if len(full) == 5:
+        assert survives(full) >= 1
+    if len(pool) >= 5 and not held:
+        assert per_node(layout) == [1] * len(indexes)

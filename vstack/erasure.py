@@ -24,7 +24,7 @@ The trailer (little-endian, ``struct`` format ``<4sBBBBQI``)::
       6   1 m          5, all shards
       7   1 reserved   0
       8   8 length     L, the chunk's size in bytes
-     16   4 CRC32C     of bytes 0-15 (so a damaged length is never believed)
+     16   4 CRC32C     of bytes 0-15 (a damaged length is caught, not believed)
 
 It sits at the very end of the stream: inside shard 2 for any chunk of 38
 bytes or more, spread over the last shards for tinier ones. Decoding checks
@@ -39,10 +39,10 @@ Why a trailer in the coded stream rather than a header on each shard:
   its bytes by the SHA-256 recorded in the metadata.
 * *Fewer copies.* zfec allocates its check blocks itself, so a header in
   front of each shard would copy all five (5/3 of the chunk) to prepend a
-  few bytes. Here data shards that hold only chunk bytes (shards 0 and 1 of any
-  chunk of 42 bytes or more) are views of the caller's buffer, the rest of
-  the stream (at most one shard, plus the trailer) is built once, and the
-  parity shards are zfec's own buffers. Decoding copies the chunk once, into
+  few bytes. Here the data shards that hold only chunk bytes (shards 0 and 1
+  of any chunk of 42 bytes or more) are views of the caller's buffer, the
+  rest of the stream (shard 2: chunk tail, zeros, trailer) is built once,
+  and the parity shards are zfec's own buffers. Decoding copies the chunk once, into
   the bytes it returns.
 * *Protected like the data*: the trailer is coded, and covered by the shard
   checksums, with the chunk.
@@ -64,7 +64,6 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -238,14 +237,16 @@ def _pick(views: Mapping[int, memoryview], checksums: Mapping[int, str] | None
           ) -> tuple[list[int], list[int]]:
     """The first 3 good shards, in index order, and the bad ones met before them."""
     expected: dict[int, str] | None = None
+    common = 0
     if checksums is not None:
         missing = sorted(set(views) - set(checksums))
         if missing:
             raise ErasureError(f"no recorded checksum for shards {missing}")
         expected = {i: parse_sha256(checksums[i]) for i in views}
-    # Without checksums, the size most shards have is the size (a truncated shard is bad).
-    sizes = Counter(v.nbytes for v in views.values())
-    common = max(sizes, key=lambda s: (sizes[s], s)) if sizes else 0
+    elif views:
+        # Without checksums, the size most shards have is the size (a truncated shard is bad).
+        sizes = [v.nbytes for v in views.values()]
+        common = max(sizes, key=lambda s: (sizes.count(s), s))
     good: list[int] = []
     corrupt: list[int] = []
     for index in sorted(views):

@@ -117,8 +117,8 @@ def choose_shard_nodes(
         shard index -> node, in index order.
 
     Raises:
-        PlacementError: some shard would have to go on a node already holding
-            2 of the chunk's shards (fewer than 3 usable nodes).
+        PlacementError: the usable nodes cannot take the shards with at most
+            2 of the chunk's on each (a new chunk needs 3 nodes).
     """
     wanted = sorted(set(indexes))
     if any(not 0 <= i < TOTAL_SHARDS for i in wanted):

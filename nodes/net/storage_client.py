@@ -60,9 +60,12 @@ class StoragePool:
     async def _client(self, node_url: str) -> FrameClient | None:
         lock = self._locks.setdefault(node_url, trio.Lock())
         async with lock:
-            client = self._clients.get(node_url)
-            if client is not None and client.usable:
-                return client
+            client = self._clients.pop(node_url, None)
+            if client is not None:
+                if client.usable:
+                    self._clients[node_url] = client
+                    return client
+                await client.aclose()  # broken (the node went away): its socket too
             try:
                 with deadline(5, f"connecting to {node_url}"):
                     info = await self.health(node_url)

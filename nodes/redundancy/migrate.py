@@ -3,11 +3,13 @@
 When a video's target mode (:func:`vstack.reconcile.target_mode`: views in
 the recent window against the threshold, with hysteresis; an override wins)
 differs from how its chunks are stored, each chunk is converted in turn:
-read (verified), written in the new form, the new placement committed
-through the metadata service, and only then the old copies deleted. A crash
-at any step leaves the chunk readable (the committed placement is complete
-before and after) and any leftovers referenced by nothing, which the
-garbage collector removes.
+read (verified), written in the new form, and the new placement committed
+through the metadata service. The old copies are not deleted at once: a
+player that read the manifest a moment ago still fetches them, so they are
+left to the garbage collector, which removes them once they have been
+referenced by nothing for ``ORPHAN_GRACE_SEC``. A crash at any step leaves
+the chunk readable (the committed placement is complete before and after)
+and any leftovers referenced by nothing, collected the same way.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ async def migrate_video(mgr: Manager, snap: Snapshot, manifest: Manifest, target
 
 async def convert_chunk(mgr: Manager, snap: Snapshot, video_id: str, chunk: ManifestChunk,
                         target: str) -> None:
-    """Re-store one chunk in ``target`` mode: write, commit, then delete the old copies.
+    """Re-store one chunk in ``target`` mode: write, then commit (the old copies are
+    left for the garbage collector).
 
     Raises:
         VStackError: it could not be read, written in full, or committed (nothing
@@ -57,16 +60,11 @@ async def convert_chunk(mgr: Manager, snap: Snapshot, video_id: str, chunk: Mani
         if len(frags) < TOTAL_SHARDS:
             raise VStackError(f"only {len(frags)} shards of {chunk.chunk_id} could be stored")
         commit = placement(video_id, chunk, mode=ERASURE_CODING, fragments=frags)
-        new = {(f.node_url, f.fragment_id) for f in frags}
     else:
         urls = await write_replicas(mgr, chunk, data, REPLICAS, snap.writable)
         if len(urls) < min(REPLICAS, len(snap.writable)):
             raise VStackError(f"only {len(urls)} copies of {chunk.chunk_id} could be stored")
         commit = placement(video_id, chunk, mode=REPLICATION, node_urls=urls)
-        new = {(u, chunk.chunk_id) for u in urls}
     result = await mgr.metadata.commit_chunk(chunk.chunk_id, commit)
     if not result.success:
         raise VStackError(f"the new placement of {chunk.chunk_id} was refused: {result.message}")
-    for c in old:
-        if (c.node_url, c.stored_id) not in new:
-            await mgr.pool.delete(c.node_url, c.stored_id)  # best effort: else an orphan

@@ -1,0 +1,231 @@
+"""The redundancy manager against a real cluster: metadata, storage nodes, real bytes.
+
+Videos are stored here directly (shards encoded by vstack.erasure, or
+replicas) and committed through the metadata service, so no FFmpeg runs and
+time can be virtual (MockClock): node timeouts and grace periods pass in
+virtual seconds. Each pass of the manager is run by the test
+(``run_pass``), and every read goes through the reader players use
+(:func:`nodes.client.fetcher.fetch_chunk`), which checks every byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from nodes.client.fetcher import fetch_chunk
+from nodes.net.http_client import HttpClient, request
+from nodes.net.metadata_client import MetadataClient
+from nodes.redundancy.service import run_pass, serve_redundancy
+from nodes.redundancy.state import Manager
+from protocol.api import chunk_id, shard_id
+from tools.launch import free_port
+from vstack import erasure
+from vstack.placement import NodeInfo, choose_shard_nodes
+from vstack.settings import RedundancySettings
+
+
+@dataclass
+class Cluster:
+    meta: str
+    nodes: list[str]
+    stops: dict[str, Callable[[], Any]]
+    mgr: Manager
+    http: HttpClient
+    data: dict[str, list[bytes]] = field(default_factory=dict)  # video -> its chunks
+
+    async def put_video(self, mode: str, chunks: int = 3, size: int = 50_000) -> str:
+        """A video stored in ``mode`` on the nodes and committed, then made active."""
+        vid = (await request("POST", f"{self.meta}/video",
+                             json_body={"title": mode, "duration_sec": chunks})).json()["video_id"]
+        infos = [NodeInfo(url=u, node_id=u) for u in self.nodes]
+        self.data[vid] = []
+        for seq in range(chunks):
+            data = os.urandom(size)
+            self.data[vid].append(data)
+            cid = chunk_id(vid, seq)
+            sha = hashlib.sha256(data).hexdigest()
+            body: dict[str, Any] = {"checksum": sha, "size_bytes": size, "video_id": vid,
+                                    "sequence_num": seq, "redundancy_mode": mode}
+            if mode == "replication":
+                for url in self.nodes[:3]:
+                    await self.store(url, cid, data)
+                body["node_urls"] = self.nodes[:3]
+            else:
+                shards = erasure.encode(data)
+                layout = choose_shard_nodes(infos, turn=seq)
+                frags: list[dict[str, Any]] = []
+                for s in shards:
+                    url = layout[s.index].url
+                    await self.store(url, shard_id(cid, s.index), bytes(s.data))
+                    frags.append({"fragment_id": shard_id(cid, s.index),
+                                  "fragment_index": s.index, "node_url": url,
+                                  "size_bytes": s.size, "checksum": s.sha256})
+                body |= {"node_urls": sorted({str(f["node_url"]) for f in frags}),
+                         "fragments_metadata": frags}
+            res = await request("POST", f"{self.meta}/chunk/{cid}/commit", json_body=body)
+            assert res.json()["success"], res.body
+        res = await request("PATCH", f"{self.meta}/video/{vid}/status",
+                            json_body={"status": "active"})
+        assert res.status == 200
+        return str(vid)
+
+    async def store(self, url: str, stored_id: str, data: bytes) -> None:
+        assert (await request("PUT", f"{url}/chunk/{stored_id}", body=data)).status == 201
+
+    async def manifest(self, vid: str) -> Any:
+        return await self.mgr.metadata.manifest(vid)
+
+    async def read_all(self, vid: str) -> None:
+        """Every chunk of ``vid`` read back whole and right (as a player would)."""
+        m = await self.manifest(vid)
+        got = [await fetch_chunk(self.http, c) for c in m.chunks]
+        assert got == self.data[vid]
+
+    async def inventory(self) -> set[tuple[str, str]]:
+        held = set()
+        for url in self.nodes:
+            if url in self.stops:
+                page, _ = await self.mgr.pool.list_page(url, 0, 10_000)
+                held |= {(url, sid) for sid, _ in page}
+        return held
+
+
+async def start_cluster(nursery: trio.Nursery, start_node: Callable[..., Any],
+                        start_metadata: Callable[..., Any], tmp_path: Any, nodes: int,
+                        **manager: Any) -> Cluster:
+    svc = await start_metadata(node_timeout=30, heartbeat_interval=5, popularity_threshold=10)
+    meta = f"http://127.0.0.1:{svc.port}"
+    urls, stops = [], {}
+    for i in range(nodes):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        _, stop = await start_node(data_dir=tmp_path / f"n{i}", port=port, node_id=f"n{i}",
+                                   node_url=url, metadata_urls=(meta,), heartbeat_interval=5)
+        urls.append(url)
+        stops[url] = stop
+    settings = RedundancySettings(metadata_urls=(meta,), interval=1e9, repair_grace=60,
+                                  orphan_grace=120, upload_expiry=300, popularity_threshold=10,
+                                  popularity_window=100, **manager)
+    mgr: Manager = await nursery.start(serve_redundancy, settings)
+    client = MetadataClient((meta,))
+    with trio.fail_after(60):
+        while len([n for n in await client.healthy_nodes()]) < nodes:
+            await trio.sleep(1)
+    await client.aclose()
+    return Cluster(meta=meta, nodes=urls, stops=stops, mgr=mgr, http=HttpClient(max_idle_per_host=0))
+
+
+async def test_a_video_moves_between_modes_and_its_bytes_never_change(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
+    vid = await c.put_video("erasure_coding")
+    failures: list[BaseException] = []
+
+    async def keep_reading() -> None:
+        while True:
+            try:
+                await c.read_all(vid)
+            except Exception as exc:  # any failed read is a failure of the test
+                failures.append(exc)
+            await trio.sleep(5)
+
+    nursery.start_soon(keep_reading)
+    for mode, override in (("replication", "POST"), ("erasure_coding", "DELETE")):
+        path = f"{c.meta}/redundancy/override/{vid}" + ("?mode=replication" if override == "POST"
+                                                        else "")
+        assert (await request(override, path)).status == 200
+        await run_pass(c.mgr)
+        m = await c.manifest(vid)
+        assert {ch.redundancy_mode for ch in m.chunks} == {mode}
+        if mode == "replication":
+            assert all(len(set(ch.replicas)) == 3 for ch in m.chunks)
+        else:
+            assert all(sorted(f.fragment_index for f in ch.fragments) == [0, 1, 2, 3, 4]
+                       for ch in m.chunks)
+        await c.read_all(vid)
+        # The old copies stay until the orphan grace has passed, then go.
+        for _ in range(4):
+            await trio.sleep(60)
+            await run_pass(c.mgr)
+        referenced = {(u, s) for ch in m.chunks
+                      for u, s in ([(u, ch.chunk_id) for u in ch.replicas] +
+                                   [(f.node_url, f.fragment_id) for f in ch.fragments or ()])}
+        assert await c.inventory() == referenced
+    assert c.mgr.stats.migrations == 2
+    assert failures == []
+
+
+@pytest.mark.parametrize("mode", ["replication", "erasure_coding"])
+async def test_a_lost_node_is_rebuilt_elsewhere_and_playback_never_fails(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any, mode: str) -> None:
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=4)
+    vid = await c.put_video(mode, chunks=4)
+    # Pinned to its mode (a new video would otherwise be migrated to erasure coding).
+    assert (await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={mode}")).status == 200
+    victim = c.nodes[0]  # holds a copy or a shard of every chunk
+    await c.stops.pop(victim)()
+    start = trio.current_time()
+    while True:
+        await c.read_all(vid)  # never fails, before, during and after the repair
+        await run_pass(c.mgr)
+        if c.mgr.stats.repairs >= 4:
+            break
+        assert trio.current_time() - start < 600, "not repaired within 600 virtual seconds"
+        await trio.sleep(5)
+    assert trio.current_time() - start >= 60, "repaired before the grace period"
+    m = await c.manifest(vid)
+    for ch in m.chunks:
+        if mode == "replication":
+            assert len(set(ch.replicas)) == 3
+            assert victim not in ch.replicas
+        else:
+            per_node = Counter(f.node_url for f in ch.fragments)
+            assert sorted(f.fragment_index for f in ch.fragments) == [0, 1, 2, 3, 4]
+            assert victim not in per_node
+            assert max(per_node.values()) <= 2
+    await c.read_all(vid)
+    await run_pass(c.mgr)
+    assert c.mgr.stats.under_replicated == 0
+
+
+async def test_orphans_go_after_the_grace_and_referenced_chunks_never(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
+    kept = await c.put_video("replication", chunks=2)
+    orphan_id = chunk_id("0" * 8 + "-0000-0000-0000-" + "0" * 12, 0)
+    await c.store(c.nodes[1], orphan_id, b"stored, never committed")
+    stalled = (await request("POST", f"{c.meta}/video",
+                             json_body={"title": "stalled", "duration_sec": 5})).json()["video_id"]
+    more: list[str] = []
+
+    async def keep_uploading() -> None:  # commits racing the collector
+        while True:
+            more.append(await c.put_video("replication", chunks=1, size=1000))
+            await trio.sleep(7)
+
+    nursery.start_soon(keep_uploading)
+    await run_pass(c.mgr)
+    assert (c.nodes[1], orphan_id) in await c.inventory()  # within the grace: kept
+    for _ in range(6):
+        await trio.sleep(60)
+        await run_pass(c.mgr)
+    assert (c.nodes[1], orphan_id) not in await c.inventory()
+    assert c.mgr.stats.orphans_deleted >= 1
+    for vid in [kept, *more]:
+        await c.read_all(vid)
+    listed = {v["video_id"]: v["status"] for v in
+              (await request("GET", f"{c.meta}/videos?limit=1000")).json()}
+    assert stalled not in listed or listed[stalled] == "deleted"
+    assert c.mgr.stats.uploads_expired == 1
