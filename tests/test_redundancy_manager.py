@@ -229,3 +229,71 @@ async def test_orphans_go_after_the_grace_and_referenced_chunks_never(
               (await request("GET", f"{c.meta}/videos?limit=1000")).json()}
     assert stalled not in listed or listed[stalled] == "deleted"
     assert c.mgr.stats.uploads_expired == 1
+
+
+class Crash(Exception):
+    """The manager 'dies' here (nothing it holds in memory survives a real crash either)."""
+
+
+def crash_at(mgr: Manager, step: int) -> list[int]:
+    """Make the ``step``-th storage or metadata operation of ``mgr`` raise :class:`Crash`
+    (before it happens); returns the operation counter."""
+    count = [0]
+
+    def wrap(obj: Any, name: str) -> None:
+        real = getattr(obj, name)
+
+        async def op(*args: Any, **kwargs: Any) -> Any:
+            count[0] += 1
+            if count[0] == step:
+                raise Crash(f"{name} #{step}")
+            return await real(*args, **kwargs)
+
+        setattr(obj, name, op)
+
+    for name in ("get", "put", "delete"):
+        wrap(mgr.pool, name)
+    wrap(mgr.metadata, "commit_chunk")
+    return count
+
+
+@pytest.mark.parametrize(("start", "target"), [("erasure_coding", "replication"),
+                                               ("replication", "erasure_coding")])
+async def test_a_migration_killed_at_every_step_leaves_the_video_readable_and_converges(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any, start: str, target: str) -> None:
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
+    vid = await c.put_video(start, chunks=2, size=20_000)
+    assert (await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={target}")
+            ).status == 200
+    from nodes.redundancy import migrate
+    from nodes.redundancy.service import observe
+
+    crashes = 0
+    for step in range(1, 200):
+        pool_methods = {n: getattr(c.mgr.pool, n) for n in ("get", "put", "delete")}
+        commit = c.mgr.metadata.commit_chunk
+        counter = crash_at(c.mgr, step)
+        try:
+            snap = await observe(c.mgr)
+            m = await c.manifest(vid)
+            await migrate.migrate_video(c.mgr, snap, m, target)
+        except* Crash:
+            crashes += 1
+        for n, f in pool_methods.items():
+            setattr(c.mgr.pool, n, f)
+        c.mgr.metadata.commit_chunk = commit  # type: ignore[method-assign]
+        await c.read_all(vid)  # readable after every crash
+        if counter[0] < step:  # the migration finished before reaching the crash point
+            break
+    assert crashes >= 5
+    m = await c.manifest(vid)
+    assert {ch.redundancy_mode for ch in m.chunks} == {target}
+    for _ in range(4):  # leftovers of the crashed attempts: collected after the grace
+        await trio.sleep(60)
+        await run_pass(c.mgr)
+    referenced = {(u, s) for ch in m.chunks
+                  for u, s in ([(u, ch.chunk_id) for u in ch.replicas] +
+                               [(f.node_url, f.fragment_id) for f in ch.fragments or ()])}
+    assert await c.inventory() == referenced
+    await c.read_all(vid)

@@ -18,7 +18,8 @@ On open, :func:`recover`:
 
 1. loads the checkpoint if there is a readable one, clearing every VERIFIED
    flag (a check holds only for the process that made it); an unreadable
-   checkpoint is logged and ignored, and every file is scanned instead;
+   checkpoint (empty, truncated, not an archive: whatever fails to load) is
+   logged and ignored, and every file is scanned instead;
 2. removes the files of *retired* superblocks (below), durably, before it
    reads anything;
 3. drops rows that point into superblock files which no longer exist;
@@ -29,7 +30,25 @@ On open, :func:`recover`:
    key if its sequence number is not lower; a tombstone removes an older row
    and hides older records of its key scanned after it;
 5. cuts a torn tail, so appending resumes just past the last valid record;
-6. lists the chunks whose rows are flagged quarantined.
+6. makes what it found durable (below);
+7. lists the chunks whose rows are flagged quarantined.
+
+Durable before served
+---------------------
+A SIGKILL keeps the page cache. The records past a watermark may have been
+written by a process that died before their ``fdatasync``: never
+acknowledged, and not on the disk. Once indexed they are served all the
+same (a GET returns them, a retried PUT of the same bytes is answered 200
+from them, the next checkpoint counts them below a watermark), and a power
+loss would then take back what was acknowledged. So every superblock
+scanned past its watermark is fdatasynced before the store serves. Names
+too: a process that died inside :meth:`~vstack.superblock.SuperblockFiles.create`,
+between creating a superblock file and syncing its directory, leaves a
+file that becomes the active superblock here, and ``create`` is not called
+again for it. So the data directory is fsynced, and the index directory
+(the checkpoint just loaded may be a rename not yet synced), once each.
+A superblock the checkpoint fully covers was synced before that checkpoint
+was written, and is not synced again.
 
 Retired superblocks
 -------------------
@@ -63,13 +82,13 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.npyio import NpzFile
 
 from . import fsio
 from .index import FLAG_QUARANTINED, FLAG_VERIFIED, ChunkIndex
@@ -130,14 +149,22 @@ def write_checkpoint(index_dir: Path, snapshot: dict[str, npt.NDArray[Any]]) -> 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Blocking: read a checkpoint file; VERIFIED flags come back cleared.
 
+    The file is opened here, in a ``with`` block: ``np.load`` given a path
+    leaves its descriptor open when the archive turns out to be damaged.
+
     Raises:
-        OSError, ValueError, KeyError, zipfile.BadZipFile: not a readable checkpoint.
+        Exception: not a readable checkpoint (``OSError``, ``EOFError``,
+            ``ValueError``, ``KeyError``, ``zipfile.BadZipFile``, ``zlib.error``...).
     """
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["meta"]).decode())
-        if meta.get("version") != _VERSION:
-            raise ValueError("unknown checkpoint version")
-        arrays = {name: z[name] for name in z.files if name != "meta"}
+    with open(path, "rb") as f:
+        z = np.load(f, allow_pickle=False)
+        if not isinstance(z, NpzFile):
+            raise ValueError("not an .npz archive")
+        with z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if meta.get("version") != _VERSION:
+                raise ValueError("unknown checkpoint version")
+            arrays = {name: z[name] for name in z.files if name != "meta"}
     arrays["flags"] = np.bitwise_and(arrays["flags"], np.uint8(~FLAG_VERIFIED & 0xFF))
     return Checkpoint(
         index=ChunkIndex.from_arrays(arrays),
@@ -179,6 +206,7 @@ def recover(files: SuperblockFiles, index_dir: Path) -> Recovered:
     tail = _TailScan(index, files, next_seq=ckpt.next_seq if ckpt is not None else 1)
     for sb_id in ids:
         tail.scan_superblock(files[sb_id], ckpt.watermarks.get(sb_id, 0) if ckpt is not None else 0)
+    _make_durable(tail.scanned_superblocks, files.data_dir, index_dir)
     report = {
         "checkpoint_loaded": ckpt is not None,
         "retired_removed": retired,
@@ -207,13 +235,28 @@ def retired_superblocks(ckpt: Checkpoint | None, ids: list[int]) -> list[int]:
 
 
 def _load_if_readable(path: Path) -> Checkpoint | None:
+    """The checkpoint at ``path``, or ``None`` if there is none or it cannot be loaded.
+
+    Any failure to load it (``EOFError`` for an empty file, ``BadZipFile``,
+    ``zlib.error``, a missing array, ...) means the same thing: the
+    superblocks are scanned in full. It must never stop the store from
+    starting.
+    """
     if not path.exists():
         return None
     try:
         return load_checkpoint(path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        log.error("checkpoint %s unreadable (%s); rebuilding from superblocks", path, exc)
+    except Exception as exc:
+        log.error("checkpoint %s unreadable (%r); rebuilding from superblocks", path, exc)
         return None
+
+
+def _make_durable(scanned: list[Superblock], data_dir: Path, index_dir: Path) -> None:
+    """Sync what recovery found before it is served (see "Durable before served")."""
+    for sb in scanned:
+        fsio.fs.fdatasync(sb.fd)
+    fsio.fsync_dir(data_dir)
+    fsio.fsync_dir(index_dir)
 
 
 def _drop_rows_of_missing_superblocks(index: ChunkIndex, ids: list[int]) -> None:
@@ -236,11 +279,15 @@ class _TailScan:
     scanned: int = 0
     skipped: int = 0
     damaged: list[str] = field(default_factory=list)
+    #: Superblocks scanned past their watermark: what they hold may be only in the page cache.
+    scanned_superblocks: list[Superblock] = field(default_factory=list)
     #: Highest tombstone sequence number seen per key: hides older records scanned later.
     tombstones: dict[bytes, int] = field(default_factory=dict)
 
     def scan_superblock(self, sb: Superblock, start: int) -> None:
         file_size = sb.size
+        if file_size > start:
+            self.scanned_superblocks.append(sb)
         result = ScanResult(end=start)
         for rec in scan(sb.fd, sb.id, start, file_size, result):
             self._apply(rec)

@@ -14,7 +14,11 @@ are committed. :meth:`UploadJob.run` is the task the service starts for it:
 3. check that the manifest lists every chunk, and mark the video ``active``.
 
 Any failure ends the session ``failed`` with a message for a person, and
-removes the video record and every copy stored (:mod:`nodes.uploader.cleanup`).
+removes the video record and every copy stored (:mod:`nodes.uploader.cleanup`),
+but only before the video is ``active``: from then on nothing fails the upload
+(a session that cannot be saved ``completed`` is shown so from memory, and a
+restart completes it). A session's stage, ``failed`` too, is saved before it
+is shown.
 :meth:`run` never raises (except for cancellation): one upload going wrong
 in an unexpected way is logged and failed, and the service goes on.
 """
@@ -240,7 +244,15 @@ class UploadJob:
         # A crash here leaves an active video and a session not yet completed:
         # recovery asks the metadata service and completes it (cleanup.recover).
         self.session.manifest_url = f"/manifest/{self.video_id}"
-        await self._advance("completed")
+        try:
+            await self._advance("completed")
+        except OSError as exc:
+            # The video is active: nothing may fail the upload now (failing deletes
+            # it). Shown from memory; a restart completes it, as after a crash here.
+            self.session.advance("completed")
+            log.error("upload %s: video %s is active, but its session could not be saved "
+                      "completed (%s); a restart will complete it", self.session.session_id,
+                      self.video_id, exc)
 
     async def _mode(self, nodes: int) -> str:
         """How to store this video: ``UPLOAD_REDUNDANCY``, by default what
@@ -283,15 +295,16 @@ class UploadJob:
         """Fail the session and remove what was stored; never raises."""
         s = self.session
         log.warning("upload %s (video %s) failed: %s", s.session_id, s.video_id, error)
-        s.fail(error)
         uncommitted = {seq: urls for seq, urls in self.stored.items()
                        if seq not in self.committed}  # the video's deletion removes the rest
         with trio.move_on_after(CLEANUP_SECONDS) as scope:
             scope.shield = True
             try:
-                await self.up.save(s)
-            except OSError as exc:  # the status is still served from memory
+                await self.up.save_then_show(s, lambda ahead: ahead.fail(error))
+            except OSError as exc:
                 log.error("upload %s: could not save its session: %s", s.session_id, exc)
+            finally:
+                s.fail(error)  # shown (from memory if the save failed); a restart settles it
             try:
                 await remove_upload(self.up, s.video_id, uncommitted)
             except Exception:
