@@ -55,6 +55,7 @@ __all__ = [
     "ChunkInfo",
     "Frame",
     "FrameConnection",
+    "FrameHeader",
     "NeedData",
     "Opcode",
     "crc32c",
@@ -154,6 +155,21 @@ class Frame:
     def message(self) -> str:
         """The error message of an error response."""
         return self.payload.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FrameHeader:
+    """What a frame's header says, before its key and payload are read: enough
+    for an I/O layer to refuse the frame without reserving or reading more."""
+
+    opcode: Opcode
+    request_id: int
+    flags: int
+    payload_length: int
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & FLAG_RESPONSE)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -305,6 +321,15 @@ class FrameConnection:
         """The payload length promised by the header of the frame being received,
         once that header is parsed (by :meth:`next_event`); ``None`` before."""
         return None if self._header is None else self._header[5]
+
+    @property
+    def incoming_header(self) -> FrameHeader | None:
+        """The header of the frame being received, once parsed; ``None`` before."""
+        if self._header is None:
+            return None
+        opcode, flags, _, request_id, _, payload_len, _ = self._header
+        return FrameHeader(opcode=Opcode(opcode), request_id=request_id, flags=flags,
+                           payload_length=payload_len)
 
     def next_event(self) -> Frame | NeedData:
         """The next whole frame, or :data:`NEED_DATA`.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from .api import MAX_NODE_ID, MAX_URL, json_object
 from .errors import ProtocolError
@@ -18,8 +19,30 @@ from .validate import Validator
 
 __all__ = ["Heartbeat", "NodeHealth", "NodeRecord", "NodeRegistration", "node_key_digest"]
 
+#: A node id: letters, digits, dot, dash, underscore (no spaces or control characters:
+#: ids end up in logs and URLs).
+NODE_ID_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+
 #: A node key: 16-256 printable ASCII characters, the node's own secret identity.
 NODE_KEY_PATTERN = r"[!-~]{16,256}"
+
+
+def check_node_url(url: str) -> None:
+    """A node's base URL: ``http(s)://host[:port]``, nothing else (no user, path, query).
+
+    Raises:
+        ProtocolError: 400, with what is wrong.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ProtocolError("Invalid node_url: bad host or port", 400) from None
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+            or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment
+            or (port is not None and not 0 < port < 65536)):
+        raise ProtocolError("Invalid node_url: must be http(s)://host[:port] with no user, "
+                            "path, query or fragment", 400)
 
 
 def node_key_digest(node_key: str | None) -> str | None:
@@ -42,12 +65,13 @@ class NodeRegistration:
     def from_json(cls, data: Any, *, default_version: str = "") -> NodeRegistration:
         v = Validator(dict(json_object(data)))
         node_url = v.string("node_url", min_len=1, max_len=MAX_URL)
-        node_id = v.string("node_id", min_len=1, max_len=MAX_NODE_ID)
+        node_id = v.string("node_id", min_len=1, max_len=MAX_NODE_ID, pattern=NODE_ID_PATTERN)
         version = v.string("version", required=False, max_len=64, default=default_version)
         node_key = v.string("node_key", required=False, pattern=NODE_KEY_PATTERN)
         v.done()
         if not node_url.startswith(("http://", "https://")):
             raise ProtocolError("Invalid node_url: must start with http:// or https://", 400)
+        check_node_url(node_url)
         return cls(node_url=node_url, node_id=node_id, version=version, node_key=node_key)
 
     def to_json(self) -> dict[str, Any]:

@@ -141,6 +141,10 @@ def test_parse_sha256_gives_64_lowercase_hex_or_400(digits: str, before: str, af
 texts = st.text(max_size=20)
 names = st.text(min_size=1, max_size=20)
 urls = st.from_regex(r"https?://[a-z0-9.-]{1,20}(:[0-9]{1,5})?", fullmatch=True)
+base_urls = st.builds(lambda scheme, host, port: f"{scheme}://{host}{port}",
+                      st.sampled_from(["http", "https"]), st.from_regex(r"[a-z][a-z0-9]{0,19}",
+                                                                         fullmatch=True),
+                      st.just("") | st.integers(1, 65535).map(lambda p: f":{p}"))
 floats = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
 opt_floats = st.none() | floats
 counts = st.integers(0, 2**53)
@@ -184,8 +188,9 @@ MESSAGES: list[tuple[Callable[[Any], Any], st.SearchStrategy[Any]]] = [
                                        message=texts)),
     (ManifestChunk.from_json, manifest_chunks),
     (Manifest.from_json, manifests()),
-    (NodeRegistration.from_json, st.builds(NodeRegistration, node_url=urls,
-                                           node_id=st.text(min_size=1, max_size=128),
+    (NodeRegistration.from_json, st.builds(NodeRegistration, node_url=base_urls,
+                                           node_id=st.from_regex(r"[A-Za-z0-9._-]{1,128}",
+                                                                 fullmatch=True),
                                            version=st.text(max_size=64))),
     (Heartbeat.from_json, st.builds(Heartbeat, disk_usage_percent=st.floats(0, 100),
                                     chunk_count=counts, free_bytes=st.none() | counts,
@@ -320,6 +325,15 @@ def test_node_registration() -> None:
     assert problems(NodeRegistration.from_json, {}) == [("missing", "node_url"), ("missing", "node_id")]
     assert problems(NodeRegistration.from_json, {"node_url": "http://n1", "node_id": "n" * 129}) == [
         ("string_too_long", "node_id")]
+    # Ids go to logs and URLs: no control characters; URLs are bases, nothing more.
+    assert problems(NodeRegistration.from_json, {"node_url": "http://n1",
+                                                 "node_id": "n1\n2026 WARNING forged"}) == [
+        ("string_pattern_mismatch", "node_id")]
+    for url in ("http://", "http://n1:99999", "http://user:pw@n1", "http://n1/x", "http://n1?q",
+                "http://n1#f"):
+        with pytest.raises(ProtocolError) as bad:
+            NodeRegistration.from_json({"node_url": url, "node_id": "n1"})
+        assert bad.value.status == 400, url
 
 
 @pytest.mark.parametrize("url", ["ftp://n1:8081", "n1:8081", "HTTP//n1", "file:///etc/passwd"])

@@ -356,3 +356,44 @@ async def test_a_secured_cluster_takes_an_upload_with_the_token_only(
     manifest = (await request("GET", f"{meta_url}/manifest/{answer['video_id']}")).json()
     assert manifest["status"] == "active"
     assert all(len(c["fragments"]) == 5 for c in manifest["chunks"])  # cold: erasure-coded
+
+
+# -- a web page of another site cannot use an open local cluster --------------------------
+
+
+async def test_an_open_local_cluster_refuses_writes_from_other_sites_pages(
+        start_metadata: Callable[..., Any], start_node: Callable[..., Any]) -> None:
+    """Open mode trusts loopback callers, but a browser on this machine is one too:
+    a write with a foreign Origin, or a Host that is not loopback (DNS rebinding), is
+    refused; the same write from a local tool or a local page goes through."""
+    svc = await start_metadata()
+    base = f"http://127.0.0.1:{svc.port}"
+    node, _ = await start_node()
+    video = b'{"title": "csrf", "duration_sec": 1}'
+    for headers in ([("Origin", "https://evil.example"), ("Content-Type", "text/plain")],
+                    [("Origin", "null")]):
+        res = await request("POST", f"{base}/video", body=video, headers=headers)
+        assert res.status == 401, (headers, res.body)
+    for host in ("attacker.example", f"rebound.example:{svc.port}"):  # DNS rebinding
+        stream = await trio.open_tcp_stream("127.0.0.1", svc.port)
+        await stream.send_all(b"POST /video HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
+                              b"Connection: close\r\n\r\n%s" % (host.encode(), len(video),
+                                                                  video))
+        answer = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        await stream.aclose()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+    res = await request("PUT", f"http://127.0.0.1:{node.ports.http}/chunk/csrf-0", body=b"x",
+                        headers=[("Origin", "https://evil.example")])
+    assert res.status == 401
+    assert (await request("GET", f"{base}/videos")).json() == []
+    for headers in ([], [("Origin", "http://localhost:8085")],
+                    [("Origin", "http://127.0.0.1:8085")]):
+        res = await request("POST", f"{base}/video", body=video, headers=headers)
+        assert res.status == 200, (headers, res.body)
+    vid = res.json()["video_id"]
+    # Views count for videos that exist only (made-up ids would grow the counters forever).
+    assert (await request("POST", f"{base}/video/{vid}/view")).status == 200
+    assert (await request("POST", f"{base}/video/{'f' * 36}/view")).status == 404

@@ -13,13 +13,17 @@ show:
 
 * every acknowledged PUT, with its bytes; no acknowledged DELETE undone;
 * nothing else indexed, and every indexed chunk passing its CRC;
+* the checkpoint, if the state has one, loads (it is replaced atomically);
 * every saved upload session as saved: one reported ``completed`` stays so.
 
 The operation in flight at the crash may have happened or not, never
 half. Each planted bug (a missing directory fsync of a new superblock, the
 tail scan without its data CRC check, a missing directory fsync of a
 session file, new directories not synced into their parent, no record of
-retired superblocks) must make it fail.
+retired superblocks) must make it fail. More workloads over the same
+machinery (restarts that find unsynced work, checkpoints and compactions
+with writes in flight, every state again without its checkpoint) are in
+``tests/test_crash_states_more.py``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ MAX_SB: Final = 6 * ALIGN  # a superblock holds two or three chunks: rotation, t
 POINTS_PER_OPERATION: Final = 16
 MIXTURES: Final = 6
 
+CHECKPOINT: Final = f"index/{recovery.CHECKPOINT_NAME}"
+
 Step = tuple[str, ...]
 Check = Callable[[Path], list[str]]
 
@@ -64,6 +70,8 @@ class Explorer:
     rec: RecordingFS
     scratch: Path
     stop_early: bool = False
+    #: Open every state without its checkpoint too: the full-scan fallback must be as right.
+    drop_checkpoint: bool = False
     rng: random.Random = field(default_factory=lambda: random.Random(SEED))
     violations: list[str] = field(default_factory=list)
     states: int = 0
@@ -78,6 +86,8 @@ class Explorer:
         for point in crash_points(log, start, rng=self.rng, limit=POINTS_PER_OPERATION):
             for state in crash_states(log[:point], rng=self.rng, mixtures=MIXTURES):
                 contents = state.contents()
+                if self.drop_checkpoint:
+                    contents.pop(CHECKPOINT, None)
                 fp = fingerprint(contents)
                 if fp in seen:
                     continue
@@ -226,30 +236,10 @@ class StoreRun:
 
     async def run(self, step: Step) -> None:
         """Do ``step``, then check every crash state it could have left."""
-        rec, model = self.explorer.rec, self.model
-        start = len(rec.log)
-        kind, args = step[0], step[1:]
+        model = self.model
+        start = len(self.explorer.rec.log)
         maybe: dict[bytes, tuple[bytes | None, ...]] = {}
-        if kind == "put":  # name=size ...: all at once
-            async with trio.open_nursery() as nursery:
-                for arg in args:
-                    name, size = arg.split("=")
-                    self.versions[name] = self.versions.get(name, 0) + 1
-                    value = random.Random(f"{name}/{self.versions[name]}").randbytes(int(size))
-                    maybe[name.encode()] = (None, value)
-                    nursery.start_soon(self._put, name, value)
-        elif kind == "delete":
-            key = args[0].encode()
-            maybe[key] = (model.acked[key], None)
-            await self.node.delete(args[0])
-        elif kind == "checkpoint":
-            await self.node.checkpoint()
-        elif kind == "compact":
-            done = await compact_once(self.node)
-            assert done or args, "the script leaves something to compact"
-        else:
-            await self.close(clean=args[0] == "clean")
-            await self.open()
+        await self.act(step[0], step[1:], maybe)
         self.explorer.explore(" ".join(step), start, lambda dest: self.check(dest, maybe))
         for key, (_, after) in maybe.items():  # acknowledged now
             if after is None:
@@ -258,6 +248,38 @@ class StoreRun:
             else:
                 model.acked[key] = after
                 model.deleted.discard(key)
+
+    async def act(self, kind: str, args: Step, maybe: dict[bytes, tuple[bytes | None, ...]]) -> None:
+        """Do one step; ``maybe`` gets, per key it changes, its value before and after."""
+        if kind == "put":  # name=size ...: all at once
+            async with trio.open_nursery() as nursery:
+                self.start_puts(nursery, args, maybe)
+        elif kind == "delete":
+            key = args[0].encode()
+            maybe[key] = (self.model.acked[key], None)
+            await self.node.delete(args[0])
+        elif kind == "checkpoint":
+            await self.node.checkpoint()
+        elif kind == "compact":
+            done = await compact_once(self.node)
+            assert done or args, "the script leaves something to compact"
+        else:
+            assert kind == "restart", kind
+            await self.close(clean=args[0] == "clean")
+            await self.open()
+
+    def new_value(self, name: str, size: int) -> bytes:
+        """The bytes of the next PUT of ``name`` (different each time)."""
+        self.versions[name] = self.versions.get(name, 0) + 1
+        return random.Random(f"{name}/{self.versions[name]}").randbytes(size)
+
+    def start_puts(self, nursery: trio.Nursery, args: Step,
+                   maybe: dict[bytes, tuple[bytes | None, ...]]) -> None:
+        for arg in args:
+            name, size = arg.split("=")
+            value = self.new_value(name, int(size))
+            maybe[name.encode()] = (None, value)
+            nursery.start_soon(self._put, name, value)
 
     async def _put(self, name: str, value: bytes) -> None:
         assert (await self.node.put(name, value))[0] == 201
@@ -272,23 +294,29 @@ class StoreRun:
                 self.explorer.count("retired superblock removed by recovery")
             if store.recovery["damaged_records"]:
                 self.explorer.count("torn record refused by its CRC")
-            return list(store_problems(store, self.model, maybe))
+            problems = list(store_problems(store, self.model, maybe))
+            if (dest / CHECKPOINT).exists() and not store.recovery["checkpoint_loaded"]:
+                problems.append("the checkpoint is unreadable")  # it is replaced atomically
+            return problems
         finally:
             store.close()
 
 
 async def run_store(tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, *,
-                    stop_early: bool = False) -> Explorer:
+                    stop_early: bool = False, script: Callable[[], list[Step]] = store_script,
+                    runner: type[StoreRun] = StoreRun, drop_checkpoint: bool = False) -> Explorer:
+    """Run ``script`` under ``runner`` from an empty directory, checking every crash state."""
     root, scratch = tmp_path / "node", tmp_path / "states"
     root.mkdir()
     scratch.mkdir()
-    explorer = Explorer(RecordingFS(root), scratch, stop_early=stop_early)
+    explorer = Explorer(RecordingFS(root), scratch, stop_early=stop_early,
+                        drop_checkpoint=drop_checkpoint)
     monkeypatch.setattr(fsio, "fs", explorer.rec)
-    run = StoreRun(root, nursery, explorer)
+    run = runner(root, nursery, explorer)
     start = len(explorer.rec.log)
     await run.open()
     explorer.explore("open", start, lambda dest: run.check(dest, {}))
-    for step in store_script():
+    for step in script():
         await run.run(step)
         if stop_early and explorer.violations:
             break

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vstack.records import ALIGN, HEADER_SIZE, record_length
@@ -244,4 +247,52 @@ def test_a_retired_superblock_left_on_disk_is_removed_before_the_scan(tmp_path: 
     third = SuperblockStore.open(tmp_path, max_superblock_size=2 * ALIGN)  # and it stays so
     assert third.recovery["retired_removed"] == []
     assert third.lookup(b"gone") is None
+    third.close()
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not a zip", "flipped byte",
+                                    "an .npy array"])
+def test_an_unreadable_checkpoint_means_a_full_scan(tmp_path: Path, damage: str) -> None:
+    """Whatever is wrong with the checkpoint file, the store starts (from the superblocks
+    alone) and no descriptor is left open."""
+    store = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
+    blobs = {f"c{i}".encode(): os.urandom(3000 + i) for i in range(8)}
+    for k, v in blobs.items():
+        put(store, k, v)
+    store.checkpoint()
+    store.close()
+    path = tmp_path / "index" / "checkpoint.npz"
+    good = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "not a zip":
+        path.write_bytes(b"not a checkpoint at all" * 100)
+    elif damage == "flipped byte":
+        path.write_bytes(good[:200] + bytes([good[200] ^ 0xFF]) + good[201:])
+    else:
+        np.save(path.with_suffix(".npy"), np.arange(10))
+        path.with_suffix(".npy").replace(path)
+    before = _fds()
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")  # ResourceWarning: a file object closed by the collector
+        again = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
+        again.close()
+        gc.collect()
+    assert [str(w.message) for w in warned] == []
+    assert _fds() == before, "a descriptor was left open"
+    again = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
+    try:
+        assert again.recovery["checkpoint_loaded"] is False
+        assert all(read(again, k) == v for k, v in blobs.items())
+        again.checkpoint()  # and the next start uses a good one again
+    finally:
+        again.close()
+    third = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
+    assert third.recovery["checkpoint_loaded"] is True
     third.close()

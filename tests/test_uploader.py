@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -465,3 +466,75 @@ async def test_an_interrupted_session_waits_for_the_metadata_service(
     assert state["status"] == "completed", state
     manifest = await request("GET", f"http://127.0.0.1:{later.port}/manifest/{video_id}")
     assert manifest.json()["status"] == "active"
+
+
+# -- the session's own file failing ---------------------------------------------------------
+
+
+async def test_a_session_that_cannot_be_saved_completed_keeps_its_active_video(
+    media: dict[str, Path], start_node: Callable[..., Any], start_metadata: Callable[..., Any],
+    start_uploader: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of space when ``completed`` is saved: the video is active already, so the
+    upload must not fail (failing deletes the video); a restart saves it completed."""
+    c = await cluster(start_node, start_metadata, start_uploader, tmp_path)
+    real = c.uploader.store.save
+
+    def disk_full_at_completed(s: Session) -> None:
+        if s.status == "completed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(s)
+
+    monkeypatch.setattr(c.uploader.store, "save", disk_full_at_completed)
+    answer = (await upload(c, media["clip.mp4"])).json()
+    done = await wait_done(c, answer["upload_session_id"])
+    assert done["status"] == "completed", done
+    manifest = await request("GET", f"{c.meta_url}/manifest/{answer['video_id']}")
+    assert manifest.status == 200, "the active video was deleted"
+    assert manifest.json()["status"] == "active"
+    assert manifest.json()["total_chunks"] == done["total_chunks"]
+    sessions = SessionStore(tmp_path / "uploads" / "sessions")
+    saved = sessions.load(done["upload_session_id"])
+    assert saved is not None
+    assert saved.status == "finalizing"  # left for a restart to complete
+    await c.stop_uploader()
+    monkeypatch.undo()  # space again
+    up2, _ = await start_uploader(metadata_urls=(c.meta_url,))
+    assert (await status_of(up2, done["upload_session_id"]))["status"] == "completed"
+    saved = sessions.load(done["upload_session_id"])
+    assert saved is not None
+    assert saved.status == "completed"
+
+
+async def test_a_failed_session_is_saved_before_it_is_shown(
+    media: dict[str, Path], start_node: Callable[..., Any], start_metadata: Callable[..., Any],
+    start_uploader: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A poller never sees ``failed`` before it is on disk (a restart would settle the
+    session again); if it cannot be saved at all, it is shown failed all the same."""
+    c = await cluster(start_node, start_metadata, start_uploader, tmp_path)
+
+    async def refused(video_id: str, status: str) -> None:
+        raise ConnectionLost("metadata service closed the connection")
+
+    real = c.uploader.store.save
+    shown_while_saving: list[str] = []
+
+    def disk_full_at_failed(s: Session) -> None:
+        if s.status == "failed":
+            shown_while_saving.append(c.uploader.sessions[s.session_id].status)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(s)
+
+    monkeypatch.setattr(c.uploader.metadata, "set_status", refused)
+    monkeypatch.setattr(c.uploader.store, "save", disk_full_at_failed)
+    answer = (await upload(c, media["clip.mp4"])).json()
+    done = await wait_done(c, answer["upload_session_id"])
+    assert done["status"] == "failed", done
+    assert shown_while_saving == ["finalizing"], "shown failed before it was saved"
+    saved = SessionStore(tmp_path / "uploads" / "sessions").load(done["upload_session_id"])
+    assert saved is not None
+    assert saved.status == "finalizing"
+    with trio.fail_after(30):  # cleaned up all the same
+        while (await request("GET", f"{c.meta_url}/manifest/{answer['video_id']}")).status != 404:
+            await trio.sleep(0.05)

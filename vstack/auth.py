@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from protocol.errors import ProtocolError
 
 __all__ = ["MIN_SECRET_BYTES", "Access", "AuthError", "AuthPolicy", "check_bind", "is_loopback",
-           "parse_bearer"]
+           "local_request", "parse_bearer"]
 
 MIN_SECRET_BYTES = 16
 
@@ -73,6 +73,26 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
+def local_request(origin: str | None, host: str | None) -> bool:
+    """No browser of another site behind it: no ``Origin``, or a loopback one; no
+    ``Host``, or a loopback name."""
+    for value, is_origin in ((origin, True), (host, False)):
+        if value is None:
+            continue
+        if is_origin:
+            if value == "null":
+                return False
+            value = value.partition("://")[2] if "://" in value else ""
+        name = value.strip()
+        if name.startswith("["):
+            name = name[1:name.find("]")] if "]" in name else ""
+        else:
+            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        if not is_loopback(name):
+            return False
+    return True
+
+
 def parse_bearer(header: str | None) -> bytes | None:
     """The token of an ``Authorization: Bearer <token>`` header, else ``None``."""
     if not header:
@@ -104,13 +124,22 @@ class AuthPolicy:
                     0x20 <= c < 0x7F for c in value)):
                 raise ValueError(f"{name} must be printable ASCII, no spaces at either end")
 
-    def allows(self, access: Access, bearer: bytes | None, peer: str) -> bool:
-        """Whether a caller at address ``peer`` presenting ``bearer`` may make a call of ``access``."""
+    def allows(self, access: Access, bearer: bytes | None, peer: str, *,
+               origin: str | None = None, host: str | None = None) -> bool:
+        """Whether a caller at address ``peer`` presenting ``bearer`` may make a call of ``access``.
+
+        ``origin`` and ``host`` are the request's ``Origin`` and ``Host``
+        headers: a loopback caller gets the rights of open mode only if it is
+        not a web page of another site (an ``Origin`` that is not loopback) and
+        did not reach us under another name (a ``Host`` that is not loopback,
+        as after DNS rebinding), so a page the local user visits cannot write
+        to a local cluster (Redis's protected mode guards the same way).
+        """
         if access is Access.PUBLIC:
             return True
         if _same(bearer, self.cluster_secret):
             return True  # the cluster secret opens everything
-        open_here = self.insecure or is_loopback(peer)
+        open_here = self.insecure or (is_loopback(peer) and local_request(origin, host))
         if access is Access.CLUSTER:
             return self.cluster_secret is None and open_here
         if access is Access.READ and self.public_reads:
@@ -120,9 +149,10 @@ class AuthPolicy:
             return open_here
         return _same(bearer, self.api_token)
 
-    def check(self, access: Access, authorization: str | None, peer: str) -> None:
+    def check(self, access: Access, authorization: str | None, peer: str, *,
+              origin: str | None = None, host: str | None = None) -> None:
         """Raise :class:`AuthError` unless the call is allowed."""
-        if not self.allows(access, parse_bearer(authorization), peer):
+        if not self.allows(access, parse_bearer(authorization), peer, origin=origin, host=host):
             what = "the cluster secret" if access is Access.CLUSTER else "an API token"
             raise AuthError(f"this call needs {what} (Authorization: Bearer ...)")
 

@@ -24,6 +24,11 @@ async def popularity(svc: MetadataService, req: Request, body: Body) -> Response
 
 async def add_view(svc: MetadataService, req: Request, body: Body) -> Response:
     video_id = req.params["video_id"]
+    video = svc.reader.video(video_id)
+    if video is None or video.get("status") == "deleted":
+        # Counted only for videos that exist: made-up ids would grow the counter
+        # table (and the counters replicas exchange) without bound.
+        raise ProtocolError(f"Video {video_id[:80]} not found", 404)
     replica = svc.settings.replica_id
     await svc.run_db(lambda: svc.db.add_view(video_id, replica))
     return ok({"status": "ok", "message": f"View count incremented for {video_id}"})

@@ -42,8 +42,10 @@ __all__ = ["handle", "serve_peers"]
 
 log = logging.getLogger("vstack.metadata.peers")
 
-#: Peer-port connections served per replica in the cluster (each peer keeps one).
-PEER_CONNECTIONS_PER_REPLICA = 4
+#: Peer-port connections served per replica in the cluster (each peer keeps a few).
+PEER_CONNECTIONS_PER_REPLICA = 16
+#: Seconds a new peer connection has to send a whole frame's head.
+FIRST_FRAME_SECONDS = 5.0
 
 
 class Unauthenticated(ProtocolError):
@@ -137,8 +139,12 @@ def _json(obj: Any) -> bytes:
 async def serve_peers(svc: MetadataService, *,
                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     s = svc.settings
+    # A peer sends its first frame (signed) at once: a connection that sends
+    # nothing is closed within FIRST_FRAME_SECONDS, so idle connections cannot
+    # fill the cap and keep restarted replicas out.
     limits = FrameLimits(max_payload=MAX_PEER_PAYLOAD, read_timeout=s.read_timeout,
                          idle_timeout=max(s.idle_timeout, 600.0),
+                         header_timeout=FIRST_FRAME_SECONDS,
                          max_connections=PEER_CONNECTIONS_PER_REPLICA * s.replicas)
 
     async def on_frame(session: FrameSession, req: Frame) -> None:

@@ -16,7 +16,8 @@ a configured amount of anything. Three mechanisms, used by
   episode, without a traceback: trio's ``serve_listeners`` logs a traceback
   for every failed accept.
 * :class:`ByteBudget` is a weighted, first-come-first-served semaphore over
-  bytes. A server reserves what a request will hold *before* it reads it; a
+  bytes (a reservation of zero bytes never waits: a PING or a GET is not
+  queued behind a large PUT). A server reserves what a request will hold *before* it reads it; a
   reservation that does not fit waits, and while it waits nothing more is
   read from that connection: the peer's bytes stay in the kernel's socket
   buffers (TCP flow control), not in ours. Budgets nest (a connection's
@@ -127,6 +128,9 @@ class ByteBudget:
         """
         if n > self.capacity:
             raise ValueError(f"{n} bytes can never fit in a budget of {self.capacity}")
+        if n <= 0:  # nothing to wait for: never queued behind a large reservation
+            await trio.lowlevel.checkpoint()
+            return
         await self._acquire_here(n)
         if self.parent is not None:
             try:

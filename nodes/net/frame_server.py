@@ -21,9 +21,16 @@ connections of a server together at most ``buffered_bytes``
 as its header is parsed, before any of it is read; while a reservation (or a
 request slot) is not available the reader reads nothing more, so a peer that
 sends faster than requests finish is slowed by TCP flow control, never
-buffered. The payload buffer grows with the bytes that arrive
+buffered. Before that reservation, the caller's ``admit_frame`` sees the
+header (:class:`~protocol.frames.FrameHeader`: opcode, request id, payload
+length) and may refuse the frame by raising
+:class:`~protocol.errors.ProtocolError`: the refusal is answered with that
+status and the connection is closed, with nothing reserved and no payload
+read. A refusal is final only once the requests before it on the connection
+have been answered (an ``AUTH`` pipelined just before a ``PUT`` counts). The payload buffer grows with the bytes that arrive
 (:mod:`protocol.frames`). A frame's header and key must arrive within
-``header_timeout`` of its first byte, its payload within ``header_timeout +
+``header_timeout`` of its first byte (of the connection's start, for the
+first frame), its payload within ``header_timeout +
 length / min_payload_rate`` after its reservation, every read within
 ``read_timeout``; an idle connection is closed after ``idle_timeout``; a
 response that cannot leave within ``send_timeout`` (a peer that does not read)
@@ -47,12 +54,13 @@ from dataclasses import dataclass
 
 import trio
 
-from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.errors import ProtocolError, RemoteProtocolError, VStackError
 from protocol.frames import (
     FLAG_RESPONSE,
     ChecksumMismatch,
     Frame,
     FrameConnection,
+    FrameHeader,
     Opcode,
     response,
 )
@@ -60,7 +68,7 @@ from protocol.frames import (
 from .bounds import ByteBudget, ConnectionGate
 from .zerocopy import receive_frame_bytes, sendfile
 
-__all__ = ["FrameHandler", "FrameLimits", "FrameSession", "serve_frames"]
+__all__ = ["FrameAdmission", "FrameHandler", "FrameLimits", "FrameSession", "serve_frames"]
 
 log = logging.getLogger("vstack.binary")
 
@@ -124,6 +132,7 @@ class FrameSession:
         self.conn = conn
         self.peer = _peer_of(stream)
         self.bearer: bytes | None = None  # the token this connection presented (AUTH)
+        self.auth_pending = False  # an AUTH admitted and not yet answered
         self.send_lock = trio.Lock()
         self.broken = False
         self.send_timeout = send_timeout
@@ -157,6 +166,18 @@ class FrameSession:
 
 #: Answers one request frame on a session (raising ProtocolError for an error frame).
 FrameHandler = Callable[[FrameSession, Frame], Awaitable[None]]
+#: Sees each frame's header before anything is reserved for it or read of it;
+#: raises ProtocolError to refuse the frame (and end the connection).
+FrameAdmission = Callable[[FrameSession, FrameHeader], None]
+
+
+class _Refused(VStackError):
+    """A frame refused at its header: answer ``status`` and close."""
+
+    def __init__(self, header: FrameHeader, error: ProtocolError) -> None:
+        super().__init__(error.msg)
+        self.frame = Frame(opcode=header.opcode, request_id=header.request_id,
+                           status=error.status, payload=error.msg.encode(), flags=FLAG_RESPONSE)
 
 
 async def _answer(session: FrameSession, handler: FrameHandler, req: Frame) -> None:
@@ -181,14 +202,19 @@ class _Connection:
     """One connection: frames read within their deadlines and budgets, run in key order."""
 
     def __init__(self, handler: FrameHandler, limits: FrameLimits, stream: trio.SocketStream,
-                 budget: ByteBudget) -> None:
+                 budget: ByteBudget, admit_frame: FrameAdmission | None = None) -> None:
         self.handler = handler
+        self.admit_frame = admit_frame
         self.limits = limits
         self.conn = FrameConnection(max_payload=limits.max_payload)
         self.session = FrameSession(stream, self.conn, send_timeout=limits.send_timeout)
         self.budget = ByteBudget(limits.connection_bytes, parent=budget)
         self.slots = trio.Semaphore(limits.max_in_flight)
         self.last: dict[bytes, trio.Event] = {}  # key -> answered when its latest request is
+        self.running = 0  # requests dispatched and not yet answered
+        self.idle = trio.Event()  # set when ``running`` drops to 0
+        # The first frame's header is due within header_timeout of the connection's start.
+        self.first_deadline = trio.current_time() + limits.header_timeout
 
     async def serve(self) -> None:
         with self.session.cancel_scope:
@@ -200,6 +226,10 @@ class _Connection:
                     except ChecksumMismatch as exc:
                         self._dispatch(nursery, exc.frame, 0, bad_crc=True)
                         continue
+                    except _Refused as exc:
+                        self.slots.release()
+                        await self.session.send(exc.frame)
+                        break
                     except RemoteProtocolError as exc:
                         self.slots.release()
                         await self.session.send(_error_frame(exc.status, exc.msg))
@@ -226,6 +256,7 @@ class _Connection:
         done = trio.Event()
         if req.key:
             self.last[req.key] = done
+        self.running += 1
         nursery.start_soon(self._run, req, charge, prev, done, bad_crc)
 
     async def _run(self, req: Frame, charge: int, prev: trio.Event | None, done: trio.Event,
@@ -241,32 +272,60 @@ class _Connection:
             done.set()
             if self.last.get(req.key) is done:
                 del self.last[req.key]
+            self.running -= 1
+            if not self.running:
+                self.idle.set()
             self.budget.release(charge)
             self.slots.release()
+
+    async def _admit(self, header: FrameHeader) -> None:
+        """Raise :class:`_Refused` if the caller's ``admit_frame`` refuses ``header``,
+        even once every request before it has been answered."""
+        if self.admit_frame is None:
+            return
+        try:
+            self.admit_frame(self.session, header)
+            return
+        except ProtocolError as exc:
+            if not self.running:
+                raise _Refused(header, exc) from None
+        while self.running:  # an earlier request (an AUTH) may change the answer
+            self.idle = trio.Event()
+            await self.idle.wait()
+        try:
+            self.admit_frame(self.session, header)
+        except ProtocolError as exc:
+            raise _Refused(header, exc) from None
 
     async def _next_frame(self) -> tuple[Frame, int] | None:
         """The next frame and the bytes reserved for it; ``None`` once the peer
         has closed between frames or is too slow. Nothing stays reserved when
-        this raises (a protocol error, or a checksum mismatch)."""
+        this raises (a protocol error, a checksum mismatch, a refused frame)."""
         conn, limits = self.conn, self.limits
-        charge, reserved, deadline = 0, False, math.inf
+        charge, reserved, deadline = 0, False, self.first_deadline
+        self.first_deadline = math.inf
         try:
             while True:
                 event = conn.next_event()
                 if isinstance(event, Frame):
                     if not reserved:  # it came whole with earlier bytes: read no more until it fits
+                        await self._admit(FrameHeader(
+                            opcode=event.opcode, request_id=event.request_id, flags=event.flags,
+                            payload_length=len(event.payload)))
                         await self.budget.acquire(len(event.payload))
                         charge = len(event.payload)
                     return event, charge
-                size = conn.incoming_payload
-                if size is not None and not reserved:
+                header = conn.incoming_header
+                if header is not None and not reserved:
+                    size = header.payload_length
+                    await self._admit(header)  # before anything is reserved or read for it
                     await self.budget.acquire(size)  # before a byte of its payload is read
                     charge, reserved = size, True
                     deadline = trio.current_time() + limits.header_timeout + (
                         size / limits.min_payload_rate)
                 elif deadline == math.inf and conn.buffered:
                     deadline = trio.current_time() + limits.header_timeout
-                busy = bool(conn.buffered) or size is not None
+                busy = bool(conn.buffered) or header is not None
                 timeout = limits.read_timeout if busy else limits.idle_timeout
                 with trio.move_on_at(min(trio.current_time() + timeout, deadline)):
                     if not await receive_frame_bytes(self.session.stream, conn) and not busy:
@@ -283,10 +342,11 @@ class _Connection:
 
 
 async def _handle_connection(handler: FrameHandler, limits: FrameLimits, budget: ByteBudget,
-                             stream: trio.SocketStream) -> None:
+                             stream: trio.SocketStream,
+                             admit_frame: FrameAdmission | None = None) -> None:
     """One connection's whole life; nothing it does can take the server down."""
     try:
-        await _Connection(handler, limits, stream, budget).serve()
+        await _Connection(handler, limits, stream, budget, admit_frame).serve()
     except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass  # the peer went away
     except* Exception as group:
@@ -300,11 +360,14 @@ async def _handle_connection(handler: FrameHandler, limits: FrameLimits, budget:
 async def serve_frames(handler: FrameHandler, *, host: str, port: int, limits: FrameLimits,
                        admit: Callable[[trio.SocketStream], bool] | None = None,
                        budget: ByteBudget | None = None,
+                       admit_frame: FrameAdmission | None = None,
                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the frame protocol until cancelled; reports the bound port.
 
     ``admit`` sees each connection before a byte is read from it (e.g. to
-    serve loopback peers only); a refused one is closed at once. ``budget``
+    serve loopback peers only); a refused one is closed at once.
+    ``admit_frame`` sees each frame's header before anything is reserved for
+    it (see the module docstring). ``budget``
     is the byte budget of all its connections together (default: a new one of
     ``limits.buffered_bytes``; pass one to share it, or to watch it).
     """
@@ -323,7 +386,7 @@ async def serve_frames(handler: FrameHandler, *, host: str, port: int, limits: F
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             return
-        await _handle_connection(handler, limits, shared, stream)
+        await _handle_connection(handler, limits, shared, stream, admit_frame)
 
     task_status.started(bound)
     await gate.serve(run, listeners)

@@ -30,7 +30,8 @@ def guarded(policy: AuthPolicy, access: Access, handler: Handler) -> Handler:
         return handler
 
     async def checked(request: Request, body: Body) -> Response:
-        policy.check(access, request.header("authorization"), request.peer)
+        policy.check(access, request.header("authorization"), request.peer,
+                     origin=request.header("origin"), host=request.header("host"))
         return await handler(request, body)
 
     return checked

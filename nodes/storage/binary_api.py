@@ -18,6 +18,18 @@ Access is checked per request as on HTTP (:data:`ACCESS`): a connection
 that is to write presents the cluster secret once, with ``AUTH``, and acts
 with its rights until it closes; a wrong token gets 401 and the connection
 is closed.
+
+Access is checked twice: by :func:`admit` on a frame's *header*, before the
+frame server reserves a byte for its payload or reads one, and again by
+:func:`handle`. So a caller who may not write cannot make the node reserve
+a PUT's 8 MiB (and make every other connection wait behind it): a ``PUT``
+or ``DELETE`` on a connection without the right gets 401 at its header,
+and the connection is closed. No frame but a writing one carries a payload
+of any size: ``AUTH`` at most :data:`MAX_AUTH_PAYLOAD` bytes, one at a time
+until the connection is authenticated, any other
+:data:`MAX_SMALL_PAYLOAD` (413 past them, and the connection is closed).
+With no cluster secret, loopback callers may write without ``AUTH``, as
+before.
 """
 
 from __future__ import annotations
@@ -29,13 +41,50 @@ import trio
 
 from nodes.net.bounds import ByteBudget
 from nodes.net.frame_server import FrameLimits, FrameSession, serve_frames
-from protocol.frames import ChunkInfo, Frame, Opcode, crc32c, decode_range, response
+from protocol.errors import ProtocolError
+from protocol.frames import (
+    RANGE,
+    ChunkInfo,
+    Frame,
+    FrameHeader,
+    Opcode,
+    crc32c,
+    decode_range,
+    response,
+)
 from protocol.http import json_bytes
 from vstack.auth import Access
 
 from .node import StorageNode
 
-__all__ = ["handle", "serve"]
+__all__ = ["MAX_AUTH_PAYLOAD", "MAX_SMALL_PAYLOAD", "admit", "handle", "serve"]
+
+#: The longest token ``AUTH`` may present (secrets are 16+ bytes; 4 KiB is plenty).
+MAX_AUTH_PAYLOAD: Final = 4096
+#: The longest payload of any frame that does not write (a GET's range is 16 bytes).
+MAX_SMALL_PAYLOAD: Final = max(64, RANGE.size)
+
+
+def admit(node: StorageNode, session: FrameSession, header: FrameHeader) -> None:
+    """Refuse, at its header, a frame this connection may not send (see the module docstring).
+
+    Raises:
+        ProtocolError: 401 a write without the right to, or a second ``AUTH``
+            before the first was answered; 413 a payload too large for its opcode.
+    """
+    op = header.opcode
+    if op is Opcode.AUTH:
+        if header.payload_length > MAX_AUTH_PAYLOAD:
+            raise ProtocolError(f"AUTH token longer than {MAX_AUTH_PAYLOAD} bytes", 413)
+        if session.bearer is None and session.auth_pending:
+            raise ProtocolError("one AUTH at a time", 401)
+        session.auth_pending = True
+        return
+    access = ACCESS.get(op, Access.CLUSTER)
+    node.settings.auth.check_token(access, session.bearer, session.peer)
+    if access is not Access.CLUSTER and header.payload_length > MAX_SMALL_PAYLOAD:
+        raise ProtocolError(f"{op.name} payload longer than {MAX_SMALL_PAYLOAD} bytes", 413)
+
 
 
 async def handle(node: StorageNode, reads: ByteBudget, session: FrameSession, req: Frame) -> None:
@@ -88,6 +137,7 @@ ACCESS: Final = {Opcode.PING: Access.PUBLIC, Opcode.STAT: Access.PUBLIC, Opcode.
 async def _authenticate(node: StorageNode, session: FrameSession, req: Frame) -> None:
     """``AUTH``: a known token gives the connection its rights; any other ends the connection."""
     token = bytes(req.payload)
+    session.auth_pending = False
     if node.settings.auth.knows(token):
         session.bearer = token
         await session.send(response(req, 200))
@@ -120,6 +170,6 @@ async def serve(node: StorageNode, *, task_status: trio.TaskStatus[int] = trio.T
                          idle_timeout=s.idle_timeout, header_timeout=s.header_timeout,
                          send_timeout=s.read_timeout, max_connections=s.max_connections,
                          max_buffered_bytes=max(s.max_buffered_bytes, 4 * (s.max_chunk_bytes + 64)))
-    reads = ByteBudget(limits.buffered_bytes)
-    await serve_frames(partial(handle, node, reads), host=s.host, port=s.effective_binary_port,
-                       limits=limits, task_status=task_status)
+    await serve_frames(partial(handle, node, node.reads), host=s.host,
+                       port=s.effective_binary_port, limits=limits,
+                       admit_frame=partial(admit, node), task_status=task_status)

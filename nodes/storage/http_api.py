@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
 from typing import Final
 
 import trio
@@ -60,13 +61,25 @@ def _chunk_headers(loc: Location) -> list[tuple[str, str]]:
 
 
 async def get_chunk(node: StorageNode, req: Request, body: Body) -> Response:
+    """A chunk (or a range of it). One not yet checked since start is read into
+    memory to be checked: its size is reserved first in the node's reads
+    budget, shared with the binary protocol, and held until the answer has
+    left (or been given up)."""
     chunk_id = req.params["chunk_id"]
     start, length, status = 0, None, 200
+    loc = node.head(chunk_id)
     rng = req.header("range")
-    if rng:  # only a range needs the size before the read (one lookup otherwise)
-        start, length = _parse_range(rng, node.head(chunk_id).size)
+    if rng:
+        start, length = _parse_range(rng, loc.size)
         status = 206
-    read = await node.open_read(chunk_id, start, length)
+    reads = node.reads
+    in_memory = 0 if loc.verified else min(loc.size, reads.capacity)
+    await reads.acquire(in_memory)
+    try:
+        read = await node.open_read(chunk_id, start, length)
+    except BaseException:
+        reads.release(in_memory)
+        raise
     headers = _chunk_headers(read.loc)
     if status == 206:
         end = read.start + read.length - 1
@@ -74,7 +87,9 @@ async def get_chunk(node: StorageNode, req: Request, body: Body) -> Response:
     if read.data is not None:
         payload = read.data
         read.close()
-        return Response(status=status, headers=headers, body=payload)
+        return Response(status=status, headers=headers, body=payload,
+                        after=partial(reads.release, in_memory))
+    reads.release(in_memory)  # checked meanwhile: it leaves with sendfile
     return Response(status=status, headers=headers,
                     body=FileRange(read.fd, read.offset, read.length), after=read.close)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from nodes.net.bounds import ByteBudget
 from protocol.api import CHUNK_ID_RE, parse_sha256
 from protocol.errors import ProtocolError
 from protocol.frames import crc32c
@@ -94,6 +95,9 @@ class StorageNode:
         self.index_save_failures = 0
         self.fsync_batches = 0
         self.fsync_writes = 0
+        #: Bytes of chunks read into memory to answer GETs, both protocols together.
+        self.reads = ByteBudget(max(settings.max_buffered_bytes,
+                                    4 * (settings.max_chunk_bytes + 64)))
 
     # -- writes ---------------------------------------------------------------
 
