@@ -165,17 +165,19 @@ async def test_a_secured_node_takes_writes_from_the_cluster_only(
 async def test_binary_writes_need_the_cluster_secret_presented_first(
         start_node: Callable[..., Any]) -> None:
     node, _ = await start_node(auth=SECURED)
+    for write in ("put", "delete"):  # refused at the header, and the connection is closed
+        async with open_frame_client("127.0.0.1", node.ports.binary) as client:
+            await client.ping()  # public
+            with pytest.raises(ProtocolError) as refused:
+                await client.head("victim-1")  # reads are public: 404, not 401
+            assert refused.value.status == 404
+            with pytest.raises(ProtocolError) as refused:
+                await (client.put("victim-1", b"forged") if write == "put"
+                       else client.delete("victim-1"))
+            assert refused.value.status == 401
+            with pytest.raises(VStackError):
+                await client.ping()
     async with open_frame_client("127.0.0.1", node.ports.binary) as client:
-        with pytest.raises(ProtocolError) as refused:
-            await client.put("victim-1", b"forged")
-        assert refused.value.status == 401
-        with pytest.raises(ProtocolError) as refused:
-            await client.delete("victim-1")
-        assert refused.value.status == 401
-        await client.ping()  # public; the connection stays usable
-        with pytest.raises(ProtocolError) as refused:
-            await client.head("victim-1")  # reads are public: 404, not 401
-        assert refused.value.status == 404
         await client.authenticate(TOKEN)  # a user's token: still no writes
         with pytest.raises(ProtocolError) as refused:
             await client.put("victim-1", b"forged")

@@ -176,8 +176,11 @@ async def test_a_lost_node_is_rebuilt_elsewhere_and_playback_never_fails(
     victim = c.nodes[0]  # holds a copy or a shard of every chunk
     await c.stops.pop(victim)()
     start = trio.current_time()
+    seen_short = 0
     while True:
         await c.read_all(vid)  # never fails, before, during and after the repair
+        health = (await request("GET", f"{c.meta}/storage/overhead")).json()
+        seen_short = max(seen_short, health["under_replicated_chunks"])
         await run_pass(c.mgr)
         if c.mgr.stats.repairs >= 4:
             break
@@ -197,6 +200,9 @@ async def test_a_lost_node_is_rebuilt_elsewhere_and_playback_never_fails(
     await c.read_all(vid)
     await run_pass(c.mgr)
     assert c.mgr.stats.under_replicated == 0
+    health = (await request("GET", f"{c.meta}/storage/overhead")).json()
+    assert (health["under_replicated_chunks"], health["unreadable_chunks"]) == (0, 0)
+    assert seen_short == 4  # what /storage/overhead said while the node was down
 
 
 async def test_orphans_go_after_the_grace_and_referenced_chunks_never(

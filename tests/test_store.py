@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vstack import fsio
 from vstack.records import ALIGN, HEADER_SIZE, record_length
 from vstack.store import Busy, PendingWrite, SuperblockStore
+
+from .crashfs import RecordingFS, crash_states, materialize
 
 
 def commit(store: SuperblockStore, *pws: PendingWrite) -> None:
@@ -296,3 +300,70 @@ def test_an_unreadable_checkpoint_means_a_full_scan(tmp_path: Path, damage: str)
     third = SuperblockStore.open(tmp_path, max_superblock_size=1 << 20)
     assert third.recovery["checkpoint_loaded"] is True
     third.close()
+
+
+# -- what recovery serves is durable (a SIGKILL keeps the page cache; a power loss does not) ----
+
+
+def _after_power_loss(rec: RecordingFS, dest: Path) -> SuperblockStore:
+    """The store as a power loss now would leave it: only what was synced."""
+    state = crash_states(rec.log, rng=random.Random(0), mixtures=0)[0]
+    assert state.name == "only what was synced"
+    dest.mkdir()
+    materialize(state.contents(), dest)
+    return SuperblockStore.open(dest, max_superblock_size=1 << 20)
+
+
+def test_a_record_found_only_in_the_page_cache_is_synced_before_it_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed after writing a PUT, before its fdatasync: the restart finds the record and
+    answers the client's retry from it, so it must be on the disk by then."""
+    root = tmp_path / "node"
+    root.mkdir()
+    rec = RecordingFS(root)
+    monkeypatch.setattr(fsio, "fs", rec)
+    store = SuperblockStore.open(root, max_superblock_size=1 << 20)
+    put(store, b"acked", b"a" * 3000)
+    store.checkpoint()
+    store.write(store.reserve_put(b"retried", b"r" * 5000))  # never synced
+    store.close()  # SIGKILL
+    store = SuperblockStore.open(root, max_superblock_size=1 << 20)
+    assert read(store, b"retried") == b"r" * 5000  # served: a retried PUT is answered 200
+    store.checkpoint()  # and counted below the checkpoint's watermark
+    store.close()
+    monkeypatch.setattr(fsio, "fs", fsio.OsFileSystem())
+    after = _after_power_loss(rec, tmp_path / "after")
+    try:
+        assert read(after, b"acked") == b"a" * 3000
+        assert read(after, b"retried") == b"r" * 5000
+        assert all(after.location_of_row(row) is not None for row in range(after.rows()))
+    finally:
+        after.close()
+
+
+def test_a_superblock_whose_name_was_never_synced_is_synced_at_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed inside ``SuperblockFiles.create``, between creating the next superblock
+    file and syncing its directory: the restart makes it the active superblock."""
+    root = tmp_path / "node"
+    root.mkdir()
+    rec = RecordingFS(root)
+    monkeypatch.setattr(fsio, "fs", rec)
+    store = SuperblockStore.open(root, max_superblock_size=1 << 20)
+    put(store, b"first", b"f" * 3000)
+    fd = fsio.fs.open(root / "data" / "superblock_1.dat", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fsio.fs.close(fd)
+    store.close()  # SIGKILL before the fsync of the directory
+    store = SuperblockStore.open(root, max_superblock_size=1 << 20)
+    put(store, b"second", b"s" * 3000)  # acknowledged
+    assert store.lookup(b"second").sb == 1  # type: ignore[union-attr]
+    store.close()
+    monkeypatch.setattr(fsio, "fs", fsio.OsFileSystem())
+    after = _after_power_loss(rec, tmp_path / "after")
+    try:
+        assert read(after, b"first") == b"f" * 3000
+        assert read(after, b"second") == b"s" * 3000
+    finally:
+        after.close()

@@ -146,7 +146,29 @@ class MetadataReads:
                 "total_logical_bytes": logical, "total_physical_bytes": float(physical),
                 "storage_savings_percent": round(savings, 4),
                 "replication_overhead_bytes": phys["repl_physical"] - row["repl_logical"],
-                "erasure_overhead_bytes": float(phys["ec_physical"] - row["ec_logical"])}
+                "erasure_overhead_bytes": float(phys["ec_physical"] - row["ec_logical"]),
+                **self.redundancy_health(replicas=replication_factor)}
+
+    def redundancy_health(self, *, replicas: int, shards: int = 5, needed: int = 3
+                          ) -> dict[str, int]:
+        """Chunks short of copies on healthy nodes (to repair), and chunks with too few
+        to rebuild at all right now (unreadable until a node comes back)."""
+        [row] = self.query(
+            "WITH live AS (SELECT c.chunk_id, c.redundancy_mode AS mode,"
+            "  (SELECT COUNT(DISTINCT r.node_url) FROM chunk_replicas r JOIN storage_nodes n"
+            "    ON n.node_url = r.node_url AND n.status = 'healthy'"
+            "    WHERE r.chunk_id = c.chunk_id) AS copies,"
+            "  (SELECT COUNT(DISTINCT f.fragment_index) FROM chunk_fragments f JOIN storage_nodes n"
+            "    ON n.node_url = f.node_url AND n.status = 'healthy'"
+            "    WHERE f.chunk_id = c.chunk_id) AS pieces"
+            "  FROM visible_chunks c)"
+            " SELECT"
+            "  COALESCE(SUM(CASE WHEN mode = 'replication' THEN copies < ? ELSE pieces < ? END), 0)"
+            "   AS short,"
+            "  COALESCE(SUM(CASE WHEN mode = 'replication' THEN copies < 1 ELSE pieces < ? END), 0)"
+            "   AS unreadable FROM live", (replicas, shards, needed))
+        return {"under_replicated_chunks": int(row["short"]),
+                "unreadable_chunks": int(row["unreadable"])}
 
     # -- view counters ------------------------------------------------------------------------
 

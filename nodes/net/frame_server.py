@@ -22,20 +22,19 @@ as its header is parsed, before any of it is read; while a reservation (or a
 request slot) is not available the reader reads nothing more, so a peer that
 sends faster than requests finish is slowed by TCP flow control, never
 buffered. Before that reservation, the caller's ``admit_frame`` sees the
-header (:class:`~protocol.frames.FrameHeader`: opcode, request id, payload
-length) and may refuse the frame by raising
-:class:`~protocol.errors.ProtocolError`: the refusal is answered with that
-status and the connection is closed, with nothing reserved and no payload
-read. A refusal is final only once the requests before it on the connection
-have been answered (an ``AUTH`` pipelined just before a ``PUT`` counts). The payload buffer grows with the bytes that arrive
-(:mod:`protocol.frames`). A frame's header and key must arrive within
-``header_timeout`` of its first byte (of the connection's start, for the
-first frame), its payload within ``header_timeout +
-length / min_payload_rate`` after its reservation, every read within
-``read_timeout``; an idle connection is closed after ``idle_timeout``; a
-response that cannot leave within ``send_timeout`` (a peer that does not read)
-ends the connection, and so releases what its requests held. At most
-``max_connections`` connections are served
+header (:class:`~protocol.frames.FrameHeader`) and may refuse the frame by
+raising :class:`~protocol.errors.ProtocolError`: the refusal is answered with
+that status and the connection is closed, nothing reserved, no payload read.
+A refusal is final only once the requests before it on the connection have
+been answered (an ``AUTH`` pipelined just before a ``PUT`` counts). The
+payload buffer grows with the bytes that arrive (:mod:`protocol.frames`). A
+frame's header and key must arrive within ``header_timeout`` of its first
+byte (of the connection's start, for the first frame), its payload within
+``header_timeout + length / min_payload_rate`` after its reservation, every
+read within ``read_timeout``; an idle connection is closed after
+``idle_timeout``; a response that cannot leave within ``send_timeout`` (a
+peer that does not read) ends the connection, and so releases what its
+requests held. At most ``max_connections`` connections are served
 (:class:`~nodes.net.bounds.ConnectionGate`); one more gets a 503 error frame.
 
 A malformed frame gets an error frame (request id 0) and the connection is

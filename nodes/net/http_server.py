@@ -20,7 +20,11 @@ connection's start, for the first request), as nginx's
 longer than ``max_header_bytes`` (431), counted exactly, however the bytes
 are split between reads. Between requests a connection may stay idle for
 ``idle_timeout``; every read of a body must complete within
-``read_timeout``. At most ``max_connections`` connections are served; one
+``read_timeout``, and the whole body within ``header_timeout + length /
+min_body_rate`` (408 past it). An answer must leave within ``send_timeout +
+length / min_send_rate``, or the connection is closed: a client that does
+not read cannot hold it (and the answer's memory). A request with two
+``Authorization`` headers gets 400. At most ``max_connections`` connections are served; one
 more is answered 503 and closed (:class:`~nodes.net.bounds.ConnectionGate`).
 
 An answer sent before its request body was read (a 413, say) closes the
@@ -64,6 +68,8 @@ __all__ = ["Body", "Handler", "HttpLimits", "serve_http", "serve_stream"]
 log = logging.getLogger("vstack.http")
 
 _RECV = 256 * 1024
+#: Pieces of an answer up to this size in all are sent as one (copied), larger ones alone.
+_COALESCE = 64 * 1024
 #: After an answer that left the request body unread: discard at most this much
 #: of it, for at most this long, before closing.
 DRAIN_BYTES: Final = 64 * 1024 * 1024
@@ -87,16 +93,23 @@ class HttpLimits:
     #: Unread request body discarded after an early answer, at most (bytes, seconds).
     drain_bytes: int = DRAIN_BYTES
     drain_timeout: float = DRAIN_SECONDS
+    #: A whole request body: header_timeout + length / min_body_rate (bytes/s).
+    min_body_rate: int = 64 * 1024
+    #: A whole answer: send_timeout + length / min_send_rate (bytes/s), or the connection closes.
+    send_timeout: float = 30.0
+    min_send_rate: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        if min(self.read_timeout, self.idle_timeout, self.header_timeout) <= 0:
+        if min(self.read_timeout, self.idle_timeout, self.header_timeout, self.send_timeout) <= 0:
             raise ValueError("timeouts must be positive")
+        if min(self.min_body_rate, self.min_send_rate) <= 0:
+            raise ValueError("rates must be positive")
         if self.max_header_bytes < 64:
             raise ValueError("max_header_bytes is too small for any request")
 
 
 class _Timeout(VStackError):
-    pass
+    """No byte, a body or an answer did not move in time: the connection closes."""
 
 
 class _HeadTimeout(_Timeout):
@@ -104,21 +117,29 @@ class _HeadTimeout(_Timeout):
 
 
 class Body:
-    """The body of one request, read on demand."""
+    """The body of one request, read on demand, whole within its deadline
+    (``header_timeout + length / min_body_rate`` from its head, the length
+    declared or else the reader's limit)."""
 
     def __init__(self, conn: _Connection, declared: int | None = None) -> None:
         self._conn = conn
         self.declared = declared  # Content-Length, if the request has one
         self.consumed = False
+        self._start = trio.current_time()
+        self.deadline = math.inf
 
     async def chunks(self, limit: int) -> AsyncIterator[bytes]:
         """Yield the body in pieces; 413 before reading if its declared length
         passes ``limit``, and as soon as it passes ``limit`` bytes otherwise."""
         if self.declared is not None and self.declared > limit:
             raise ProtocolError(f"body larger than {limit} bytes", 413)
+        if self.deadline == math.inf:
+            limits = self._conn.limits
+            size = limit if self.declared is None else self.declared
+            self.deadline = self._start + limits.header_timeout + size / limits.min_body_rate
         seen = 0
         while True:
-            event = await self._conn.next_event()
+            event = await self._conn.next_event(self.deadline)
             if isinstance(event, h11.Data):
                 seen += len(event.data)
                 if seen > limit:
@@ -186,24 +207,22 @@ class _Connection:
                 continue
             raise _HeadTimeout if fed else _Timeout  # a 408 only to a head that started
 
-    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
-        """The next event of a request body, each read within ``read_timeout``."""
+    async def next_event(self, deadline: float = math.inf) -> h11.Event | type[h11.PAUSED]:
+        """The next event of a request body, each read within ``read_timeout``
+        and all before ``deadline``."""
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            with trio.move_on_after(self.limits.read_timeout):
+            with trio.move_on_at(min(trio.current_time() + self.limits.read_timeout, deadline)):
                 data = await self.stream.receive_some(_RECV)
                 self.conn.receive_data(bytes(data))
                 continue
             raise _Timeout
 
-    async def send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data:
-            await self.stream.send_all(data)
-
     async def send_response(self, resp: Response, extra: list[tuple[str, str]]) -> None:
+        """Send ``resp`` within ``send_timeout + length / min_send_rate`` (else
+        :class:`_Timeout`); a large body is never copied, a FileRange leaves by sendfile."""
         body = resp.body
         headers = [*resp.header_pairs(), *((k.encode(), v.encode()) for k, v in extra)]
         if not any(k.lower() == b"content-length" for k, _ in headers):
@@ -212,20 +231,33 @@ class _Connection:
             h11.Response(status_code=resp.status, headers=headers,
                          reason=reason_phrase(resp.status))
         ) or b""
+        pieces: list[bytes | FileRange] = [head]
         if len(body) and self.conn.our_state is h11.SEND_BODY and not self.head_request:
-            if isinstance(body, FileRange):
-                event = h11.Data(data=body)  # type: ignore[arg-type]
-                for piece in self.conn.send_with_data_passthrough(event) or []:
-                    if isinstance(piece, FileRange):
-                        await sendfile(self.stream, piece.fd, piece.offset, piece.length, head=head)
-                        head = b""
-                    else:
-                        head += piece
+            event = h11.Data(data=body)  # type: ignore[arg-type]
+            pieces += self.conn.send_with_data_passthrough(event) or []
+        pieces.append(self.conn.send(h11.EndOfMessage()) or b"")
+        limits = self.limits
+        size = sum(len(piece) for piece in pieces)
+        with trio.move_on_after(limits.send_timeout + size / limits.min_send_rate) as scope:
+            await self._send_pieces(pieces)
+        if scope.cancelled_caught:
+            raise _Timeout("the client does not read its answer")
+
+    async def _send_pieces(self, pieces: list[bytes | FileRange]) -> None:
+        pending = b""  # small pieces go out together
+        for piece in pieces:
+            if isinstance(piece, FileRange):
+                await sendfile(self.stream, piece.fd, piece.offset, piece.length, head=pending)
+                pending = b""
+            elif len(pending) + len(piece) <= _COALESCE:
+                pending += piece
             else:
-                head += self.conn.send(h11.Data(data=body)) or b""
-        head += self.conn.send(h11.EndOfMessage()) or b""
-        if head:
-            await self.stream.send_all(head)
+                if pending:
+                    await self.stream.send_all(pending)
+                pending = b""
+                await self.stream.send_all(piece)
+        if pending:
+            await self.stream.send_all(pending)
 
 
 async def serve_http(
@@ -331,6 +363,8 @@ async def _serve_request(conn: _Connection, router: Router[Handler],
     conn.head_request = method == "HEAD"
     extra = default_headers()
     try:
+        if sum(k.lower() == b"authorization" for k, _ in event.headers) > 1:
+            raise ProtocolError("more than one Authorization header", 400)
         path, query = parse_target(event.target)
         request = Request(
             method=method,
@@ -356,14 +390,14 @@ async def _serve_request(conn: _Connection, router: Router[Handler],
     except Exception:
         log.exception("unhandled error serving %s %s", method, event.target)
         response = error_response(500, "Internal server error")
-    if not body.consumed and conn.conn.their_state is h11.SEND_BODY and response.status != 408:
-        await _drain_small(conn, body, event)
-    unread = conn.conn.their_state is not h11.DONE
-    if unread:
-        extra.append(("Connection", "close"))
-    # Told nothing but this answer, a client waiting for "100 Continue" sends no body.
-    drain = unread and response.status != 408 and not conn.conn.client_is_waiting_for_100_continue
     try:
+        if not body.consumed and conn.conn.their_state is h11.SEND_BODY and response.status != 408:
+            await _drain_small(conn, body, event)
+        unread = conn.conn.their_state is not h11.DONE
+        if unread:
+            extra.append(("Connection", "close"))
+        # Told nothing but this answer, a client waiting for "100 Continue" sends no body.
+        drain = unread and response.status != 408 and not conn.conn.client_is_waiting_for_100_continue
         if conn.conn.our_state is not h11.SEND_RESPONSE:
             return False
         await conn.send_response(response, extra)
@@ -402,7 +436,8 @@ async def _drain_small(conn: _Connection, body: Body, request: h11.Request) -> N
     headers = {k.lower(): v for k, v in request.headers}
     if b"transfer-encoding" in headers or int(headers.get(b"content-length", 0)) > _DRAIN_LIMIT:
         return
-    with contextlib.suppress(ProtocolError, _Timeout, h11.RemoteProtocolError):
+    with trio.move_on_after(conn.limits.drain_timeout), contextlib.suppress(
+            ProtocolError, _Timeout, h11.RemoteProtocolError):
         await body.read(_DRAIN_LIMIT)
 
 

@@ -9,6 +9,7 @@ through the metadata service before anything old is deleted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -69,21 +70,30 @@ async def read_chunk(mgr: Manager, chunk: ManifestChunk, copies: Sequence[Copy])
 
 
 async def _read_shards(mgr: Manager, chunk: ManifestChunk, copies: Sequence[Copy]) -> bytes:
+    """Every surviving shard asked for at once; the first 3 good ones decoded."""
     got: dict[int, bytes] = {}
-    for c in copies:
-        if c.index is None or c.index in got:
-            continue
+
+    async def one(c: Copy, cancel: trio.CancelScope) -> None:
         try:
             with deadline(COPY_SECONDS, f"reading {c.stored_id} from {c.node_url}"):
-                got[c.index] = await mgr.pool.get(c.node_url, c.stored_id, c.checksum)
+                data = await mgr.pool.get(c.node_url, c.stored_id, c.checksum)
         except VStackError as exc:
             log.info("shard %s on %s unusable: %s", c.stored_id, c.node_url, exc)
-            continue
-        await mgr.limiter.take(len(got[c.index]))
-        if len(got) == DATA_SHARDS:
-            break
+            return
+        if c.index is not None and len(got) < DATA_SHARDS:
+            got[c.index] = data
+            if len(got) == DATA_SHARDS:
+                cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        seen: set[int] = set()
+        for c in copies:
+            if c.index is not None and c.index not in seen:
+                seen.add(c.index)
+                nursery.start_soon(one, c, nursery.cancel_scope)
     if len(got) < DATA_SHARDS:
         raise CopyFailed(f"only {len(got)} good shards of {chunk.chunk_id} could be read")
+    await mgr.limiter.take(sum(len(d) for d in got.values()))
     data = await trio.to_thread.run_sync(erasure.decode, got)
     if hashlib.sha256(data).hexdigest() != chunk.checksum:
         raise CopyFailed(f"{chunk.chunk_id} decoded to the wrong bytes")
@@ -125,7 +135,8 @@ async def write_shards(mgr: Manager, chunk: ManifestChunk, data: bytes, indexes:
                        ) -> list[Fragment]:
     """Encode ``data`` and store shards ``indexes`` (spread so that losing any one node
     leaves enough, counting the shards ``holding`` already); returns the new fragments."""
-    shards = {s.index: s for s in await trio.to_thread.run_sync(erasure.encode, data)}
+    shards = {s.index: s for s in await trio.to_thread.run_sync(
+        functools.partial(erasure.encode, data, indices=indexes))}
     layout = choose_shard_nodes(nodes, list(indexes),
                                 held={c.index: c.node_url for c in holding if c.index is not None},
                                 turn=chunk.sequence_num)
