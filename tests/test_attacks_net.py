@@ -45,6 +45,7 @@ from protocol.frames import (
 )
 from protocol.http import Request, Response, Router, json_response
 from protocol.validate import ValidationError
+from vstack.auth import AuthPolicy
 
 MiB = 1024 * 1024
 
@@ -525,7 +526,7 @@ async def test_the_16_kib_header_limit_is_exact(start_node: Callable[..., Any]) 
     for pieces in (1, 2, 3):  # however the bytes are split between reads
         assert (await status_of(head(31 * 1024), pieces)).startswith(b"HTTP/1.1 431")
     # A head read whole, with the end of a body, before its turn comes.
-    put = b"PUT /chunk/pipelined HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"b" * 20000
+    put = b"PUT /chunk/pipelined HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 20000\r\n\r\n" + b"b" * 20000
     stream = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
     async with stream:
         await stream.send_all(put + head(20 * 1024).replace(b"Host: x", b"Host: x\r\nConnection: close"))
@@ -574,7 +575,7 @@ async def test_the_drain_is_bounded_in_bytes_and_time(
     ]
     for declared, extra, sent, most in cases:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(b"PUT /chunk/x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s"
+        await stream.send_all(b"PUT /chunk/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n%s\r\n%s"
                               % (declared, extra, b"z" * sent))
         start = trio.current_time()
         answer = await read_to_eof(stream, seconds=100)
@@ -590,7 +591,7 @@ async def test_501_has_a_reason_and_options_is_a_preflight(start_node: Callable[
     node, _ = await start_node()
     stream = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
     async with stream:
-        await stream.send_all(b"PUT /chunk/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+        await stream.send_all(b"PUT /chunk/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n")
         answer = await read_to_eof(stream, seconds=10)
     assert answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
     base = f"http://127.0.0.1:{node.ports.http}"
@@ -624,3 +625,201 @@ async def test_json_bodies_never_carry_nan(nursery: trio.Nursery) -> None:
     refused = await request("GET", f"http://127.0.0.1:{port}/x?as=422")
     assert refused.status == 422
     assert json.loads(refused.body, parse_constant=strict)["detail"][0]["input"] is None
+
+
+# -- review of the network layer: F1 budget DoS, F2 readers that never read, F4, F8, F9 -------
+
+SECRET = b"cluster-secret-for-the-net-attacks"
+SECURED = AuthPolicy(cluster_secret=SECRET)
+
+
+def frame_bytes(opcode: Opcode, request_id: int, payload_length: int, key: bytes = b"") -> bytes:
+    """A request header (and key) promising ``payload_length`` bytes it may never send."""
+    return HEADER.pack(MAGIC, VERSION, opcode, 0, 0, request_id, len(key), payload_length, 0) + key
+
+
+async def test_unauthenticated_put_headers_are_refused_before_any_reservation(
+        start_node: Callable[..., Any]) -> None:
+    # /tmp/sec/budget_dos2.py: 33 x 8 MiB promised (1 byte sent) took the whole
+    # 256 MiB budget, and every frame of every connection queued behind it.
+    node, _ = await start_node(auth=SECURED)
+    attackers = [await trio.open_tcp_stream("127.0.0.1", node.ports.binary) for _ in range(33)]
+    for i, stream in enumerate(attackers):
+        await stream.send_all(frame_bytes(Opcode.PUT, i + 1, 8 * MiB, b"k%03d" % i) + b"x")
+    for i, stream in enumerate(attackers):  # each: 401 at its header, then closed
+        codec = FrameConnection()
+        codec.receive_data(await read_to_eof(stream, seconds=5))
+        answer = codec.next_event()
+        assert isinstance(answer, Frame)
+        assert (answer.request_id, answer.status) == (i + 1, 401)
+        await stream.aclose()
+    victim = await trio.open_tcp_stream("127.0.0.1", node.ports.binary)
+    async with victim:
+        codec = FrameConnection()
+        await victim.send_all(codec.send(Frame(opcode=Opcode.PING, request_id=1))
+                              + codec.send(Frame(opcode=Opcode.GET, request_id=2, key=b"big1")))
+        with trio.fail_after(5):
+            answers = await read_frames(victim, codec, 2)
+    assert sorted((f.request_id, f.status) for f in answers) == [(1, 200), (2, 404)]
+
+
+async def test_auth_and_reads_cannot_promise_large_payloads(start_node: Callable[..., Any]) -> None:
+    node, _ = await start_node(auth=SECURED)
+    for opcode in (Opcode.AUTH, Opcode.GET, Opcode.PING):
+        stream = await trio.open_tcp_stream("127.0.0.1", node.ports.binary)
+        async with stream:
+            await stream.send_all(frame_bytes(opcode, 9, MiB, b"k" if opcode is Opcode.GET else b""))
+            codec = FrameConnection()
+            codec.receive_data(await read_to_eof(stream, seconds=5))
+            answer = codec.next_event()
+            assert isinstance(answer, Frame)
+            assert (answer.request_id, answer.status) == (9, 413), opcode
+
+
+async def test_an_auth_pipelined_before_a_put_is_honoured(start_node: Callable[..., Any]) -> None:
+    node, _ = await start_node(auth=SECURED)
+    codec = FrameConnection()
+    for i in range(20):  # the order the server's tasks run in varies: try it often
+        wire = (codec.send(Frame(opcode=Opcode.AUTH, request_id=1, payload=SECRET))
+                + codec.send(Frame(opcode=Opcode.PUT, request_id=2, key=b"piped%d" % i,
+                                   payload=b"data")))
+        stream = await trio.open_tcp_stream("127.0.0.1", node.ports.binary)
+        async with stream:
+            await stream.send_all(wire)  # the PUT's header arrives before the AUTH is answered
+            answers = await read_frames(stream, codec, 2)
+        assert sorted((f.request_id, f.status) for f in answers) == [(1, 200), (2, 201)]
+
+
+async def test_a_ping_is_not_queued_behind_a_reservation_that_waits(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    async def answer(session: FrameSession, req: Frame) -> None:
+        await session.send(response(req, 200))
+
+    budget = ByteBudget(12 * MiB)
+    limits = FrameLimits(max_payload=8 * MiB, max_connection_bytes=8 * MiB)
+    port = await start_frames(nursery, answer, limits, budget)
+    holders = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    for i, stream in enumerate(holders):  # 8 MiB reserved, 8 MiB more waiting
+        await stream.send_all(frame_bytes(Opcode.PUT, 1, 8 * MiB, b"h%d" % i) + b"x")
+    await eventually(lambda: budget.statistics().waiting == 1)
+    ping = await trio.open_tcp_stream("127.0.0.1", port)
+    async with ping:
+        codec = FrameConnection()
+        await ping.send_all(codec.send(Frame(opcode=Opcode.PING, request_id=5)))
+        with trio.fail_after(5):
+            [frame] = await read_frames(ping, codec, 1)
+    assert (frame.request_id, frame.status) == (5, 200)
+    for stream in holders:
+        await stream.aclose()
+
+
+async def test_a_binary_connection_that_sends_nothing_is_closed_after_the_header_timeout(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    limits = FrameLimits(max_payload=MiB, header_timeout=30, idle_timeout=75)
+    port = await start_frames(nursery, Held(), limits)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    start = trio.current_time()
+    assert await read_to_eof(stream, seconds=1000) == b""
+    assert trio.current_time() - start < 35  # not the 75 s idle timeout
+    await stream.aclose()
+
+
+def small_window(port: int) -> socket.socket:
+    """A client socket that takes almost nothing before it reads (it never does)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+async def test_an_http_client_that_never_reads_is_dropped_after_the_send_deadline(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    # /tmp/sec/noread_inproc.py: a 16 MiB answer never read held its connection forever.
+    released = trio.Event()
+
+    async def big(req: Request, body: Body) -> Response:
+        return Response(status=200, body=b"x" * (16 * MiB), after=released.set)
+
+    router: Router[Handler] = Router()
+    router.add("GET", "/big", big)
+    limits = HttpLimits(send_timeout=30, min_send_rate=MiB, idle_timeout=3600)
+    port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0, limits=limits))
+    sock = small_window(port)
+    try:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = trio.current_time()
+        with trio.fail_after(600):
+            await released.wait()  # the server gave up: the answer's memory is freed
+        assert trio.current_time() - start < 30 + 16 + 5
+    finally:
+        sock.close()
+
+
+async def test_http_gets_of_unchecked_chunks_share_the_node_reads_budget(
+        start_node: Callable[..., Any]) -> None:
+    # Chunks not yet checked since start are read into memory to be checked:
+    # HTTP GETs whose answers are not read must not hold more than the budget.
+    settings = {"max_chunk_bytes": 2 * MiB - 64, "max_buffered_bytes": 8 * MiB}
+    node, stop = await start_node(**settings)
+    async with open_frame_client("127.0.0.1", node.ports.binary) as client:
+        for i in range(10):
+            await client.put(f"u{i}", bytes([i]) * (2 * MiB - 64))
+    await stop()
+    node, _ = await start_node(**settings)  # a restart: nothing is checked yet
+    reads = node.reads
+    socks = [small_window(node.ports.http) for _ in range(10)]
+    try:
+        for i, sock in enumerate(socks):
+            sock.sendall(b"GET /chunk/u%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i)
+        await eventually(lambda: reads.statistics().waiting > 0)
+        assert reads.statistics().peak <= reads.capacity == 8 * MiB
+    finally:
+        for sock in socks:
+            sock.close()
+    await eventually(lambda: reads.statistics().in_use == 0, seconds=30)
+
+
+async def _read_body(req: Request, body: Body) -> Response:
+    return json_response(200, {"got": len(await body.read(MiB))})
+
+
+async def _refuse_unread(req: Request, body: Body) -> Response:
+    raise ProtocolError("who are you?", 401)
+
+
+async def test_a_body_trickled_a_byte_every_20_s_is_cut_off(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    # /tmp/sec/bodytrickle.py: each read came within read_timeout, so it never ended.
+    router: Router[Handler] = Router()
+    router.add("POST", "/read", _read_body)
+    router.add("POST", "/refuse", _refuse_unread)
+    limits = HttpLimits(header_timeout=30, read_timeout=30, drain_timeout=10)
+    port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0, limits=limits))
+    for path, status, most in ((b"/read", b"408", 45), (b"/refuse", b"401", 25)):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 65536\r\n\r\n" % path)
+        async with trio.open_nursery() as inner:
+            inner.start_soon(drip, stream, b"b" * 65536, 20)
+            start = trio.current_time()
+            answer = await read_to_eof(stream, seconds=1000)
+            assert trio.current_time() - start < most, path  # not 65536 x 20 s
+            inner.cancel_scope.cancel()
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:40]
+        await stream.aclose()
+
+
+async def test_two_authorization_headers_get_400(nursery: trio.Nursery) -> None:
+    async def who(req: Request, body: Body) -> Response:
+        return json_response(200, {"authorization": req.header("authorization")})
+
+    router: Router[Handler] = Router()
+    router.add("GET", "/who", who)
+    port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0,
+                                       limits=HttpLimits()))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET /who HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n"
+                              b"Authorization: Bearer b\r\nConnection: close\r\n\r\n")
+        answer = await read_to_eof(stream, seconds=10)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"more than one Authorization header" in answer

@@ -113,7 +113,7 @@ async def test_bad_chunk_ids_never_reach_the_disk(start_node: Callable[..., Any]
 
 async def test_put_needs_a_length_and_a_body(start_node: Callable[..., Any]) -> None:
     node, _ = await start_node()
-    chunked = (b"PUT /chunk/c1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = (b"PUT /chunk/c1 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"3\r\nabc\r\n0\r\n\r\n")
     out = await raw_exchange(node.ports.http, chunked)
     assert out.startswith(b"HTTP/1.1 400")
@@ -126,7 +126,7 @@ async def test_put_needs_a_length_and_a_body(start_node: Callable[..., Any]) -> 
 async def test_oversized_body_is_refused_before_it_is_read(start_node: Callable[..., Any]) -> None:
     node, _ = await start_node(max_chunk_bytes=1024 * 1024)
     # Announce 100 MiB, send none of it: the answer must come anyway.
-    head = b"PUT /chunk/big HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n"
+    head = b"PUT /chunk/big HTTP/1.1\r\nHost: localhost\r\nContent-Length: 104857600\r\n\r\n"
     out = await raw_exchange(node.ports.http, head)
     assert out.startswith(b"HTTP/1.1 413")
     assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"].startswith("Chunk of")
@@ -198,7 +198,7 @@ async def test_idle_and_slow_clients_are_dropped(
     node, _ = await start_node(read_timeout=5, idle_timeout=10)
     idle = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
     slow = await trio.open_tcp_stream("127.0.0.1", node.ports.http)
-    await slow.send_all(b"PUT /chunk/s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    await slow.send_all(b"PUT /chunk/s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
     start = trio.current_time()
     with trio.fail_after(60):
         assert await idle.receive_some(100) == b""

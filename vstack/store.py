@@ -36,8 +36,10 @@ the descriptor stays open until the last ``sendfile`` from it ends.
 Restart (:mod:`vstack.recovery`): load the checkpoint (index arrays plus, per
 superblock, the offset up to which it is reflected), then scan only what was
 appended after it, verifying CRCs, skipping torn or failed records and
-cutting a torn tail. Without a checkpoint every file is scanned. A data
-directory is used by one process at a time (an ``flock`` on ``LOCK``).
+cutting a torn tail; what it found is synced before anything is served (a
+killed process's last writes may be only in the page cache). Without a
+readable checkpoint every file is scanned. A data directory is used by one
+process at a time (an ``flock`` on ``LOCK``).
 
 Every call that changes the disk (create, write, sync, truncate, rename,
 unlink, mkdir) goes through :data:`vstack.fsio.fs`, so the crash-state
