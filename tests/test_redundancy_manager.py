@@ -112,9 +112,9 @@ async def start_cluster(nursery: trio.Nursery, start_node: Callable[..., Any],
                                    node_url=url, metadata_urls=(meta,), heartbeat_interval=5)
         urls.append(url)
         stops[url] = stop
-    settings = RedundancySettings(metadata_urls=(meta,), interval=1e9, repair_grace=60,
-                                  orphan_grace=120, upload_expiry=300, popularity_threshold=10,
-                                  popularity_window=100, **manager)
+    settings = RedundancySettings(**{
+        "metadata_urls": (meta,), "interval": 1e9, "repair_grace": 60, "orphan_grace": 120,
+        "upload_expiry": 300, "popularity_threshold": 10, "popularity_window": 100, **manager})
     mgr: Manager = await nursery.start(serve_redundancy, settings)
     client = MetadataClient((meta,))
     with trio.fail_after(60):
@@ -127,7 +127,9 @@ async def start_cluster(nursery: trio.Nursery, start_node: Callable[..., Any],
 async def test_a_video_moves_between_modes_and_its_bytes_never_change(
         clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
         start_metadata: Callable[..., Any], tmp_path: Any) -> None:
-    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
+    # Views stay "recent" for the whole test (else the video would cool down again).
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5,
+                            popularity_window=10_000)
     vid = await c.put_video("erasure_coding")
     failures: list[BaseException] = []
 
@@ -140,10 +142,13 @@ async def test_a_video_moves_between_modes_and_its_bytes_never_change(
             await trio.sleep(5)
 
     nursery.start_soon(keep_reading)
-    for mode, override in (("replication", "POST"), ("erasure_coding", "DELETE")):
-        path = f"{c.meta}/redundancy/override/{vid}" + ("?mode=replication" if override == "POST"
-                                                        else "")
-        assert (await request(override, path)).status == 200
+    for mode in ("replication", "erasure_coding"):
+        if mode == "replication":  # viewed past the threshold (10 here): replicated
+            for _ in range(11):
+                assert (await request("POST", f"{c.meta}/video/{vid}/view")).status == 200
+        else:  # then an operator's override sends it back
+            res = await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={mode}")
+            assert res.status == 200
         await run_pass(c.mgr)
         m = await c.manifest(vid)
         assert {ch.redundancy_mode for ch in m.chunks} == {mode}
