@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -198,6 +199,31 @@ async def test_the_peer_port_serves_a_bounded_number_of_connections(
     finally:
         for stream in held:
             await stream.aclose()
+
+
+async def test_silent_connections_cannot_hold_the_peer_port(
+        clock: trio.testing.MockClock, start_metadata: Callable[..., Any]) -> None:
+    """Connections that never send a frame are closed within FIRST_FRAME_SECONDS, so
+    an attacker who fills the cap with them cannot keep a restarted replica out."""
+    from nodes.metadata.peer_api import FIRST_FRAME_SECONDS, PEER_CONNECTIONS_PER_REPLICA
+
+    port, peer_port = free_port(), free_port()
+    await start_metadata(
+        port=port, replica_id=0, bootstrap=True, auth=AuthPolicy(cluster_secret=SECRET),
+        peer_port=peer_port, peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+        peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
+    held = [await trio.open_tcp_stream("127.0.0.1", peer_port)
+            for _ in range(PEER_CONNECTIONS_PER_REPLICA * 2)]
+    start = trio.current_time()
+    with trio.fail_after(60):
+        for stream in held:  # every one closed by the server, soon
+            while await stream.receive_some(4096):
+                pass
+    assert trio.current_time() - start <= FIRST_FRAME_SECONDS + 1
+    async with open_frame_client("127.0.0.1", peer_port) as client:  # room for a real peer
+        assert (await client.request(Opcode.PING, b"\0" * 32, b"")).status == 401
+    for stream in held:
+        await stream.aclose()
 
 
 @pytest.mark.parametrize(("sender", "receiver"), [(1, 2), (0, 0), (5, 0)])
