@@ -59,21 +59,11 @@ async def fetch_chunk(http: HttpClient, chunk: ManifestChunk) -> bytes:
         return await fetch_shards(http, chunk)
     if not chunk.replicas:
         raise FetchFailed(f"chunk {chunk.sequence_num} has no replica")
-    errors = []
+    errors: list[str] = []
     for url in chunk.replicas:
-        try:
-            with deadline(CHUNK_SECONDS, f"GET {chunk.chunk_id} from {url}"):
-                res = await http.request("GET", f"{url}/chunk/{chunk.chunk_id}")
-        except VStackError as exc:
-            errors.append(str(exc))
-            continue
-        if res.status != 200:
-            errors.append(f"{url}: {res.status}")
-            continue
-        if await trio.to_thread.run_sync(_sha256, res.body) != chunk.checksum:
-            errors.append(f"{url}: damaged copy")
-            continue
-        return res.body
+        data = await _get_checked(http, url, chunk.chunk_id, chunk.checksum, errors)
+        if data is not None:
+            return data
     raise FetchFailed(f"chunk {chunk.sequence_num}: no replica served it ({'; '.join(errors)})")
 
 
@@ -90,18 +80,9 @@ async def fetch_shards(http: HttpClient, chunk: ManifestChunk) -> bytes:
     errors: list[str] = []
 
     async def one(f: Fragment, cancel: trio.CancelScope) -> None:
-        try:
-            with deadline(CHUNK_SECONDS, f"GET {f.fragment_id} from {f.node_url}"):
-                res = await http.request("GET", f"{f.node_url}/chunk/{f.fragment_id}")
-        except VStackError as exc:
-            errors.append(str(exc))
-            return
-        if res.status != 200:
-            errors.append(f"{f.node_url}: {res.status}")
-        elif await trio.to_thread.run_sync(_sha256, res.body) != f.checksum:
-            errors.append(f"{f.node_url}: damaged shard {f.fragment_index}")
-        elif len(good) < DATA_SHARDS:
-            good[f.fragment_index] = res.body
+        data = await _get_checked(http, f.node_url, f.fragment_id, f.checksum, errors)
+        if data is not None and len(good) < DATA_SHARDS:
+            good[f.fragment_index] = data
             if len(good) == DATA_SHARDS:
                 cancel.cancel()
 
@@ -118,6 +99,25 @@ async def fetch_shards(http: HttpClient, chunk: ManifestChunk) -> bytes:
     if await trio.to_thread.run_sync(_sha256, data) != chunk.checksum:
         raise FetchFailed(f"chunk {chunk.sequence_num}: shards decoded to the wrong bytes")
     return data
+
+
+async def _get_checked(http: HttpClient, url: str, stored_id: str, sha256_hex: str,
+                       errors: list[str]) -> bytes | None:
+    """``GET {url}/chunk/{stored_id}`` if its bytes match ``sha256_hex``, else ``None``
+    (and why, appended to ``errors``)."""
+    try:
+        with deadline(CHUNK_SECONDS, f"GET {stored_id} from {url}"):
+            res = await http.request("GET", f"{url}/chunk/{stored_id}")
+    except VStackError as exc:
+        errors.append(str(exc))
+        return None
+    if res.status != 200:
+        errors.append(f"{url}: {res.status}")
+        return None
+    if await trio.to_thread.run_sync(_sha256, res.body) != sha256_hex:
+        errors.append(f"{url}: damaged copy of {stored_id}")
+        return None
+    return res.body
 
 
 def _sha256(data: bytes) -> str:

@@ -58,15 +58,21 @@ async def read_chunk(mgr: Manager, chunk: ManifestChunk, copies: Sequence[Copy])
     if chunk.fragments:
         return await _read_shards(mgr, chunk, copies)
     for c in copies:
-        try:
-            with deadline(COPY_SECONDS, f"reading {c.stored_id} from {c.node_url}"):
-                data = await mgr.pool.get(c.node_url, c.stored_id, chunk.checksum)
-        except VStackError as exc:
-            log.info("copy of %s on %s unusable: %s", chunk.chunk_id, c.node_url, exc)
-            continue
-        await mgr.limiter.take(len(data))
-        return data
+        data = await _get(mgr, c)
+        if data is not None:
+            await mgr.limiter.take(len(data))
+            return data
     raise CopyFailed(f"no good copy of {chunk.chunk_id} could be read")
+
+
+async def _get(mgr: Manager, c: Copy) -> bytes | None:
+    """Copy ``c``'s bytes, checked against its SHA-256; ``None`` (logged) if unusable."""
+    try:
+        with deadline(COPY_SECONDS, f"reading {c.stored_id} from {c.node_url}"):
+            return await mgr.pool.get(c.node_url, c.stored_id, c.checksum)
+    except VStackError as exc:
+        log.info("copy %s on %s unusable: %s", c.stored_id, c.node_url, exc)
+        return None
 
 
 async def _read_shards(mgr: Manager, chunk: ManifestChunk, copies: Sequence[Copy]) -> bytes:
@@ -74,13 +80,8 @@ async def _read_shards(mgr: Manager, chunk: ManifestChunk, copies: Sequence[Copy
     got: dict[int, bytes] = {}
 
     async def one(c: Copy, cancel: trio.CancelScope) -> None:
-        try:
-            with deadline(COPY_SECONDS, f"reading {c.stored_id} from {c.node_url}"):
-                data = await mgr.pool.get(c.node_url, c.stored_id, c.checksum)
-        except VStackError as exc:
-            log.info("shard %s on %s unusable: %s", c.stored_id, c.node_url, exc)
-            return
-        if c.index is not None and len(got) < DATA_SHARDS:
+        data = await _get(mgr, c)
+        if data is not None and c.index is not None and len(got) < DATA_SHARDS:
             got[c.index] = data
             if len(got) == DATA_SHARDS:
                 cancel.cancel()
