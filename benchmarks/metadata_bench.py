@@ -181,6 +181,11 @@ async def bench(report: Report, work: Path, seconds: float, clients: int) -> Non
                                      json_body={"title": "c", "duration_sec": 1},
                                      headers=[("Authorization", f"Bearer {SECRET}")])
                        ).json()["video_id"]
+                # Commits may name registered nodes only.
+                await request("POST", f"http://127.0.0.1:{ports[0]}/nodes/register",
+                              json_body={"node_url": f"http://127.0.0.1:{node_http}",
+                                         "node_id": "bench-node"},
+                              headers=[("Authorization", f"Bearer {SECRET}")])
                 tag = os.urandom(3).hex()
                 await store_chunks(node_binary, tag, clients * PER_CLIENT, data)
 

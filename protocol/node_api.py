@@ -126,6 +126,9 @@ class NodeHealth:
     free_bytes: int | None
     version: str
     binary_port: int
+    #: The node takes writes only from connections that present the cluster secret
+    #: (binary ``AUTH``); a node in open mode does not know one, and would refuse it.
+    auth_required: bool = False
 
     @classmethod
     def from_json(cls, data: Any) -> NodeHealth:
@@ -139,7 +142,8 @@ class NodeHealth:
         return cls(node_id=str(data["node_id"]), status=str(data.get("status", "healthy")),
                    disk_usage=usage, chunk_count=max(0, int(data.get("chunk_count", 0))),
                    free_bytes=None if free is None else max(0, int(free)),
-                   version=str(data.get("version", "")), binary_port=port)
+                   version=str(data.get("version", "")), binary_port=port,
+                   auth_required=data.get("auth_required") is True)
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(disk_usage_percent=self.disk_usage, chunk_count=self.chunk_count,

@@ -77,7 +77,7 @@ class StoragePool:
                 return None
             client = FrameClient(stream, max_payload=MAX_PAYLOAD, peer=node_url)
             self._nursery.start_soon(client.run_reader)
-            if self.secret is not None:
+            if self.secret is not None and info.auth_required:
                 try:
                     with deadline(5, f"authenticating to {node_url}"):
                         await client.authenticate(self.secret)

@@ -325,6 +325,7 @@ class StorageNode:
             "index_bytes": stats.index_bytes,
             "index_save_failures": self.index_save_failures,
             "binary_port": self.ports.binary,
+            "auth_required": self.settings.auth.cluster_secret is not None,
             "recovery": self.store.recovery,
         }
 
