@@ -308,3 +308,103 @@ async def test_a_migration_killed_at_every_step_leaves_the_video_readable_and_co
                                [(f.node_url, f.fragment_id) for f in ch.fragments or ()])}
     assert await c.inventory() == referenced
     await c.read_all(vid)
+
+
+# -- the collector never takes a referenced copy (from an adversarial review) -----------------
+
+
+async def test_nodes_known_by_other_names_keep_their_copies(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    """docker-compose's layout: nodes register one URL, NODE_ALIASES shows another in
+    manifests. The collector must not take the registered names' copies as orphans."""
+    ports = [free_port() for _ in range(3)]
+    reg = [f"http://127.0.0.1:{p}" for p in ports]
+    svc = await start_metadata(node_timeout=30, heartbeat_interval=5,
+                               aliases=tuple((r, f"http://localhost:{p}")
+                                             for r, p in zip(reg, ports, strict=True)))
+    meta = f"http://127.0.0.1:{svc.port}"
+    stops = {}
+    for i, p in enumerate(ports):
+        _, stop = await start_node(data_dir=tmp_path / f"n{i}", port=p, node_id=f"n{i}",
+                                   node_url=reg[i], metadata_urls=(meta,), heartbeat_interval=5)
+        stops[reg[i]] = stop
+    mgr: Manager = await nursery.start(serve_redundancy, RedundancySettings(
+        metadata_urls=(meta,), interval=1e9, orphan_grace=120))
+    with trio.fail_after(60):
+        while len((await request("GET", f"{meta}/nodes/healthy")).json()) < 3:
+            await trio.sleep(1)
+    c = Cluster(meta=meta, nodes=reg, stops=stops, mgr=mgr, http=HttpClient(max_idle_per_host=0))
+    vid = await c.put_video("replication", chunks=2)
+    assert (await request("POST", f"{meta}/redundancy/override/{vid}?mode=replication")
+            ).status == 200
+    before = await c.inventory()
+    for _ in range(4):
+        await trio.sleep(60)
+        await run_pass(mgr)
+    assert await c.inventory() == before
+    assert mgr.stats.orphans_deleted == 0
+    await c.read_all(vid)
+
+
+async def test_a_video_flipped_back_within_the_grace_keeps_its_reused_shards(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    """EC -> replication -> EC: the new shards reuse the old (node, shard id) after the
+    old ones were tracked as orphans; only the fresh check saves them."""
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
+    vid = await c.put_video("erasure_coding", chunks=2)
+    override = f"{c.meta}/redundancy/override/{vid}?mode="
+    assert (await request("POST", override + "replication")).status == 200
+    await run_pass(c.mgr)  # t=0: replicated; the shards are orphans from now on
+    await trio.sleep(60)
+    await run_pass(c.mgr)  # t=60: the collector starts counting them
+    assert (await request("POST", override + "erasure_coding")).status == 200
+    await trio.sleep(130)
+    await run_pass(c.mgr)  # t=190: back to shards (same ids, same nodes); the old ones are due
+    m = await c.manifest(vid)
+    assert {ch.redundancy_mode for ch in m.chunks} == {"erasure_coding"}
+    refs = {(f.node_url, f.fragment_id) for ch in m.chunks for f in ch.fragments or ()}
+    assert refs <= await c.inventory()
+    await c.read_all(vid)
+
+
+async def test_chunks_with_ids_of_any_form_are_never_collected_while_referenced(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    """The contract lets a writer name chunks as it likes ("clip-0001")."""
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
+    vid = (await request("POST", f"{c.meta}/video",
+                         json_body={"title": "t", "duration_sec": 1})).json()["video_id"]
+    data = os.urandom(1000)
+    for url in c.nodes:
+        await c.store(url, "clip-0001", data)
+    body = {"checksum": hashlib.sha256(data).hexdigest(), "size_bytes": 1000, "video_id": vid,
+            "sequence_num": 0, "node_urls": c.nodes}
+    assert (await request("POST", f"{c.meta}/chunk/clip-0001/commit", json_body=body)
+            ).json()["success"]
+    from nodes.redundancy import gc
+
+    assert await gc._still_orphan(c.mgr, "clip-0001") is False
+    assert await gc._still_orphan(c.mgr, "clip-0002") is True
+
+
+async def test_an_upload_that_went_active_during_the_pass_is_not_expired(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    from nodes.redundancy import gc
+    from nodes.redundancy.service import observe
+
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
+    vid = (await request("POST", f"{c.meta}/video",
+                         json_body={"title": "slow", "duration_sec": 1})).json()["video_id"]
+    await run_pass(c.mgr)  # stalled since now
+    await trio.sleep(301)
+    snap = await observe(c.mgr)  # this pass still sees it uploading...
+    assert (await request("PATCH", f"{c.meta}/video/{vid}/status",
+                          json_body={"status": "active"})).status == 200  # ...but it finished
+    await gc.expire_uploads(c.mgr, snap)
+    m = await c.manifest(vid)
+    assert m is not None
+    assert m.status == "active"
+    assert c.mgr.stats.uploads_expired == 0

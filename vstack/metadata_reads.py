@@ -54,6 +54,18 @@ class MetadataReads:
             "SELECT chunk_id, sequence_num, size_bytes, checksum, redundancy_mode, duration_sec,"
             " start_sec FROM visible_chunks WHERE video_id = ? ORDER BY sequence_num", (video_id,))
 
+    def stored_ids_of_chunk(self, chunk_id: str) -> tuple[str, list[str]] | None:
+        """A committed chunk's video and every id its placement stores it under (its own
+        id if it has replicas, its shards' ids), or ``None`` if no such chunk."""
+        rows = self.query("SELECT video_id FROM chunks WHERE chunk_id = ?", (chunk_id,))
+        if not rows:
+            return None
+        ids = [chunk_id] if self.query("SELECT 1 FROM chunk_replicas WHERE chunk_id = ? LIMIT 1",
+                                       (chunk_id,)) else []
+        ids += [r["fragment_id"] for r in self.query(
+            "SELECT fragment_id FROM chunk_fragments WHERE chunk_id = ?", (chunk_id,))]
+        return str(rows[0]["video_id"]), ids
+
     def replicas_of_video(self, video_id: str) -> dict[str, list[str]]:
         """chunk id -> node URLs holding a replica, in the order they were committed."""
         out: dict[str, list[str]] = {}

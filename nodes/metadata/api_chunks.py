@@ -16,7 +16,7 @@ from .replication import peer_slot_states, slot_state
 from .state import MetadataService
 from .storage_checks import known_nodes, verify_placement
 
-__all__ = ["chunk_fragments", "commit", "consensus"]
+__all__ = ["chunk_fragments", "commit", "consensus", "placement"]
 
 
 async def commit(svc: MetadataService, req: Request, body: Body) -> Response:
@@ -46,6 +46,23 @@ async def commit(svc: MetadataService, req: Request, body: Body) -> Response:
         committed_ns=now_ns))
     return ok(CommitResult(success=True, committed_nodes=tuple(nodes),
                            message=f"Chunk {chunk_id} committed to {len(nodes)} nodes").to_json())
+
+
+async def placement(svc: MetadataService, req: Request, body: Body) -> Response:
+    """``GET /chunk/{id}/placement``: the chunk's video and the ids it is stored under
+    (for the garbage collector's last check before it deletes a copy);
+    ``?consistency=linearizable`` reads through a quorum first, as manifests do."""
+    chunk_id = req.params["chunk_id"]
+    found = svc.reader.stored_ids_of_chunk(chunk_id)
+    if found is not None and req.query.get("consistency") == "linearizable" \
+            and svc.settings.replicas > 1:
+        await svc.replica.barrier(found[0])
+        found = svc.reader.stored_ids_of_chunk(chunk_id)
+    if found is None:
+        raise ProtocolError("Chunk not found", 404)
+    video = svc.reader.video(found[0])
+    return ok({"chunk_id": chunk_id, "video_id": found[0],
+               "video_status": video["status"] if video else "deleted", "stored_ids": found[1]})
 
 
 async def chunk_fragments(svc: MetadataService, req: Request, body: Body) -> Response:

@@ -166,6 +166,19 @@ class MetadataClient:
         data = await self.json("GET", f"/redundancy/recommend/{video_id}")
         return decode_answer(Recommendation.from_json, data, "GET /redundancy/recommend")
 
+    async def stored_ids(self, chunk_id: str) -> tuple[str, str, list[str]] | None:
+        """A committed chunk's video, that video's status, and every id the chunk is
+        stored under, read through a quorum; ``None`` if no such chunk."""
+        res = await self.call("GET", f"/chunk/{chunk_id}/placement?consistency=linearizable")
+        if res.status == 404:
+            return None
+        if res.status != 200:
+            raise ProtocolError(f"metadata GET /chunk/placement: {res.status} "
+                                f"{res.error_detail()}", res.status)
+        return decode_answer(lambda d: (str(d["video_id"]), str(d["video_status"]),
+                                        [str(i) for i in d["stored_ids"]]),
+                             res.json(), "GET /chunk/placement")
+
     async def aclose(self) -> None:
         if self._own_http:
             await self.http.aclose()

@@ -2,13 +2,19 @@
 
 Every pass lists what each healthy node holds and compares it with every
 committed placement (of every video that is not deleted, uploads in
-progress included). A copy referenced by none is an orphan: a failed or
-abandoned upload, a half-finished migration or repair, a client that
-stored and never committed, a node that came back after its copies were
-rebuilt elsewhere. An orphan is deleted only once it has been one for
-``ORPHAN_GRACE_SEC`` and a fresh read through a quorum of the metadata
-replicas still finds no placement of its video that names it; so a copy an
-upload has just stored, and is about to commit, is never taken.
+progress included). A stored id that no placement names, on any node, is an
+orphan: a failed or abandoned upload, a half-finished migration, a client
+that stored and never committed. An orphan is deleted only once it has been
+one for ``ORPHAN_GRACE_SEC`` and a fresh read through a quorum of the
+metadata replicas, of the chunk itself (``GET /chunk/{id}/placement``, the
+id with any shard suffix taken off), still finds no placement naming it;
+so a copy an upload has just stored, and is about to commit, is never taken.
+
+Ids are compared, not (node, id) pairs: the same node has other names
+(aliases, a re-registered URL), and a collector that matched names could
+delete every copy of a chunk it failed to recognise. The price: a stale
+copy of a still-referenced id (on a node that came back after its copies
+were rebuilt elsewhere) is kept, not collected.
 
 A video left ``uploading`` with no new chunk for ``UPLOAD_EXPIRY_SEC`` is
 deleted (its chunks go with it, and any strays become orphans).
@@ -17,6 +23,7 @@ deleted (its chunks go with it, and any strays become orphans).
 from __future__ import annotations
 
 import logging
+import re
 
 import trio
 
@@ -31,14 +38,13 @@ __all__ = ["collect_orphans", "expire_uploads", "referenced"]
 
 log = logging.getLogger("vstack.redundancy")
 
-#: Video ids are UUIDs: a stored id starts with its video's id.
-VIDEO_ID_LENGTH = 36
+#: A shard's stored id: its chunk's id and ``-s<index>`` (protocol.api.shard_id).
+_SHARD = re.compile(r"^(.+)-s(\d+)$")
 
 
-def referenced(manifests: list[Manifest]) -> set[tuple[str, str]]:
-    """Every ``(node URL, stored id)`` a committed placement names."""
-    return {(normalize_url(c.node_url), c.stored_id)
-            for m in manifests for chunk in m.chunks for c in copies_of(chunk)}
+def referenced(manifests: list[Manifest]) -> set[str]:
+    """Every stored id a committed placement names (on whichever node)."""
+    return {c.stored_id for m in manifests for chunk in m.chunks for c in copies_of(chunk)}
 
 
 async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
@@ -55,9 +61,9 @@ async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
             log.info("could not list %s: %s", url, exc)
             continue
         listed += [(url, sid) for sid in held]
-        now_orphans += [(url, sid) for sid in held if (url, sid) not in refs]
+        now_orphans += [(url, sid) for sid in held if sid not in refs]
     for url, stored_id in mgr.orphans.observe(now_orphans, trio.current_time(), scope=listed):
-        if await _still_orphan(mgr, url, stored_id) and await mgr.pool.delete(url, stored_id):
+        if await _still_orphan(mgr, stored_id) and await mgr.pool.delete(url, stored_id):
             mgr.stats.orphans_deleted += 1
             log.info("deleted orphan %s from %s", stored_id, url)
         mgr.orphans.forget((url, stored_id))
@@ -72,26 +78,32 @@ async def _inventory(mgr: Manager, url: str) -> list[str]:
     return held
 
 
-async def _still_orphan(mgr: Manager, url: str, stored_id: str) -> bool:
-    """A fresh quorum read of the stored id's video: does any placement name it now?"""
-    video_id = stored_id[:VIDEO_ID_LENGTH]
+async def _still_orphan(mgr: Manager, stored_id: str) -> bool:
+    """A fresh quorum read of the chunk ``stored_id`` belongs to: does its placement
+    (if its video is not deleted) name it? Any doubt keeps the copy."""
     if not CHUNK_ID_RE.match(stored_id):
         return False
-    try:
-        manifest = await mgr.metadata.manifest(video_id, linearizable=True)
-    except VStackError as exc:
-        log.info("not deleting %s: its video's state is unknown (%s)", stored_id, exc)
-        return False
-    if manifest is None or manifest.status == "deleted":
-        return True
-    return (url, stored_id) not in referenced([manifest])
+    shard = _SHARD.match(stored_id)
+    for chunk in dict.fromkeys([stored_id, shard.group(1) if shard else stored_id]):
+        try:
+            found = await mgr.metadata.stored_ids(chunk)
+        except VStackError as exc:
+            log.info("not deleting %s: its chunk's state is unknown (%s)", stored_id, exc)
+            return False
+        if found is not None and found[1] != "deleted" and stored_id in found[2]:
+            return False
+    return True
 
 
 async def expire_uploads(mgr: Manager, snap: Snapshot) -> None:
     """Delete videos left ``uploading`` with no progress for ``UPLOAD_EXPIRY_SEC``."""
     uploading = [(m.video_id, len(m.chunks)) for m in snap.manifests if m.status == "uploading"]
-    for video_id, _ in mgr.stalled.observe(uploading, trio.current_time()):
+    for video_id, chunks in mgr.stalled.observe(uploading, trio.current_time()):
         try:
+            now = await mgr.metadata.manifest(video_id, linearizable=True)
+            if now is None or now.status != "uploading" or len(now.chunks) != chunks:
+                mgr.stalled.forget((video_id, chunks))  # it moved on meanwhile
+                continue
             await mgr.metadata.delete_video(video_id)
         except VStackError as exc:
             log.warning("could not expire stalled upload %s: %s", video_id, exc)
