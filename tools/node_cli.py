@@ -340,6 +340,33 @@ def redundancy(metadata_url: str, interval: float, repair_grace: float, orphan_g
     trio.run(_run_until_signal, settings)
 
 
+@main.command()
+@click.option("--proxy", "proxies", envvar="NETEM_PROXIES", multiple=True, required=True,
+              help="LISTEN_PORT=HOST:PORT, once per proxied port (a node's HTTP or binary "
+              "port) [env NETEM_PROXIES, space-separated].")
+@click.option("--control", envvar="NETEM_CONTROL_PORT", default=8089,
+              type=click.IntRange(0, 65535), help="Control API port [env NETEM_CONTROL_PORT].")
+@click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
+@click.option("--seed", envvar="NETEM_SEED", default=0, type=int,
+              help="Seed of the random faults, for repeatable runs [env NETEM_SEED].")
+@click.option("--max-connections", envvar="MAX_CONNECTIONS", default=256, type=click.IntRange(1),
+              help="Connections each proxy carries at once [env MAX_CONNECTIONS].")
+@security_options
+def netem(proxies: tuple[str, ...], control: int, host: str, seed: int, max_connections: int,
+          **sec: Any) -> None:
+    """Run the network emulator: a TCP proxy with faults per node (see README)."""
+    from nodes.netem.service import run_netem
+    from vstack.netem import NetemSettings, parse_proxy_spec
+
+    try:
+        settings = NetemSettings(
+            proxies=tuple(parse_proxy_spec(p) for p in proxies), control_port=control,
+            host=host, seed=seed, max_connections=max_connections, auth=_policy(host, sec))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    trio.run(run_netem, settings)
+
+
 @main.command(name="all")
 @click.option("--data-dir", envvar="DATA_DIR", default=DEFAULT_DATA_DIR,
               type=click.Path(path_type=Path), help="Root of every service's data [env DATA_DIR].")
