@@ -264,11 +264,20 @@ class ChunkCommit:
     duration_sec: float | None = None
     start_sec: float | None = None
     fragments: tuple[Fragment, ...] | None = None
+    #: A new placement of a chunk already committed (repair, migration): refused
+    #: (409) unless that chunk is there with these bytes, and its place among the
+    #: video's chunks is kept, so a stale re-placement never brings back a chunk
+    #: that a newer commit replaced.
+    replacement: bool = False
 
     @classmethod
     def from_json(cls, data: Any) -> ChunkCommit:
         body = dict(json_object(data))
         v = Validator(body)
+        replacement = body.get("replacement", False)
+        if not isinstance(replacement, bool):
+            v.problems.append({"type": "bool_type", "loc": ["body", "replacement"],
+                               "msg": "Input should be a valid boolean", "input": replacement})
         urls = v.array("node_urls", min_len=1)
         checksum = _checksum(v, "checksum", body.get("checksum"))
         size = v.integer("size_bytes", gt=0, le=MAX_CHUNK_BYTES)
@@ -298,7 +307,8 @@ class ChunkCommit:
         assert checksum is not None
         return cls(node_urls=tuple(urls), checksum=checksum, size_bytes=size, video_id=video_id,
                    sequence_num=seq, redundancy_mode=mode, duration_sec=_opt_float(duration),
-                   start_sec=_opt_float(start), fragments=fragments or None)
+                   start_sec=_opt_float(start), fragments=fragments or None,
+                   replacement=replacement is True)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -309,6 +319,8 @@ class ChunkCommit:
         }
         if self.fragments:
             out["fragments_metadata"] = [f.to_json() for f in self.fragments]
+        if self.replacement:
+            out["replacement"] = True
         return out
 
 

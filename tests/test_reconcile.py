@@ -63,10 +63,12 @@ def test_hysteresis_keeps_a_video_on_the_line_where_it_is() -> None:
 
 def test_views_are_counted_over_the_window() -> None:
     w = ViewWindow(window=100)
-    assert w.observe("v", 50, now=0) == 50  # no history yet: the total counts
-    assert w.observe("v", 80, now=60) == 80
-    assert w.observe("v", 90, now=110) == 40  # since the sample at 0... now 60 is the oldest kept
-    assert w.observe("v", 90, now=400) == 0  # no views in the last 100 s
+    assert w.observe("v", 5000, now=0) is None  # no history yet: not known, not "popular"
+    assert w.observe("v", 5080, now=60) is None
+    assert w.observe("v", 5090, now=110) == 90  # since the sample at 0
+    assert w.observe("v", 5090, now=400) == 0  # no views in the last 100 s
+    assert target_mode("erasure_coding", None, 1000, None) == "erasure_coding"  # a restart
+    assert target_mode("replication", None, 1000, None) == "replication"
 
 
 def test_a_node_is_lost_only_after_the_grace_and_forgiven_when_back() -> None:

@@ -129,7 +129,7 @@ async def test_a_video_moves_between_modes_and_its_bytes_never_change(
         start_metadata: Callable[..., Any], tmp_path: Any) -> None:
     # Views stay "recent" for the whole test (else the video would cool down again).
     c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5,
-                            popularity_window=10_000)
+                            popularity_window=1000)
     vid = await c.put_video("erasure_coding")
     failures: list[BaseException] = []
 
@@ -139,11 +139,13 @@ async def test_a_video_moves_between_modes_and_its_bytes_never_change(
                 await c.read_all(vid)
             except Exception as exc:  # any failed read is a failure of the test
                 failures.append(exc)
-            await trio.sleep(5)
+            await trio.sleep(20)
 
     nursery.start_soon(keep_reading)
     for mode in ("replication", "erasure_coding"):
         if mode == "replication":  # viewed past the threshold (10 here): replicated
+            await run_pass(c.mgr)  # a window of history first: until then, nothing moves
+            await trio.sleep(1000)
             for _ in range(11):
                 assert (await request("POST", f"{c.meta}/video/{vid}/view")).status == 200
         else:  # then an operator's override sends it back
@@ -408,3 +410,25 @@ async def test_an_upload_that_went_active_during_the_pass_is_not_expired(
     assert m is not None
     assert m.status == "active"
     assert c.mgr.stats.uploads_expired == 0
+
+
+async def test_a_stale_migration_never_brings_back_a_replaced_chunk(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    from nodes.redundancy import migrate
+    from nodes.redundancy.service import observe
+
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
+    vid = await c.put_video("erasure_coding", chunks=1)
+    snap = await observe(c.mgr)  # a pass's snapshot...
+    old = next(m for m in snap.manifests if m.video_id == vid)
+    new = os.urandom(5000)  # ...then chunk 0 is replaced under another id
+    cid = f"{vid}-chunk-000-again"
+    for url in c.nodes[:3]:
+        await c.store(url, cid, new)
+    body = {"checksum": hashlib.sha256(new).hexdigest(), "size_bytes": 5000, "video_id": vid,
+            "sequence_num": 0, "node_urls": c.nodes[:3]}
+    assert (await request("POST", f"{c.meta}/chunk/{cid}/commit", json_body=body)
+            ).json()["success"]
+    await migrate.migrate_video(c.mgr, snap, old, "replication")  # from the stale snapshot
+    assert [ch.chunk_id for ch in (await c.manifest(vid)).chunks] == [cid]

@@ -96,16 +96,19 @@ def plan_repairs(manifests: Iterable[Manifest], lost: set[str]) -> list[Repair]:
     return plan
 
 
-def target_mode(current: str, views_in_window: int, threshold: int, override: str | None) -> str:
+def target_mode(current: str, views_in_window: int | None, threshold: int,
+                override: str | None) -> str:
     """The mode a video should be in, with hysteresis.
 
     An override wins. Otherwise a video goes to replication once its recent
     views pass ``threshold``, and back to erasure coding only once they fall
     below half of it; in between it stays as it is, so a video on the line
-    does not flap between the two.
+    does not flap between the two. Views not known yet (``None``): it stays.
     """
     if override:
         return override
+    if views_in_window is None:
+        return current
     if views_in_window > threshold:
         return REPLICATION
     if views_in_window < threshold / 2:
@@ -129,11 +132,13 @@ class ViewWindow:
         self.window = window
         self._samples: dict[str, deque[tuple[float, int]]] = {}
 
-    def observe(self, video_id: str, total: int, now: float) -> int:
-        """Record ``total`` views at ``now``; returns the views within the window.
+    def observe(self, video_id: str, total: int, now: float) -> int | None:
+        """Record ``total`` views at ``now``; returns the views within the window, or
+        ``None`` until a whole window of history has been seen.
 
-        Before a whole window of history has been seen, the total counts (a
-        video just found with many views is popular now as far as we know).
+        Not knowing is not "popular": a manager that just started (or a second
+        one) would otherwise replicate every video with many lifetime views and
+        send them back an hour later.
         """
         samples = self._samples.setdefault(video_id, deque())
         samples.append((now, total))
@@ -141,7 +146,7 @@ class ViewWindow:
             samples.popleft()
         first_t, first_total = samples[0]
         if first_t > now - self.window:
-            return total
+            return None
         return total - first_total
 
     def forget_except(self, video_ids: set[str]) -> None:

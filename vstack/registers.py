@@ -173,7 +173,20 @@ def commit_chunk(chunk_id: str, commit: ChunkCommit, *, nodes: list[str],
         "fragments": [dict(f.to_json(), status="active") for f in fragments] or None,
         "created_at": created_at, "committed_ns": committed_ns,
     }
-    return lambda cur: value
+    if not commit.replacement:
+        return lambda cur: value
+
+    def replace(cur: Value | None) -> Value:
+        if cur is None or cur.get("checksum") != commit.checksum \
+                or cur.get("size_bytes") != commit.size_bytes \
+                or cur.get("video_id") != commit.video_id \
+                or cur.get("sequence_num") != commit.sequence_num:
+            raise ChangeRejected(f"chunk {chunk_id} is not committed with these bytes: "
+                                 "nothing to re-place", 409)
+        return {**value, "created_at": cur.get("created_at", created_at),
+                "committed_ns": cur.get("committed_ns", committed_ns)}
+
+    return replace
 
 
 # -- redundancy overrides ------------------------------------------------------------------

@@ -40,13 +40,18 @@ class CopyFailed(VStackError):
 
 def placement(video_id: str, chunk: ManifestChunk, *, mode: str,
               node_urls: Sequence[str] = (), fragments: Sequence[Fragment] = ()) -> ChunkCommit:
-    """The commit of a new placement of ``chunk``: its replicas, or its shards."""
+    """The commit of a new placement of ``chunk``: its replicas, or its shards.
+
+    A *replacement*: refused unless the chunk is still committed with these
+    bytes, and it keeps its place among the video's chunks (so a pass working
+    from an old snapshot never brings back a chunk a newer commit replaced).
+    """
     urls = tuple(dict.fromkeys(node_urls or [f.node_url for f in fragments]))
     return ChunkCommit(node_urls=urls, checksum=chunk.checksum, size_bytes=chunk.size_bytes,
                        video_id=video_id, sequence_num=chunk.sequence_num, redundancy_mode=mode,
                        duration_sec=chunk.duration_sec, start_sec=chunk.start_sec,
                        fragments=tuple(sorted(fragments, key=lambda f: f.fragment_index))
-                       if fragments else None)
+                       if fragments else None, replacement=True)
 
 
 async def read_chunk(mgr: Manager, chunk: ManifestChunk, copies: Sequence[Copy]) -> bytes:
