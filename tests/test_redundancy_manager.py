@@ -30,6 +30,7 @@ from protocol.api import chunk_id, shard_id
 from tools.launch import free_port
 from vstack import erasure
 from vstack.placement import NodeInfo, choose_shard_nodes
+from vstack.reconcile import copies_of
 from vstack.settings import RedundancySettings
 
 
@@ -432,3 +433,24 @@ async def test_a_stale_migration_never_brings_back_a_replaced_chunk(
             ).json()["success"]
     await migrate.migrate_video(c.mgr, snap, old, "replication")  # from the stale snapshot
     assert [ch.chunk_id for ch in (await c.manifest(vid)).chunks] == [cid]
+
+
+@pytest.mark.parametrize("mode", ["replication", "erasure_coding"])
+async def test_a_copy_gone_from_a_healthy_node_is_rebuilt(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any, mode: str) -> None:
+    """Quarantined by the scrubber, or lost with a disk: the node is up, the copy is not."""
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
+    vid = await c.put_video(mode, chunks=1)
+    assert (await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={mode}")).status == 200
+    [copy, *_] = copies_of((await c.manifest(vid)).chunks[0])
+    assert await c.mgr.pool.delete(copy.node_url, copy.stored_id)
+    for _ in range(4):  # gone at two listings in a row, then rebuilt
+        await run_pass(c.mgr)
+        await trio.sleep(30)
+    assert c.mgr.stats.repairs == 1
+    chunk = (await c.manifest(vid)).chunks[0]
+    inventory = await c.inventory()
+    assert all((x.node_url, x.stored_id) in inventory for x in copies_of(chunk))
+    assert len(copies_of(chunk)) == (3 if mode == "replication" else 5)
+    await c.read_all(vid)

@@ -73,11 +73,15 @@ class Repair:
         return len(self.surviving) - need
 
 
-def plan_repairs(manifests: Iterable[Manifest], lost: set[str]) -> list[Repair]:
+def plan_repairs(manifests: Iterable[Manifest], lost: set[str],
+                 gone: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()
+                 ) -> list[Repair]:
     """Chunks short of copies on nodes that are not ``lost``, riskiest first.
 
-    A chunk is short when a copy sits on a lost node, or when it was
-    committed with fewer copies than its mode asks for. Chunks that can no
+    A chunk is short when a copy sits on a lost node, or is ``gone`` (a
+    ``(node URL, stored id)`` its node no longer lists: quarantined by the
+    scrubber, or gone with a disk), or when it was committed with fewer copies
+    than its mode asks for. Chunks that can no
     longer be rebuilt (no replica, fewer than ``DATA_SHARDS`` shards) are left
     out: nothing can repair them (they are counted by the caller as lost).
     """
@@ -85,7 +89,8 @@ def plan_repairs(manifests: Iterable[Manifest], lost: set[str]) -> list[Repair]:
     for m in manifests:
         for chunk in m.chunks:
             copies = copies_of(chunk)
-            alive = tuple(c for c in copies if c.node_url not in lost)
+            alive = tuple(c for c in copies if c.node_url not in lost
+                          and (c.node_url, c.stored_id) not in gone)
             distinct = ({c.index for c in alive} if chunk.fragments
                         else {c.node_url for c in alive})
             missing = required(chunk) - len(distinct)

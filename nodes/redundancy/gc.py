@@ -49,8 +49,11 @@ def referenced(manifests: list[Manifest]) -> set[str]:
 
 async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
     refs = referenced(snap.manifests)
+    placed = {(normalize_url(c.node_url), c.stored_id)
+              for m in snap.manifests for chunk in m.chunks for c in copies_of(chunk)}
     now_orphans: list[tuple[str, str]] = []
     listed: list[tuple[str, str]] = []
+    missing: set[tuple[str, str]] = set()
     for node in snap.nodes:
         if node.status != "healthy":
             continue
@@ -62,6 +65,10 @@ async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
             continue
         listed += [(url, sid) for sid in held]
         now_orphans += [(url, sid) for sid in held if sid not in refs]
+        have = set(held)
+        missing |= {(u, sid) for u, sid in placed if u == url and sid not in have}
+    mgr.missing = missing & mgr.missing_before  # gone at two listings in a row
+    mgr.missing_before = missing
     for url, stored_id in mgr.orphans.observe(now_orphans, trio.current_time(), scope=listed):
         if await _still_orphan(mgr, stored_id) and await mgr.pool.delete(url, stored_id):
             mgr.stats.orphans_deleted += 1

@@ -60,7 +60,8 @@ async def repair_chunk(mgr: Manager, snap: Snapshot, repair: Repair) -> None:
         missing = [i for i in range(TOTAL_SHARDS) if i not in have]
         new = await write_shards(mgr, chunk, data, missing, snap.writable,
                                  holding=repair.surviving)
-        kept = [f for f in chunk.fragments if f.node_url not in snap.lost]
+        alive = {(c.node_url, c.stored_id) for c in repair.surviving}
+        kept = [f for f in chunk.fragments if (f.node_url, f.fragment_id) in alive]
         commit = placement(repair.video_id, chunk, mode=ERASURE_CODING, fragments=[*kept, *new])
         made = len(new)
     else:

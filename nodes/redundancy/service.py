@@ -59,7 +59,7 @@ async def observe(mgr: Manager) -> Snapshot:
 async def run_pass(mgr: Manager) -> Snapshot:
     """One look at the cluster and what follows from it (see the module docstring)."""
     snap = await observe(mgr)
-    plan = plan_repairs(snap.manifests, snap.lost)
+    plan = plan_repairs(snap.manifests, snap.lost, mgr.missing)
     mgr.stats.under_replicated = len(plan)
     await repair.run_repairs(mgr, snap, plan, limit=REPAIRS_PER_PASS)
     await _migrations(mgr, snap)

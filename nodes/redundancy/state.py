@@ -87,6 +87,10 @@ class Manager:
     orphans: GraceTracker[tuple[str, str]] = field(init=False)
     stalled: GraceTracker[tuple[str, int]] = field(init=False)
     stats: Stats = field(default_factory=Stats)
+    #: Referenced copies their (healthy) node did not list, at the last two listings:
+    #: missing in both counts as lost (a listing that paged past a moving row does not).
+    missing: set[tuple[str, str]] = field(default_factory=set)
+    missing_before: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         s = self.settings
