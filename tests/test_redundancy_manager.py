@@ -30,7 +30,7 @@ from protocol.api import chunk_id, shard_id
 from tools.launch import free_port
 from vstack import erasure
 from vstack.placement import NodeInfo, choose_shard_nodes
-from vstack.reconcile import copies_of
+from vstack.reconcile import copies_of, plan_repairs
 from vstack.settings import RedundancySettings
 
 
@@ -453,4 +453,50 @@ async def test_a_copy_gone_from_a_healthy_node_is_rebuilt(
     inventory = await c.inventory()
     assert all((x.node_url, x.stored_id) in inventory for x in copies_of(chunk))
     assert len(copies_of(chunk)) == (3 if mode == "replication" else 5)
+    await c.read_all(vid)
+
+
+@pytest.mark.parametrize("mode", ["replication", "erasure_coding"])
+async def test_a_repair_killed_at_every_step_leaves_the_video_readable_and_converges(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any, mode: str) -> None:
+    from nodes.redundancy import repair
+    from nodes.redundancy.service import observe
+
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5,
+                            repair_grace=0)
+    vid = await c.put_video(mode, chunks=2, size=20_000)
+    assert (await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={mode}")).status == 200
+    victim = c.nodes[0]
+    await c.stops.pop(victim)()
+    with trio.fail_after(120):
+        while not (await observe(c.mgr)).lost:
+            await trio.sleep(5)
+    crashes = 0
+    for step in range(1, 200):
+        saved = {n: getattr(c.mgr.pool, n) for n in ("get", "put", "delete")}
+        commit = c.mgr.metadata.commit_chunk
+        counter = crash_at(c.mgr, step)
+        try:
+            snap = await observe(c.mgr)
+            plan = plan_repairs(snap.manifests, snap.lost)
+            for item in plan:
+                await repair.repair_chunk(c.mgr, snap, item)
+        except* Crash:
+            crashes += 1
+        for n, f in saved.items():
+            setattr(c.mgr.pool, n, f)
+        c.mgr.metadata.commit_chunk = commit  # type: ignore[method-assign]
+        await c.read_all(vid)  # readable after every crash
+        if counter[0] < step:
+            break
+    assert crashes >= 4
+    snap = await observe(c.mgr)
+    assert plan_repairs(snap.manifests, snap.lost) == []
+    for _ in range(4):
+        await trio.sleep(60)
+        await run_pass(c.mgr)
+    m = await c.manifest(vid)
+    referenced = {(x.node_url, x.stored_id) for ch in m.chunks for x in copies_of(ch)}
+    assert await c.inventory() == referenced  # no leftover of the crashed attempts
     await c.read_all(vid)
