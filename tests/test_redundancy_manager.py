@@ -500,3 +500,28 @@ async def test_a_repair_killed_at_every_step_leaves_the_video_readable_and_conve
     referenced = {(x.node_url, x.stored_id) for ch in m.chunks for x in copies_of(ch)}
     assert await c.inventory() == referenced  # no leftover of the crashed attempts
     await c.read_all(vid)
+
+
+async def test_work_that_keeps_failing_waits_and_does_not_block_the_rest(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    """A video whose every copy is gone cannot migrate; it is retried later, and the
+    others (more than a pass's cap of migrations) move meanwhile."""
+    from nodes.redundancy.service import MIGRATIONS_PER_PASS
+
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
+    # More than 3 passes' worth if the broken one took a place in every pass.
+    others = [await c.put_video("erasure_coding", chunks=1, size=1000)
+              for _ in range(3 * (MIGRATIONS_PER_PASS - 1) + 1)]
+    broken = await c.put_video("erasure_coding", chunks=1, size=1000)  # newest: listed first
+    for x in copies_of((await c.manifest(broken)).chunks[0]):
+        await c.mgr.pool.delete(x.node_url, x.stored_id)
+    for vid in [broken, *others]:
+        res = await request("POST", f"{c.meta}/redundancy/override/{vid}?mode=replication")
+        assert res.status == 200
+    for _ in range(3):
+        await run_pass(c.mgr)
+        await trio.sleep(30)
+    for vid in others:
+        assert {ch.redundancy_mode for ch in (await c.manifest(vid)).chunks} == {"replication"}
+    assert c.mgr.deferred(f"migrate:{broken}")

@@ -38,16 +38,21 @@ async def run_repairs(mgr: Manager, snap: Snapshot, plan: list[Repair], *, limit
     slots = trio.Semaphore(parallel)
 
     async def one(repair: Repair) -> None:
+        key = f"repair:{repair.chunk.chunk_id}"
         try:
             await repair_chunk(mgr, snap, repair)
         except VStackError as exc:
+            mgr.failed(key)
             mgr.stats.repair_failures += 1
-            log.warning("repair of %s failed: %s", repair.chunk.chunk_id, exc)
+            log.warning("repair of %s failed: %s (retried later)", repair.chunk.chunk_id, exc)
+        else:
+            mgr.succeeded(key)
         finally:
             slots.release()
 
+    todo = [r for r in plan if not mgr.deferred(f"repair:{r.chunk.chunk_id}")][:limit]
     async with trio.open_nursery() as nursery:
-        for repair in plan[:limit]:
+        for repair in todo:
             await slots.acquire()
             nursery.start_soon(one, repair)
 

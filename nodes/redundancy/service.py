@@ -84,14 +84,18 @@ async def _migrations(mgr: Manager, snap: Snapshot) -> None:
         views = mgr.views.observe(m.video_id, rec.view_count, now)
         target = target_mode(current or rec.recommended_mode, views,
                              mgr.settings.popularity_threshold, rec.override)
-        if current == target or started >= MIGRATIONS_PER_PASS:
+        key = f"migrate:{m.video_id}"
+        if current == target or started >= MIGRATIONS_PER_PASS or mgr.deferred(key):
             continue
         started += 1
         try:
             await migrate.migrate_video(mgr, snap, m, target)
         except VStackError as exc:
-            log.warning("migration of %s to %s stopped: %s (retried next pass)", m.video_id,
+            mgr.failed(key)
+            log.warning("migration of %s to %s stopped: %s (retried later)", m.video_id,
                         target, exc)
+        else:
+            mgr.succeeded(key)
 
 
 async def serve_redundancy(settings: RedundancySettings, *,

@@ -92,6 +92,23 @@ class Manager:
     missing: set[tuple[str, str]] = field(default_factory=set)
     missing_before: set[tuple[str, str]] = field(default_factory=set)
 
+    #: Work that failed, and until when it waits: a chunk or video that keeps failing
+    #: (unreadable, nowhere to place) must not take the place of the rest every pass.
+    _deferred: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def deferred(self, key: str) -> bool:
+        until = self._deferred.get(key)
+        return until is not None and trio.current_time() < until[0]
+
+    def failed(self, key: str) -> None:
+        """Back ``key`` off: one pass's interval at first, doubling up to an hour."""
+        _, delay = self._deferred.get(key, (0.0, self.settings.interval / 2))
+        delay = min(delay * 2, 3600.0)
+        self._deferred[key] = (trio.current_time() + delay, delay)
+
+    def succeeded(self, key: str) -> None:
+        self._deferred.pop(key, None)
+
     def __post_init__(self) -> None:
         s = self.settings
         self.liveness = Liveness(s.repair_grace)
