@@ -525,3 +525,34 @@ async def test_work_that_keeps_failing_waits_and_does_not_block_the_rest(
     for vid in others:
         assert {ch.redundancy_mode for ch in (await c.manifest(vid)).chunks} == {"replication"}
     assert c.mgr.deferred(f"migrate:{broken}")
+
+
+async def test_a_commit_racing_the_collectors_delete_keeps_its_copy(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    """An orphan is committed (a writer stored the same bytes again: the node said
+    "already there") between the collector's last check and its delete."""
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
+    vid = (await request("POST", f"{c.meta}/video",
+                         json_body={"title": "resumed", "duration_sec": 1})).json()["video_id"]
+    data, cid = os.urandom(3000), chunk_id(vid, 0)
+    for url in c.nodes:
+        await c.store(url, cid, data)  # stored, not (yet) committed: orphans
+    real_delete = c.mgr.pool.delete
+    body = {"checksum": hashlib.sha256(data).hexdigest(), "size_bytes": 3000, "video_id": vid,
+            "sequence_num": 0, "node_urls": c.nodes}
+
+    async def delete_after_a_commit(url: str, stored_id: str) -> bool:
+        res = await request("POST", f"{c.meta}/chunk/{cid}/commit", json_body=body)
+        assert res.json()["success"]  # every node still held it when the commit checked
+        return await real_delete(url, stored_id)
+
+    c.mgr.pool.delete = delete_after_a_commit  # type: ignore[method-assign,assignment]
+    await run_pass(c.mgr)
+    await trio.sleep(130)
+    await run_pass(c.mgr)  # the orphans are due: checked, then deleted...
+    c.mgr.pool.delete = real_delete  # type: ignore[method-assign]
+    assert {(u, cid) for u in c.nodes} <= await c.inventory()  # ...and stored again
+    assert c.mgr.stats.orphans_deleted == 0
+    c.data[vid] = [data]
+    await c.read_all(vid)

@@ -54,6 +54,7 @@ async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
     now_orphans: list[tuple[str, str]] = []
     listed: list[tuple[str, str]] = []
     missing: set[tuple[str, str]] = set()
+    sums: dict[tuple[str, str], str] = {}
     for node in snap.nodes:
         if node.status != "healthy":
             continue
@@ -63,6 +64,7 @@ async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
         except VStackError as exc:
             log.info("could not list %s: %s", url, exc)
             continue
+        sums |= {(url, sid): sha for sid, sha in held.items()}
         listed += [(url, sid) for sid in held]
         now_orphans += [(url, sid) for sid in held if sid not in refs]
         have = set(held)
@@ -70,18 +72,37 @@ async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
     mgr.missing = missing & mgr.missing_before  # gone at two listings in a row
     mgr.missing_before = missing
     for url, stored_id in mgr.orphans.observe(now_orphans, trio.current_time(), scope=listed):
-        if await _still_orphan(mgr, stored_id) and await mgr.pool.delete(url, stored_id):
-            mgr.stats.orphans_deleted += 1
-            log.info("deleted orphan %s from %s", stored_id, url)
+        if await _still_orphan(mgr, stored_id):
+            await _delete(mgr, url, stored_id, sums[(url, stored_id)])
         mgr.orphans.forget((url, stored_id))
 
 
-async def _inventory(mgr: Manager, url: str) -> list[str]:
-    held: list[str] = []
+async def _delete(mgr: Manager, url: str, stored_id: str, sha: str) -> None:
+    """Delete an orphan, keeping its bytes until a last check after the delete: a commit
+    that named it between the check and the delete (a writer that stored the same
+    bytes again, which a node answers "already there") gets it back at once."""
+    try:
+        data = await mgr.pool.get(url, stored_id, sha)
+    except VStackError as exc:  # gone already, or corrupt: nothing worth keeping
+        log.info("orphan %s on %s unreadable (%s): deleting it", stored_id, url, exc)
+        data = None
+    if not await mgr.pool.delete(url, stored_id):
+        return
+    if data is not None and not await _still_orphan(mgr, stored_id):
+        log.warning("%s on %s was committed while it was deleted: stored again", stored_id, url)
+        await mgr.pool.put(url, stored_id, data, sha)
+        return
+    mgr.stats.orphans_deleted += 1
+    log.info("deleted orphan %s from %s", stored_id, url)
+
+
+async def _inventory(mgr: Manager, url: str) -> dict[str, str]:
+    """Every id the node at ``url`` holds, and its SHA-256."""
+    held: dict[str, str] = {}
     cursor: int | None = 0
     while cursor is not None:
         page, cursor = await mgr.pool.list_page(url, cursor)
-        held += [sid for sid, _ in page]
+        held |= dict(page)
     return held
 
 
