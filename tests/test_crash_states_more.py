@@ -214,6 +214,17 @@ def plant_checkpoint_renamed_unsynced(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(recovery, "write_checkpoint", write)
 
 
+def tombstone_script() -> list[Step]:
+    """One at a time (no concurrency, so the same layout every run): ``a`` deleted while
+    its record stays live-adjacent in an older superblock, the superblock holding its
+    tombstone compacted away; only a carried tombstone keeps ``a`` deleted on a full scan."""
+    return [("put", "a=5000"), ("put", "f1=8000"), ("put", "f2=8000"), ("put", "f3=8000"),
+            ("delete", "a"), ("put", "g1=5000"), ("delete", "f3"), ("delete", "g1"),
+            ("put", "h1=8000"), ("put", "h2=8000"), ("put", "h3=8000"), ("compact", "if any"),
+            ("checkpoint",), ("restart", "clean"), ("compact", "if any"),
+            ("restart", "kill")]
+
+
 def plant_no_tombstone_carried(mp: pytest.MonkeyPatch) -> None:
     """Compaction drops the tombstones it should carry forward (only the full scan needs them)."""
     mp.setattr(SuperblockStore, "tombstones_to_carry", lambda self, fd, sb_id, size: [])
@@ -230,7 +241,8 @@ def plant_watermark_past_writes_in_flight(mp: pytest.MonkeyPatch) -> None:
     (plant_recovery_syncs_no_directory, unsynced_script, False,
      "acknowledged PUT of c5 is missing"),
     (plant_checkpoint_renamed_unsynced, store_script, False, "the checkpoint is unreadable"),
-    (plant_no_tombstone_carried, store_script, True, "is back after its DELETE was acknowledged"),
+    (plant_no_tombstone_carried, tombstone_script, True,
+     "is back after its DELETE was acknowledged"),
     (plant_watermark_past_writes_in_flight, concurrent_script, False, "acknowledged PUT of"),
 ])
 async def test_a_planted_bug_is_caught(
@@ -244,3 +256,12 @@ async def test_a_planted_bug_is_caught(
     print(explorer.violations[:3])
     assert explorer.violations, "the simulator missed the planted bug"
     assert any(symptom in v for v in explorer.violations), explorer.violations[:3]
+
+
+async def test_deletes_stay_deleted_on_a_full_scan_after_the_tombstone_moved(
+        tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real code on the script the tombstone plant is caught with: no violation."""
+    explorer = await run_store(tmp_path, nursery, monkeypatch, script=tombstone_script,
+                               runner=MoreStoreRun, drop_checkpoint=True)
+    assert explorer.violations == []
+    assert explorer.states > 50
