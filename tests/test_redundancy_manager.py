@@ -79,6 +79,14 @@ class Cluster:
         assert res.status == 200
         return str(vid)
 
+    async def pinned_video(self, mode: str, **kwargs: Any) -> str:
+        """A video stored in ``mode`` and pinned there (a new video would otherwise
+        be migrated to erasure coding)."""
+        vid = await self.put_video(mode, **kwargs)
+        res = await request("POST", f"{self.meta}/redundancy/override/{vid}?mode={mode}")
+        assert res.status == 200
+        return vid
+
     async def store(self, url: str, stored_id: str, data: bytes) -> None:
         assert (await request("PUT", f"{url}/chunk/{stored_id}", body=data)).status == 201
 
@@ -178,9 +186,7 @@ async def test_a_lost_node_is_rebuilt_elsewhere_and_playback_never_fails(
         clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
         start_metadata: Callable[..., Any], tmp_path: Any, mode: str) -> None:
     c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=4)
-    vid = await c.put_video(mode, chunks=4)
-    # Pinned to its mode (a new video would otherwise be migrated to erasure coding).
-    assert (await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={mode}")).status == 200
+    vid = await c.pinned_video(mode, chunks=4)
     victim = c.nodes[0]  # holds a copy or a shard of every chunk
     await c.stops.pop(victim)()
     start = trio.current_time()
@@ -441,8 +447,7 @@ async def test_a_copy_gone_from_a_healthy_node_is_rebuilt(
         start_metadata: Callable[..., Any], tmp_path: Any, mode: str) -> None:
     """Quarantined by the scrubber, or lost with a disk: the node is up, the copy is not."""
     c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
-    vid = await c.put_video(mode, chunks=1)
-    assert (await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={mode}")).status == 200
+    vid = await c.pinned_video(mode, chunks=1)
     [copy, *_] = copies_of((await c.manifest(vid)).chunks[0])
     assert await c.mgr.pool.delete(copy.node_url, copy.stored_id)
     for _ in range(4):  # gone at two listings in a row, then rebuilt
@@ -465,8 +470,7 @@ async def test_a_repair_killed_at_every_step_leaves_the_video_readable_and_conve
 
     c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=5,
                             repair_grace=0)
-    vid = await c.put_video(mode, chunks=2, size=20_000)
-    assert (await request("POST", f"{c.meta}/redundancy/override/{vid}?mode={mode}")).status == 200
+    vid = await c.pinned_video(mode, chunks=2, size=20_000)
     victim = c.nodes[0]
     await c.stops.pop(victim)()
     with trio.fail_after(120):
