@@ -40,6 +40,8 @@ __all__ = ["MIGRATIONS_PER_PASS", "REPAIRS_PER_PASS", "observe", "run_pass",
 log = logging.getLogger("vstack.redundancy")
 
 REPAIRS_PER_PASS = 200
+#: Manifests read at once when a pass looks at the cluster.
+MANIFESTS_AT_ONCE = 8
 MIGRATIONS_PER_PASS = 4
 
 
@@ -48,11 +50,20 @@ async def observe(mgr: Manager) -> Snapshot:
     now = trio.current_time()
     nodes = await mgr.metadata.all_nodes()
     lost = mgr.liveness.observe({n.node_url: n.status for n in nodes}, now)
-    manifests: list[Manifest] = []
-    for video_id in await mgr.metadata.video_ids():
-        m = await mgr.metadata.manifest(video_id)
-        if m is not None and m.status != "deleted":
-            manifests.append(m)
+    ids = await mgr.metadata.video_ids()
+    found: dict[str, Manifest] = {}
+    todo = iter(ids)
+
+    async def reader() -> None:  # a few readers share the list: no task per video
+        for video_id in todo:
+            m = await mgr.metadata.manifest(video_id)
+            if m is not None and m.status != "deleted":
+                found[video_id] = m
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(MANIFESTS_AT_ONCE):
+            nursery.start_soon(reader)
+    manifests = [found[v] for v in ids if v in found]  # newest first, as listed
     return Snapshot(nodes=nodes, lost=lost, manifests=manifests)
 
 
