@@ -2,9 +2,10 @@
 
 Run: ``.venv/bin/python -m benchmarks.redundancy_bench`` (``--quick`` for a short run).
 
-A real cluster on loopback (a metadata replica and 5 storage nodes, in this
-process, real sockets and fsyncs) holds a hot video (3 replicas of each
-chunk) and a cold one (3+2 shards), 2 MiB chunks of random bytes. Measured:
+A real cluster on loopback (a metadata replica and 5 storage nodes, each a
+child process, real sockets and fsyncs; the redundancy manager in this one)
+holds a hot video (3 replicas of each chunk) and a cold one (3+2 shards),
+2 MiB chunks of random bytes. Measured:
 
 * storage overhead: physical bytes on the nodes over logical bytes, per mode
   and for the mix, from ``GET /storage/overhead``, beside 3x replication;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -27,17 +29,15 @@ from typing import Any
 
 import trio
 
-from nodes.metadata.service import serve_metadata
 from nodes.net.http_client import request
 from nodes.redundancy.repair import run_repairs
 from nodes.redundancy.service import observe, serve_redundancy
-from nodes.storage.service import serve_storage_node
 from protocol.api import chunk_id, shard_id
-from tools.launch import free_port
+from tools.launch import ServiceProcess, free_port
 from vstack import erasure
 from vstack.placement import NodeInfo, choose_shard_nodes
 from vstack.reconcile import copies_of, plan_repairs
-from vstack.settings import MetadataSettings, RedundancySettings, StorageSettings
+from vstack.settings import RedundancySettings
 
 from .harness import Report, Row
 
@@ -75,37 +75,43 @@ async def store_video(meta: str, nodes: list[str], mode: str, chunks: int) -> st
 
 
 async def bench(report: Report, work: Path, chunks: int) -> None:
-    async with trio.open_nursery() as nursery:
-        svc = await nursery.start(serve_metadata, MetadataSettings(
-            database=work / "meta.db", port=0, node_timeout=2.0, heartbeat_interval=0.5))
-        meta = f"http://127.0.0.1:{svc.port}"
-        nodes, scopes = [], {}
-        for i in range(5):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            scope = trio.CancelScope()
-            scopes[url] = scope
-
-            async def run(settings: StorageSettings, scope: trio.CancelScope = scope, *,
-                          task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-                with scope:
-                    await serve_storage_node(settings, task_status=task_status)
-
-            await nursery.start(run, StorageSettings(
-                data_dir=work / f"n{i}", port=port, binary_port=0, node_id=f"n{i}", node_url=url,
-                metadata_urls=(meta,), heartbeat_interval=0.5, scrub_rate_bytes=0))
-            nodes.append(url)
-        mgr = await nursery.start(serve_redundancy, RedundancySettings(
-            metadata_urls=(meta,), interval=1e9, repair_grace=0, rate_bytes=1 << 40))
-        while len((await request("GET", f"{meta}/nodes/healthy")).json()) < 5:
-            await trio.sleep(0.2)
-        hot = await store_video(meta, nodes, "replication", chunks)
-        cold = await store_video(meta, nodes, "erasure_coding", chunks)
-        for vid, mode in ((hot, "replication"), (cold, "erasure_coding")):
-            await request("POST", f"{meta}/redundancy/override/{vid}?mode={mode}")
-        overhead(report, (await request("GET", f"{meta}/storage/overhead")).json(), chunks)
-        await repair(report, mgr, meta, nodes, scopes)
-        nursery.cancel_scope.cancel()
+    """The metadata replica and the 5 nodes are child processes (as deployed); the
+    manager runs here."""
+    meta_port = free_port()
+    meta = f"http://127.0.0.1:{meta_port}"
+    children = [ServiceProcess("metadata", {
+        "PORT": str(meta_port), "DATABASE_URL": str(work / "meta.db"), "LOG_LEVEL": "WARNING",
+        "NODE_TIMEOUT": "2", "HEARTBEAT_INTERVAL": "0.5", "METADATA_BOOTSTRAP": "1"},
+        ports=(meta_port,))]
+    nodes: list[str] = []
+    for i in range(5):
+        port, binary = free_port(), free_port()
+        url = f"http://127.0.0.1:{port}"
+        children.append(ServiceProcess("storage", {
+            "PORT": str(port), "BINARY_PORT": str(binary), "DATA_DIR": str(work / f"n{i}"),
+            "NODE_ID": f"n{i}", "NODE_URL": url, "METADATA_SERVICE_URL": meta,
+            "HEARTBEAT_INTERVAL": "0.5", "SCRUB_RATE": "0", "LOG_LEVEL": "WARNING"},
+            ports=(port, binary)))
+        nodes.append(url)
+    try:
+        for child in children:
+            child.start(timeout=30)
+        async with trio.open_nursery() as nursery:
+            mgr = await nursery.start(serve_redundancy, RedundancySettings(
+                metadata_urls=(meta,), interval=1e9, repair_grace=0, rate_bytes=1 << 40))
+            while len((await request("GET", f"{meta}/nodes/healthy")).json()) < 5:
+                await trio.sleep(0.2)
+            hot = await store_video(meta, nodes, "replication", chunks)
+            cold = await store_video(meta, nodes, "erasure_coding", chunks)
+            for vid, mode in ((hot, "replication"), (cold, "erasure_coding")):
+                await request("POST", f"{meta}/redundancy/override/{vid}?mode={mode}")
+            overhead(report, (await request("GET", f"{meta}/storage/overhead")).json(), chunks)
+            await repair(report, mgr, meta, nodes, children[1])
+            nursery.cancel_scope.cancel()
+    finally:
+        for child in children:
+            if child.running:
+                child.kill(signal.SIGTERM)
 
 
 def overhead(report: Report, o: dict[str, Any], chunks: int) -> None:
@@ -120,10 +126,10 @@ def overhead(report: Report, o: dict[str, Any], chunks: int) -> None:
 
 
 async def repair(report: Report, mgr: Any, meta: str, nodes: list[str],
-                 scopes: dict[str, trio.CancelScope]) -> None:
+                 victim_process: ServiceProcess) -> None:
     victim = nodes[0]
     before = {vid: await mgr.metadata.manifest(vid) for vid in await mgr.metadata.video_ids()}
-    scopes[victim].cancel()
+    victim_process.kill()
     while not any(n["node_url"] == victim and n["status"] == "down"
                   for n in (await request("GET", f"{meta}/nodes/all")).json()["nodes"]):
         await trio.sleep(0.2)
