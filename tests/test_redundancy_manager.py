@@ -255,13 +255,15 @@ class Crash(Exception):
     """The manager 'dies' here (nothing it holds in memory survives a real crash either)."""
 
 
-def crash_at(mgr: Manager, step: int) -> list[int]:
+def crash_at(mgr: Manager, step: int) -> tuple[list[int], Callable[[], None]]:
     """Make the ``step``-th storage or metadata operation of ``mgr`` raise :class:`Crash`
-    (before it happens); returns the operation counter."""
+    (before it happens); returns the operation counter and what undoes the wrapping."""
     count = [0]
+    saved: list[tuple[Any, str, Any]] = []
 
     def wrap(obj: Any, name: str) -> None:
         real = getattr(obj, name)
+        saved.append((obj, name, real))
 
         async def op(*args: Any, **kwargs: Any) -> Any:
             count[0] += 1
@@ -274,7 +276,30 @@ def crash_at(mgr: Manager, step: int) -> list[int]:
     for name in ("get", "put", "delete"):
         wrap(mgr.pool, name)
     wrap(mgr.metadata, "commit_chunk")
-    return count
+
+    def undo() -> None:
+        for obj, name, real in saved:
+            setattr(obj, name, real)
+
+    return count, undo
+
+
+async def crash_at_every_step(c: Cluster, vid: str, attempt: Callable[[], Any]) -> int:
+    """Run ``attempt`` again and again, crashing at its 1st, 2nd, ... operation, until
+    it finishes before the crash point; ``vid`` must be readable after every crash.
+    Returns how many crashes there were."""
+    crashes = 0
+    for step in range(1, 200):
+        counter, undo = crash_at(c.mgr, step)
+        try:
+            await attempt()
+        except* Crash:
+            crashes += 1
+        undo()
+        await c.read_all(vid)  # readable after every crash
+        if counter[0] < step:  # finished before reaching the crash point
+            break
+    return crashes
 
 
 @pytest.mark.parametrize(("start", "target"), [("erasure_coding", "replication"),
@@ -289,24 +314,11 @@ async def test_a_migration_killed_at_every_step_leaves_the_video_readable_and_co
     from nodes.redundancy import migrate
     from nodes.redundancy.service import observe
 
-    crashes = 0
-    for step in range(1, 200):
-        pool_methods = {n: getattr(c.mgr.pool, n) for n in ("get", "put", "delete")}
-        commit = c.mgr.metadata.commit_chunk
-        counter = crash_at(c.mgr, step)
-        try:
-            snap = await observe(c.mgr)
-            m = await c.manifest(vid)
-            await migrate.migrate_video(c.mgr, snap, m, target)
-        except* Crash:
-            crashes += 1
-        for n, f in pool_methods.items():
-            setattr(c.mgr.pool, n, f)
-        c.mgr.metadata.commit_chunk = commit  # type: ignore[method-assign]
-        await c.read_all(vid)  # readable after every crash
-        if counter[0] < step:  # the migration finished before reaching the crash point
-            break
-    assert crashes >= 5
+    async def migrate_once() -> None:
+        snap = await observe(c.mgr)
+        await migrate.migrate_video(c.mgr, snap, await c.manifest(vid), target)
+
+    assert await crash_at_every_step(c, vid, migrate_once) >= 5
     m = await c.manifest(vid)
     assert {ch.redundancy_mode for ch in m.chunks} == {target}
     for _ in range(4):  # leftovers of the crashed attempts: collected after the grace
@@ -476,25 +488,12 @@ async def test_a_repair_killed_at_every_step_leaves_the_video_readable_and_conve
     with trio.fail_after(120):
         while not (await observe(c.mgr)).lost:
             await trio.sleep(5)
-    crashes = 0
-    for step in range(1, 200):
-        saved = {n: getattr(c.mgr.pool, n) for n in ("get", "put", "delete")}
-        commit = c.mgr.metadata.commit_chunk
-        counter = crash_at(c.mgr, step)
-        try:
-            snap = await observe(c.mgr)
-            plan = plan_repairs(snap.manifests, snap.lost)
-            for item in plan:
-                await repair.repair_chunk(c.mgr, snap, item)
-        except* Crash:
-            crashes += 1
-        for n, f in saved.items():
-            setattr(c.mgr.pool, n, f)
-        c.mgr.metadata.commit_chunk = commit  # type: ignore[method-assign]
-        await c.read_all(vid)  # readable after every crash
-        if counter[0] < step:
-            break
-    assert crashes >= 4
+    async def repair_once() -> None:
+        snap = await observe(c.mgr)
+        for item in plan_repairs(snap.manifests, snap.lost):
+            await repair.repair_chunk(c.mgr, snap, item)
+
+    assert await crash_at_every_step(c, vid, repair_once) >= 4
     snap = await observe(c.mgr)
     assert plan_repairs(snap.manifests, snap.lost) == []
     for _ in range(4):

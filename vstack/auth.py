@@ -153,8 +153,7 @@ class AuthPolicy:
               origin: str | None = None, host: str | None = None) -> None:
         """Raise :class:`AuthError` unless the call is allowed."""
         if not self.allows(access, parse_bearer(authorization), peer, origin=origin, host=host):
-            what = "the cluster secret" if access is Access.CLUSTER else "an API token"
-            raise AuthError(f"this call needs {what} (Authorization: Bearer ...)")
+            raise _refusal(access, "Authorization: Bearer ...")
 
     def knows(self, token: bytes) -> bool:
         """Whether ``token`` is one of the configured secrets."""
@@ -163,14 +162,18 @@ class AuthPolicy:
     def check_token(self, access: Access, token: bytes | None, peer: str) -> None:
         """:meth:`check` for a token already taken out of its header (binary protocol)."""
         if not self.allows(access, token, peer):
-            what = "the cluster secret" if access is Access.CLUSTER else "an API token"
-            raise AuthError(f"this request needs {what} (AUTH first)")
+            raise _refusal(access, "AUTH first")
 
     def bearer_header(self) -> list[tuple[str, str]]:
         """The header a service sends on its own calls to other services."""
         if self.cluster_secret is None:
             return []
         return [("Authorization", "Bearer " + self.cluster_secret.decode("ascii"))]
+
+
+def _refusal(access: Access, how: str) -> AuthError:
+    what = "the cluster secret" if access is Access.CLUSTER else "an API token"
+    return AuthError(f"this call needs {what} ({how})")
 
 
 def check_bind(host: str, policy: AuthPolicy) -> str | None:
