@@ -823,3 +823,49 @@ async def test_two_authorization_headers_get_400(nursery: trio.Nursery) -> None:
         answer = await read_to_eof(stream, seconds=10)
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"more than one Authorization header" in answer
+
+
+# -- second review: frames with a bad CRC are admitted too; the peer port's first frame ----
+
+
+def bad_crc_frame(opcode: Opcode, request_id: int, payload: bytes, key: bytes = b"") -> bytes:
+    """A whole frame whose payload CRC32C is wrong."""
+    return HEADER.pack(MAGIC, VERSION, opcode, 0, 0, request_id, len(key), len(payload),
+                       0xDEADBEEF) + key + payload
+
+
+async def test_a_bad_crc_frame_is_admitted_like_any_other(start_node: Callable[..., Any]) -> None:
+    node, _ = await start_node(auth=SECURED)
+    async with await trio.open_tcp_stream("127.0.0.1", node.ports.binary) as stream:
+        await stream.send_all(bad_crc_frame(Opcode.DELETE, 1, b"x", b"victim"))
+        codec = FrameConnection()
+        codec.receive_data(await read_to_eof(stream, seconds=5))  # closed after the answer
+        answer = codec.next_event()
+        assert isinstance(answer, Frame)
+        assert answer.status == 401  # refused as unauthenticated, not merely a bad CRC
+    async with await trio.open_tcp_stream("127.0.0.1", node.ports.binary) as stream:
+        codec = FrameConnection()  # an AUTH garbled in transit does not lock the connection
+        await stream.send_all(bad_crc_frame(Opcode.AUTH, 1, SECRET))
+        [first] = await read_frames(stream, codec, 1)
+        assert first.status == 400
+        await stream.send_all(codec.send(Frame(opcode=Opcode.AUTH, request_id=2, payload=SECRET)))
+        [second] = await read_frames(stream, codec, 1)
+        assert second.status == 200
+
+
+async def test_the_peer_port_reserves_nothing_large_for_an_unproven_connection(
+        start_metadata: Callable[..., Any]) -> None:
+    from tools.launch import free_port
+
+    port, peer_port = free_port(), free_port()
+    await start_metadata(
+        port=port, replica_id=0, bootstrap=True, auth=AuthPolicy(cluster_secret=SECRET),
+        peer_port=peer_port, peers=(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+        peer_addresses=(f"127.0.0.1:{peer_port}", f"127.0.0.1:{free_port()}"))
+    async with await trio.open_tcp_stream("127.0.0.1", peer_port) as stream:
+        await stream.send_all(frame_bytes(Opcode.PAXOS, 1, 16 * MiB, b"\0" * 32) + b"x")
+        codec = FrameConnection()
+        codec.receive_data(await read_to_eof(stream, seconds=5))  # refused at once, closed
+        answer = codec.next_event()
+        assert isinstance(answer, Frame)
+        assert answer.status == 413

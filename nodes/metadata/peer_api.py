@@ -32,7 +32,7 @@ from protocol.consensus import (
     verify,
 )
 from protocol.errors import ProtocolError
-from protocol.frames import Frame, Opcode, response
+from protocol.frames import Frame, FrameHeader, Opcode, response
 from vstack.auth import is_loopback
 
 from .replication import slot_state
@@ -46,6 +46,18 @@ log = logging.getLogger("vstack.metadata.peers")
 PEER_CONNECTIONS_PER_REPLICA = 16
 #: Seconds a new peer connection has to send a whole frame's head.
 FIRST_FRAME_SECONDS = 5.0
+#: Largest payload a connection may send before one of its frames proved authentic
+#: (replicas open each connection with a small signed PING): a header promising
+#: megabytes reserves nothing until the sender is known.
+UNPROVEN_PAYLOAD = 4096
+#: The mark of a connection whose frames proved authentic.
+PEER = b"peer"
+
+
+def admit(session: FrameSession, header: FrameHeader) -> None:
+    """Refuse, at its header, a large frame on a connection not yet proven (413)."""
+    if session.bearer is None and header.payload_length > UNPROVEN_PAYLOAD:
+        raise ProtocolError(f"a first frame carries at most {UNPROVEN_PAYLOAD} bytes", 413)
 
 
 class Unauthenticated(ProtocolError):
@@ -93,6 +105,7 @@ async def handle(svc: MetadataService, session: FrameSession, req: Frame) -> Non
         await session.send(response(req, 401, exc.msg.encode()))
         await session.stream.aclose()
         return
+    session.bearer = PEER  # authentic: this connection's frames may be large from now on
     status = 200
     try:
         payload = await _dispatch(svc, req)
@@ -150,7 +163,7 @@ async def serve_peers(svc: MetadataService, *,
     async def on_frame(session: FrameSession, req: Frame) -> None:
         await handle(svc, session, req)
 
-    def admit(stream: trio.SocketStream) -> bool:
+    def loopback_only(stream: trio.SocketStream) -> bool:
         """Open mode serves loopback peers only: refused before a byte is read."""
         if s.cluster_secret is not None:
             return True
@@ -160,4 +173,4 @@ async def serve_peers(svc: MetadataService, *,
             return False
 
     await serve_frames(on_frame, host=s.host, port=s.effective_peer_port, limits=limits,
-                       admit=admit, task_status=task_status)
+                       admit=loopback_only, admit_frame=admit, task_status=task_status)

@@ -84,11 +84,25 @@ class FrameTransport:
             client = FrameClient(stream, max_payload=MAX_PEER_PAYLOAD, peer=f"replica {peer}")
             assert self._nursery is not None, "FrameTransport.run is not running"
             self._nursery.start_soon(client.run_reader)
+            await self._hello(client, peer)  # a small signed frame first (see peer_api.admit)
             self._clients[peer] = client
             return client
 
+    async def _hello(self, client: FrameClient, peer: int) -> None:
+        """A signed PING on a new connection, so the peer takes large frames on it."""
+        try:
+            await self._exchange(client, peer, Opcode.PING, b"")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+            raise
+
     async def _request(self, peer: int, opcode: Opcode, payload: bytes) -> bytes | bytearray:
         client = await self._client(peer)
+        return await self._exchange(client, peer, opcode, payload)
+
+    async def _exchange(self, client: FrameClient, peer: int, opcode: Opcode,
+                        payload: bytes) -> bytes | bytearray:
         rid = client.next_request_id()
         key = b"" if self.secret is None else sign(self.secret, opcode, rid, 0, payload,
                                                     sender=self.self_id, receiver=peer)

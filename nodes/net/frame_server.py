@@ -223,7 +223,16 @@ class _Connection:
                     try:
                         got = await self._next_frame()
                     except ChecksumMismatch as exc:
-                        self._dispatch(nursery, exc.frame, 0, bad_crc=True)
+                        bad = exc.frame  # admitted like any frame before it is answered
+                        try:
+                            await self._admit(FrameHeader(
+                                opcode=bad.opcode, request_id=bad.request_id, flags=0,
+                                payload_length=len(bad.payload)))
+                        except _Refused as refused:
+                            self.slots.release()
+                            await self.session.send(refused.frame)
+                            break
+                        self._dispatch(nursery, bad, 0, bad_crc=True)
                         continue
                     except _Refused as exc:
                         self.slots.release()
@@ -264,6 +273,8 @@ class _Connection:
             if prev is not None:
                 await prev.wait()
             if bad_crc:
+                if req.opcode is Opcode.AUTH:
+                    self.session.auth_pending = False  # answered: another may follow
                 await self.session.send(response(req, 400, b"payload CRC32C mismatch"))
             else:
                 await _answer(self.session, self.handler, req)
