@@ -399,3 +399,24 @@ async def test_an_open_local_cluster_refuses_writes_from_other_sites_pages(
     # Views count for videos that exist only (made-up ids would grow the counters forever).
     assert (await request("POST", f"{base}/video/{vid}/view")).status == 200
     assert (await request("POST", f"{base}/video/{'f' * 36}/view")).status == 404
+
+
+@pytest.mark.parametrize(("origin", "host", "local"), [
+    (None, "LOCALHOST:8080", True),  # curl keeps the case it was given
+    (None, "localhost.:8080", True),
+    (None, "[::1]:8080", True),
+    ("http://[::1]:8085", None, True),
+    (None, "[::1]evil.com", False),
+    (None, "localhost%evil", False),
+    (None, "evil@localhost", False),
+    ("http://localhost:1@evil.com", None, False),  # userinfo: the host is evil.com
+    ("http://evil@localhost", None, False),
+    ("http://localhost.evil.com", None, False),
+    ("ftp://localhost", None, False),
+    ("null", None, False),
+])
+def test_origin_and_host_are_read_strictly(origin: str | None, host: str | None,
+                                           local: bool) -> None:
+    from vstack.auth import local_request
+
+    assert local_request(origin, host) is local

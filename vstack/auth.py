@@ -31,7 +31,9 @@ from __future__ import annotations
 import enum
 import hmac
 import ipaddress
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from protocol.errors import ProtocolError
 
@@ -74,23 +76,31 @@ def is_loopback(host: str) -> bool:
 
 
 def local_request(origin: str | None, host: str | None) -> bool:
-    """No browser of another site behind it: no ``Origin``, or a loopback one; no
-    ``Host``, or a loopback name."""
-    for value, is_origin in ((origin, True), (host, False)):
-        if value is None:
-            continue
-        if is_origin:
-            if value == "null":
-                return False
-            value = value.partition("://")[2] if "://" in value else ""
-        name = value.strip()
-        if name.startswith("["):
-            name = name[1:name.find("]")] if "]" in name else ""
-        else:
-            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-        if not is_loopback(name):
+    """No browser of another site behind it: no ``Origin``, or an ``http(s)`` one naming
+    a loopback host and nothing else; no ``Host``, or a loopback name (any case, one
+    trailing dot allowed, as resolvers do)."""
+    if origin is not None:
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018  (raises on a bad port)
+        except ValueError:
             return False
-    return True
+        if (parts.scheme not in ("http", "https") or parts.path not in ("", "/")
+                or parts.query or parts.fragment or not _loopback_authority(parts.netloc)):
+            return False
+    return host is None or _loopback_authority(host)
+
+
+#: ``host[:port]`` with nothing else in it: a name or IPv4 address, or an IPv6 one in brackets.
+_AUTHORITY = re.compile(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::\d{1,5})?$")
+
+
+def _loopback_authority(value: str) -> bool:
+    m = _AUTHORITY.match(value.strip())
+    if m is None:
+        return False
+    name = (m.group(1) or m.group(2)).lower()
+    return is_loopback(name[:-1] if name.endswith(".") else name)
 
 
 def parse_bearer(header: str | None) -> bytes | None:
