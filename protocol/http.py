@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final, Generic, TypeVar
@@ -123,6 +123,11 @@ class Response:
     body: bytes | FileRange = b""
     #: Called once the response is sent or abandoned (releases a FileRange's file).
     after: Callable[[], None] | None = None
+    #: A body produced as it is sent (chunked transfer coding), instead of ``body``.
+    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    #: Instead of an answer, the connection is handed over (a websocket handshake):
+    #: called with the transport stream, which replays the request's head first.
+    takeover: Callable[[Any], Awaitable[None]] | None = None
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]

@@ -12,6 +12,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from .auth import AuthPolicy
+from .playback import BufferPolicy
 
 #: No secrets: loopback callers need no credentials (see :mod:`vstack.auth`).
 OPEN: Final = AuthPolicy()
@@ -220,3 +221,44 @@ class RedundancySettings:
 
 
 __all__ += ["RedundancySettings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientSettings:
+    """The smart client: ``vstack-play`` and the client service (port 8086)."""
+
+    metadata_urls: tuple[str, ...]
+    port: int = 8086  # CLIENT_SERVICE_PORT
+    host: str = "127.0.0.1"
+    monitoring_interval: float = 3.0  # MONITORING_INTERVAL (PING_INTERVAL is read too)
+    target_buffer_sec: float = 30.0  # TARGET_BUFFER_SEC
+    low_water_mark_sec: float = 15.0  # LOW_WATER_MARK_SEC
+    max_concurrent_downloads: int = 4  # MAX_CONCURRENT_DOWNLOADS
+    download_timeout: float = 10.0  # DOWNLOAD_TIMEOUT: the most one download may take
+    #: CLIENT_TRANSPORT: "auto" (the binary protocol where a node offers it) or "http"
+    #: (HTTP only: nodes reached through proxies that forward their HTTP port alone).
+    transport: str = "auto"
+    hls_cache_bytes: int = 256 * 1024 * 1024  # chunks the HLS gateway keeps ready
+    auth: AuthPolicy = OPEN
+
+    def __post_init__(self) -> None:
+        if not self.metadata_urls:
+            raise ValueError("METADATA_SERVICE_URL is required")
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be 0..65535")
+        if not 0.1 <= self.monitoring_interval <= 3600:
+            raise ValueError("MONITORING_INTERVAL must be in [0.1, 3600] seconds")
+        if self.transport not in ("auto", "http"):
+            raise ValueError("CLIENT_TRANSPORT must be auto or http")
+        if self.download_timeout < 1 or self.hls_cache_bytes < 0:
+            raise ValueError("DOWNLOAD_TIMEOUT must be at least 1 s")
+        self.policy()  # the buffer settings' own checks
+
+    def policy(self) -> BufferPolicy:
+        return BufferPolicy(target_sec=self.target_buffer_sec,
+                            low_water_sec=self.low_water_mark_sec,
+                            max_concurrent=self.max_concurrent_downloads,
+                            max_timeout_sec=self.download_timeout)
+
+
+__all__ += ["ClientSettings"]

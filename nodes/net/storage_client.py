@@ -38,11 +38,14 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 
 class StoragePool:
     def __init__(self, nursery: trio.Nursery, http: HttpClient, *,
-                 secret: bytes | None = None) -> None:
-        """``secret``: the cluster secret, presented on each binary connection."""
+                 secret: bytes | None = None, binary: bool = True) -> None:
+        """``secret``: the cluster secret (or a user's API token), presented on each
+        binary connection; ``binary=False``: HTTP only (e.g. to reach nodes through
+        proxies that forward their HTTP port alone)."""
         self._nursery = nursery
         self.http = http
         self.secret = secret
+        self.binary = binary
         self._clients: dict[str, FrameClient] = {}
         self._locks: dict[str, trio.Lock] = {}
 
@@ -58,6 +61,8 @@ class StoragePool:
         return decode_answer(NodeHealth.from_json, res.json(), f"{node_url}/health")
 
     async def _client(self, node_url: str) -> FrameClient | None:
+        if not self.binary:
+            return None
         lock = self._locks.setdefault(node_url, trio.Lock())
         async with lock:
             client = self._clients.pop(node_url, None)
@@ -150,6 +155,23 @@ class StoragePool:
             raise RemoteProtocolError(f"{node_url} sent {chunk_id} with the wrong SHA-256", 502)
         return bytes(data)
 
+    async def ping(self, node_url: str) -> None:
+        """One round trip to the node: a binary ``PING``, else ``HEAD /ping``.
+
+        Raises:
+            ProtocolError: the node did not answer, or not with success.
+        """
+        client = await self._client(node_url)
+        if client is not None:
+            try:
+                await client.ping()
+                return
+            except TransportError:
+                pass  # the connection broke: ask over HTTP once
+        res = await self.http.request("HEAD", f"{node_url}/ping")
+        if res.status != 200:
+            raise ProtocolError(f"{node_url}/ping answered {res.status}", res.status)
+
     async def list_page(self, node_url: str, cursor: int, limit: int = 1000
                         ) -> tuple[list[tuple[str, str]], int | None]:
         """A page of ``(stored id, SHA-256)`` the node holds, and the next cursor."""
@@ -207,12 +229,12 @@ class StoragePool:
 
 
 @asynccontextmanager
-async def open_storage_pool(http: HttpClient | None = None, *,
-                            secret: bytes | None = None) -> AsyncIterator[StoragePool]:
+async def open_storage_pool(http: HttpClient | None = None, *, secret: bytes | None = None,
+                            binary: bool = True) -> AsyncIterator[StoragePool]:
     own = http is None
     client = http or HttpClient()
     async with trio.open_nursery() as nursery:
-        pool = StoragePool(nursery, client, secret=secret)
+        pool = StoragePool(nursery, client, secret=secret, binary=binary)
         try:
             yield pool
         finally:
