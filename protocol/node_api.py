@@ -162,19 +162,25 @@ class NodeRecord:
     free_bytes: int | None = None
     last_heartbeat: str | None = None
     version: str | None = None
+    #: The URL manifests show for this node (an alias of ``node_url``), if another one.
+    public_url: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> NodeRecord:
-        free = data.get("free_bytes")
+        free, public = data.get("free_bytes"), data.get("public_url")
         return cls(node_url=str(data["node_url"]), node_id=str(data["node_id"]),
                    status=str(data.get("status", "healthy")),
                    disk_usage_percent=float(data.get("disk_usage_percent") or 0.0),
                    chunk_count=int(data.get("chunk_count") or 0),
                    free_bytes=None if free is None else int(free),
-                   last_heartbeat=data.get("last_heartbeat"), version=data.get("version"))
+                   last_heartbeat=data.get("last_heartbeat"), version=data.get("version"),
+                   public_url=None if public is None else str(public))
 
     def to_json(self) -> dict[str, Any]:
-        return {"node_url": self.node_url, "node_id": self.node_id,
-                "last_heartbeat": self.last_heartbeat,
-                "disk_usage_percent": self.disk_usage_percent, "chunk_count": self.chunk_count,
-                "free_bytes": self.free_bytes, "status": self.status, "version": self.version}
+        out = {"node_url": self.node_url, "node_id": self.node_id,
+               "last_heartbeat": self.last_heartbeat,
+               "disk_usage_percent": self.disk_usage_percent, "chunk_count": self.chunk_count,
+               "free_bytes": self.free_bytes, "status": self.status, "version": self.version}
+        if self.public_url is not None:
+            out["public_url"] = self.public_url
+        return out

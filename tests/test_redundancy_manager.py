@@ -14,123 +14,21 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from nodes.client.fetcher import fetch_chunk
 from nodes.net.http_client import HttpClient, request
-from nodes.net.metadata_client import MetadataClient
 from nodes.redundancy.service import run_pass, serve_redundancy
 from nodes.redundancy.state import Manager
-from protocol.api import chunk_id, shard_id
+from protocol.api import chunk_id
 from tools.launch import free_port
-from vstack import erasure
-from vstack.placement import NodeInfo, choose_shard_nodes
 from vstack.reconcile import copies_of, plan_repairs
 from vstack.settings import RedundancySettings
 
-
-@dataclass
-class Cluster:
-    meta: str
-    nodes: list[str]
-    stops: dict[str, Callable[[], Any]]
-    mgr: Manager
-    http: HttpClient
-    data: dict[str, list[bytes]] = field(default_factory=dict)  # video -> its chunks
-
-    async def put_video(self, mode: str, chunks: int = 3, size: int = 50_000) -> str:
-        """A video stored in ``mode`` on the nodes and committed, then made active."""
-        vid = (await request("POST", f"{self.meta}/video",
-                             json_body={"title": mode, "duration_sec": chunks})).json()["video_id"]
-        infos = [NodeInfo(url=u, node_id=u) for u in self.nodes]
-        self.data[vid] = []
-        for seq in range(chunks):
-            data = os.urandom(size)
-            self.data[vid].append(data)
-            cid = chunk_id(vid, seq)
-            sha = hashlib.sha256(data).hexdigest()
-            body: dict[str, Any] = {"checksum": sha, "size_bytes": size, "video_id": vid,
-                                    "sequence_num": seq, "redundancy_mode": mode}
-            if mode == "replication":
-                for url in self.nodes[:3]:
-                    await self.store(url, cid, data)
-                body["node_urls"] = self.nodes[:3]
-            else:
-                shards = erasure.encode(data)
-                layout = choose_shard_nodes(infos, turn=seq)
-                frags: list[dict[str, Any]] = []
-                for s in shards:
-                    url = layout[s.index].url
-                    await self.store(url, shard_id(cid, s.index), bytes(s.data))
-                    frags.append({"fragment_id": shard_id(cid, s.index),
-                                  "fragment_index": s.index, "node_url": url,
-                                  "size_bytes": s.size, "checksum": s.sha256})
-                body |= {"node_urls": sorted({str(f["node_url"]) for f in frags}),
-                         "fragments_metadata": frags}
-            res = await request("POST", f"{self.meta}/chunk/{cid}/commit", json_body=body)
-            assert res.json()["success"], res.body
-        res = await request("PATCH", f"{self.meta}/video/{vid}/status",
-                            json_body={"status": "active"})
-        assert res.status == 200
-        return str(vid)
-
-    async def pinned_video(self, mode: str, **kwargs: Any) -> str:
-        """A video stored in ``mode`` and pinned there (a new video would otherwise
-        be migrated to erasure coding)."""
-        vid = await self.put_video(mode, **kwargs)
-        res = await request("POST", f"{self.meta}/redundancy/override/{vid}?mode={mode}")
-        assert res.status == 200
-        return vid
-
-    async def store(self, url: str, stored_id: str, data: bytes) -> None:
-        assert (await request("PUT", f"{url}/chunk/{stored_id}", body=data)).status == 201
-
-    async def manifest(self, vid: str) -> Any:
-        return await self.mgr.metadata.manifest(vid)
-
-    async def read_all(self, vid: str) -> None:
-        """Every chunk of ``vid`` read back whole and right (as a player would)."""
-        m = await self.manifest(vid)
-        got = [await fetch_chunk(self.http, c) for c in m.chunks]
-        assert got == self.data[vid]
-
-    async def inventory(self) -> set[tuple[str, str]]:
-        held = set()
-        for url in self.nodes:
-            if url in self.stops:
-                page, _ = await self.mgr.pool.list_page(url, 0, 10_000)
-                held |= {(url, sid) for sid, _ in page}
-        return held
-
-
-async def start_cluster(nursery: trio.Nursery, start_node: Callable[..., Any],
-                        start_metadata: Callable[..., Any], tmp_path: Any, nodes: int,
-                        **manager: Any) -> Cluster:
-    svc = await start_metadata(node_timeout=30, heartbeat_interval=5, popularity_threshold=10)
-    meta = f"http://127.0.0.1:{svc.port}"
-    urls, stops = [], {}
-    for i in range(nodes):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        _, stop = await start_node(data_dir=tmp_path / f"n{i}", port=port, node_id=f"n{i}",
-                                   node_url=url, metadata_urls=(meta,), heartbeat_interval=5)
-        urls.append(url)
-        stops[url] = stop
-    settings = RedundancySettings(**{
-        "metadata_urls": (meta,), "interval": 1e9, "repair_grace": 60, "orphan_grace": 120,
-        "upload_expiry": 300, "popularity_threshold": 10, "popularity_window": 100, **manager})
-    mgr: Manager = await nursery.start(serve_redundancy, settings)
-    client = MetadataClient((meta,))
-    with trio.fail_after(60):
-        while len([n for n in await client.healthy_nodes()]) < nodes:
-            await trio.sleep(1)
-    await client.aclose()
-    return Cluster(meta=meta, nodes=urls, stops=stops, mgr=mgr, http=HttpClient(max_idle_per_host=0))
+from .cluster import Cluster, start_cluster
 
 
 async def test_a_video_moves_between_modes_and_its_bytes_never_change(
@@ -404,10 +302,9 @@ async def test_chunks_with_ids_of_any_form_are_never_collected_while_referenced(
             "sequence_num": 0, "node_urls": c.nodes}
     assert (await request("POST", f"{c.meta}/chunk/clip-0001/commit", json_body=body)
             ).json()["success"]
-    from nodes.redundancy import gc
-
-    assert await gc._still_orphan(c.mgr, "clip-0001") is False
-    assert await gc._still_orphan(c.mgr, "clip-0002") is True
+    for node in ("n0", "n1", "n2"):  # the collector's mark is refused: referenced there
+        assert await c.mgr.metadata.mark_collecting("clip-0001", "clip-0001", node) is None
+    assert await c.mgr.metadata.mark_collecting("clip-0002", "clip-0002", "n0") is not None
 
 
 async def test_an_upload_that_went_active_during_the_pass_is_not_expired(
@@ -490,12 +387,12 @@ async def test_a_repair_killed_at_every_step_leaves_the_video_readable_and_conve
             await trio.sleep(5)
     async def repair_once() -> None:
         snap = await observe(c.mgr)
-        for item in plan_repairs(snap.manifests, snap.lost):
+        for item in plan_repairs(snap.manifests, snap.lost, identity=snap.identity):
             await repair.repair_chunk(c.mgr, snap, item)
 
     assert await crash_at_every_step(c, vid, repair_once) >= 4
     snap = await observe(c.mgr)
-    assert plan_repairs(snap.manifests, snap.lost) == []
+    assert plan_repairs(snap.manifests, snap.lost, identity=snap.identity) == []
     for _ in range(4):
         await trio.sleep(60)
         await run_pass(c.mgr)
@@ -534,7 +431,8 @@ async def test_a_commit_racing_the_collectors_delete_keeps_its_copy(
         clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
         start_metadata: Callable[..., Any], tmp_path: Any) -> None:
     """An orphan is committed (a writer stored the same bytes again: the node said
-    "already there") between the collector's last check and its delete."""
+    "already there") between the collector's mark and its delete: the commit is
+    refused (409), the writer stores the copy again and commits."""
     c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
     vid = (await request("POST", f"{c.meta}/video",
                          json_body={"title": "resumed", "duration_sec": 1})).json()["video_id"]
@@ -544,18 +442,26 @@ async def test_a_commit_racing_the_collectors_delete_keeps_its_copy(
     real_delete = c.mgr.pool.delete
     body = {"checksum": hashlib.sha256(data).hexdigest(), "size_bytes": 3000, "video_id": vid,
             "sequence_num": 0, "node_urls": c.nodes}
+    answers: list[tuple[int, bool]] = []
 
     async def delete_after_a_commit(url: str, stored_id: str) -> bool:
         res = await request("POST", f"{c.meta}/chunk/{cid}/commit", json_body=body)
-        assert res.json()["success"]  # every node still held it when the commit checked
+        answers.append((res.status, res.status == 200 and res.json()["success"]))
         return await real_delete(url, stored_id)
 
     c.mgr.pool.delete = delete_after_a_commit  # type: ignore[method-assign,assignment]
     await run_pass(c.mgr)
     await trio.sleep(130)
-    await run_pass(c.mgr)  # the orphans are due: checked, then deleted...
+    await run_pass(c.mgr)  # the orphans are due: marked, then deleted
     c.mgr.pool.delete = real_delete  # type: ignore[method-assign]
-    assert {(u, cid) for u in c.nodes} <= await c.inventory()  # ...and stored again
-    assert c.mgr.stats.orphans_deleted == 0
+    assert answers, "the collector deleted nothing"
+    assert answers[0][0] == 409, answers  # every node held it: refused, it may be deleted
+    assert not any(ok for _, ok in answers), answers  # later: refused, or too few copies
+    for url in c.nodes:  # the writer stores again and retries
+        await c.store(url, cid, data)
+    res = await request("POST", f"{c.meta}/chunk/{cid}/commit", json_body=body)
+    assert res.json()["success"]
+    await run_pass(c.mgr)
+    assert {(u, cid) for u in c.nodes} <= await c.inventory()
     c.data[vid] = [data]
     await c.read_all(vid)

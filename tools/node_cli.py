@@ -17,18 +17,22 @@ from typing import Any, TypeVar
 import click
 import trio
 
+from nodes.client.service import serve_client
+from nodes.client.state import ClientService
 from nodes.metadata.service import serve_metadata
 from nodes.metadata.state import MetadataService
 from nodes.redundancy.service import serve_redundancy
 from nodes.storage.node import StorageNode
 from nodes.storage.service import serve_storage_node
 from nodes.uploader.service import Uploader, serve_uploader
+from tools.client_options import client_options, client_settings
 from tools.credentials import DEFAULT_DATA_DIR, ensure_secret_files, resolve_policy
 from vstack import __version__
 from vstack.auth import AuthPolicy, check_bind, is_loopback
 from vstack.node_urls import parse_aliases
 from vstack.settings import (
     DEFAULT_MAX_CHUNK_BYTES,
+    ClientSettings,
     MetadataSettings,
     RedundancySettings,
     StorageSettings,
@@ -58,7 +62,7 @@ def main(log_level: str) -> None:
     """Start V-Stack services: a storage node, a metadata replica, the uploader, or all of
     them as one local cluster (`vstack-node all`).
 
-    The smart client (8086) and the web page (8085) are not part of this release yet.
+    The web page (8085) is not part of this release yet.
     """
     _setup_logging(log_level)
 
@@ -67,7 +71,8 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(u.strip().rstrip("/") for u in (value or "").split(",") if u.strip())
 
 
-Settings = StorageSettings | MetadataSettings | UploaderSettings | RedundancySettings
+Settings = (StorageSettings | MetadataSettings | UploaderSettings | RedundancySettings
+            | ClientSettings)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -111,6 +116,11 @@ async def _run_until_signal(*services: Settings) -> None:
                 up: Uploader = await nursery.start(serve_uploader, settings)
                 click.echo(f"uploader: http://127.0.0.1:{up.port} (temp {settings.temp_dir})",
                            err=True)
+                continue
+            if isinstance(settings, ClientSettings):
+                client: ClientService = await nursery.start(serve_client, settings)
+                click.echo(f"smart client: http://127.0.0.1:{client.port} (dashboard; HLS at "
+                           f"/hls/VIDEO_ID.m3u8)", err=True)
                 continue
             if isinstance(settings, RedundancySettings):
                 await nursery.start(serve_redundancy, settings)
@@ -341,6 +351,21 @@ def redundancy(metadata_url: str, interval: float, repair_grace: float, orphan_g
 
 
 @main.command()
+@click.option("--port", envvar="CLIENT_SERVICE_PORT", default=8086, type=click.IntRange(0, 65535),
+              help="HTTP port [env CLIENT_SERVICE_PORT].")
+@click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
+@click.option("--metadata-url", envvar="METADATA_SERVICE_URL", default="http://localhost:8080",
+              help="Metadata replica URL(s), comma-separated [env METADATA_SERVICE_URL].")
+@client_options
+@security_options
+def client(port: int, host: str, metadata_url: str, **opts: Any) -> None:
+    """Run the smart-client service: status, dashboard, stream and the HLS gateway."""
+    sec = {k: opts.pop(k) for k in ("cluster_secret", "api_token", "public_reads", "insecure")}
+    trio.run(_run_until_signal, client_settings(_split(metadata_url), port, host,
+                                                 _policy(host, sec), **opts))
+
+
+@main.command()
 @click.option("--proxy", "proxies", envvar="NETEM_PROXIES", multiple=True, required=True,
               help="LISTEN_PORT=HOST:PORT, once per proxied port (a node's HTTP or binary "
               "port) [env NETEM_PROXIES, space-separated].")
@@ -378,8 +403,8 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
     """Run the embedded local cluster on the guide's ports.
 
     The metadata service (8080), three storage nodes (8081-8083, binary
-    8181-8183), the uploader (8084) and the redundancy manager; the smart
-    client and web page join as they land.
+    8181-8183), the uploader (8084), the redundancy manager and the smart
+    client service (8086); the web page joins as it lands.
     """
     if not is_loopback(host) and not sec["cluster_secret"] and not sec["insecure"]:
         # Beyond loopback with no secrets given: make them once, where the CLIs look.
@@ -406,10 +431,11 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
     services.append(UploaderSettings(temp_dir=data_dir / "uploads", metadata_urls=(meta_url,),
                                      port=8084, host=host, auth=auth))
     services.append(RedundancySettings(metadata_urls=(meta_url,), auth=auth))
+    services.append(ClientSettings(metadata_urls=(meta_url,), port=8086, host=host, auth=auth))
     click.echo(
         f"V-Stack local cluster: metadata service on 8080, {node_count} storage nodes on ports "
-        f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), uploader on 8084, data "
-        f"under {data_dir}. Ctrl-C stops the cluster.",
+        f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), uploader on 8084, smart client on "
+        f"8086, data under {data_dir}. Ctrl-C stops the cluster.",
         err=True,
     )
     trio.run(_run_until_signal, *services)

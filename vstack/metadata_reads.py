@@ -10,7 +10,8 @@ Rows come back as plain dicts keyed by column name, ready for JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import apsw
@@ -134,8 +135,15 @@ class MetadataReads:
             "   ON c.chunk_id = r.chunk_id WHERE r.status = 'active') AS total_replicas")
         return {k: int(v) for k, v in row.items()}
 
-    def storage_overhead(self, *, replication_factor: int) -> dict[str, Any]:
-        """Logical bytes (one copy of each chunk) against physical bytes (every copy)."""
+    def placement_node_names(self) -> list[str]:
+        """Every node name a replica or fragment row uses (as its writer gave it)."""
+        return [r["node_url"] for r in self.query(
+            "SELECT node_url FROM chunk_replicas UNION SELECT node_url FROM chunk_fragments")]
+
+    def storage_overhead(self, *, replication_factor: int,
+                         healthy: Collection[str] | None = None) -> dict[str, Any]:
+        """Logical bytes (one copy of each chunk) against physical bytes (every copy);
+        ``healthy``: as for :meth:`redundancy_health`."""
         [row] = self.query(
             "SELECT"
             " COALESCE(SUM(CASE WHEN redundancy_mode = 'replication' THEN 1 END), 0) AS repl_chunks,"
@@ -159,26 +167,35 @@ class MetadataReads:
                 "storage_savings_percent": round(savings, 4),
                 "replication_overhead_bytes": phys["repl_physical"] - row["repl_logical"],
                 "erasure_overhead_bytes": float(phys["ec_physical"] - row["ec_logical"]),
-                **self.redundancy_health(replicas=replication_factor)}
+                **self.redundancy_health(replicas=replication_factor, healthy=healthy)}
 
-    def redundancy_health(self, *, replicas: int, shards: int = 5, needed: int = 3
-                          ) -> dict[str, int]:
+    def redundancy_health(self, *, replicas: int, shards: int = 5, needed: int = 3,
+                          healthy: Collection[str] | None = None) -> dict[str, int]:
         """Chunks short of copies on healthy nodes (to repair), and chunks with too few
-        to rebuild at all right now (unreadable until a node comes back)."""
+        to rebuild at all right now (unreadable until a node comes back).
+
+        ``healthy``: every name rows may give a healthy node, mapped to that node's
+        id (its URL, an alias, ...: one node counts once); by default, the URLs the
+        table lists as healthy, compared as written.
+        """
+        if healthy is None:
+            healthy = {r["node_url"]: r["node_url"] for r in self.query(
+                "SELECT node_url FROM storage_nodes WHERE status = 'healthy'")}
+        names = json.dumps(dict(healthy) if isinstance(healthy, Mapping)
+                           else {n: n for n in healthy})
         [row] = self.query(
-            "WITH live AS (SELECT c.chunk_id, c.redundancy_mode AS mode,"
-            "  (SELECT COUNT(DISTINCT r.node_url) FROM chunk_replicas r JOIN storage_nodes n"
-            "    ON n.node_url = r.node_url AND n.status = 'healthy'"
-            "    WHERE r.chunk_id = c.chunk_id) AS copies,"
-            "  (SELECT COUNT(DISTINCT f.fragment_index) FROM chunk_fragments f JOIN storage_nodes n"
-            "    ON n.node_url = f.node_url AND n.status = 'healthy'"
-            "    WHERE f.chunk_id = c.chunk_id) AS pieces"
+            "WITH up AS (SELECT key AS name, value AS node FROM json_each(?)),"
+            " live AS (SELECT c.chunk_id, c.redundancy_mode AS mode,"
+            "  (SELECT COUNT(DISTINCT up.node) FROM chunk_replicas r JOIN up"
+            "    ON up.name = r.node_url WHERE r.chunk_id = c.chunk_id) AS copies,"
+            "  (SELECT COUNT(DISTINCT f.fragment_index) FROM chunk_fragments f JOIN up"
+            "    ON up.name = f.node_url WHERE f.chunk_id = c.chunk_id) AS pieces"
             "  FROM visible_chunks c)"
             " SELECT"
             "  COALESCE(SUM(CASE WHEN mode = 'replication' THEN copies < ? ELSE pieces < ? END), 0)"
             "   AS short,"
             "  COALESCE(SUM(CASE WHEN mode = 'replication' THEN copies < 1 ELSE pieces < ? END), 0)"
-            "   AS unreadable FROM live", (replicas, shards, needed))
+            "   AS unreadable FROM live", (names, replicas, shards, needed))
         return {"under_replicated_chunks": int(row["short"]),
                 "unreadable_chunks": int(row["unreadable"])}
 

@@ -138,7 +138,8 @@ def materialize(cur: apsw.Cursor, key: str, value: Value) -> None:
     if rk.kind == "video":
         _put_video(cur, rk.ident, value)
     elif rk.kind == "chunk":
-        _put_chunk(cur, rk.ident, value)
+        if "video_id" in value:  # else only the garbage collector's marks: no placement
+            _put_chunk(cur, rk.ident, value)
     elif rk.kind == "override":
         if value.get("mode"):
             cur.execute("INSERT INTO redundancy_overrides (video_id, mode) VALUES (?, ?) "

@@ -65,7 +65,7 @@ class BufferPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.low_water_sec <= self.target_sec:
-            raise ValueError("need 0 < LOW_WATER_MARK_SEC <= TARGET_BUFFER_SEC")
+            raise ValueError("LOW_WATER_MARK_SEC must be in (0, TARGET_BUFFER_SEC]")
         if not 1 <= self.max_concurrent <= 64:
             raise ValueError("MAX_CONCURRENT_DOWNLOADS must be in [1, 64]")
         if not 0 < self.min_timeout_sec <= self.max_timeout_sec:

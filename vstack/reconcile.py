@@ -20,7 +20,7 @@ made (``now``, passed in), these functions and trackers decide:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -74,25 +74,29 @@ class Repair:
 
 
 def plan_repairs(manifests: Iterable[Manifest], lost: set[str],
-                 gone: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()
-                 ) -> list[Repair]:
+                 gone: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+                 identity: Callable[[str], str] = str) -> list[Repair]:
     """Chunks short of copies on nodes that are not ``lost``, riskiest first.
 
     A chunk is short when a copy sits on a lost node, or is ``gone`` (a
-    ``(node URL, stored id)`` its node no longer lists: quarantined by the
+    ``(node, stored id)`` its node no longer lists: quarantined by the
     scrubber, or gone with a disk), or when it was committed with fewer copies
-    than its mode asks for. Chunks that can no
-    longer be rebuilt (no replica, fewer than ``DATA_SHARDS`` shards) are left
+    than its mode asks for. Nodes are compared by ``identity`` (a node has
+    several names: its URL, an alias, its id): ``lost`` and the nodes of
+    ``gone`` are identities, and two replicas on one node count once. Only
+    shard indices in ``[0, TOTAL_SHARDS)`` count (a bogus index rebuilds
+    nothing). Chunks that can no longer be rebuilt (no replica, fewer than ``DATA_SHARDS`` shards) are left
     out: nothing can repair them (they are counted by the caller as lost).
     """
     plan = []
     for m in manifests:
         for chunk in m.chunks:
             copies = copies_of(chunk)
-            alive = tuple(c for c in copies if c.node_url not in lost
-                          and (c.node_url, c.stored_id) not in gone)
+            alive = tuple(c for c in copies if identity(c.node_url) not in lost
+                          and (identity(c.node_url), c.stored_id) not in gone
+                          and (c.index is None or 0 <= c.index < TOTAL_SHARDS))
             distinct = ({c.index for c in alive} if chunk.fragments
-                        else {c.node_url for c in alive})
+                        else {identity(c.node_url) for c in alive})
             missing = required(chunk) - len(distinct)
             rebuildable = len(distinct) >= (DATA_SHARDS if chunk.fragments else 1)
             if missing > 0 and rebuildable:
@@ -167,7 +171,7 @@ class Liveness:
         self._down_since: dict[str, float] = {}
 
     def observe(self, statuses: Mapping[str, str], now: float) -> set[str]:
-        """Record each node URL's status at ``now``; returns the lost nodes."""
+        """Record each node's status (by its id or URL) at ``now``; returns the lost nodes."""
         for url, status in statuses.items():
             if status == "healthy":
                 self._down_since.pop(url, None)

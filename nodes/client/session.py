@@ -56,7 +56,8 @@ class Playback:
                      for c in manifest.chunks]
         self.buffer = PlaybackBuffer(durations, policy, speed=speed)
         self._data: dict[int, bytes] = {}
-        self._changed = trio.Event()
+        self._wake_scheduler = trio.Event()
+        self._wake_player = trio.Event()
         self._failed: dict[int, PlaybackError] = {}
         self.startup_latency: float | None = None
         self.bytes_out = 0
@@ -71,7 +72,8 @@ class Playback:
         return sum(len(d) for d in self._data.values())
 
     def _poke(self) -> None:
-        self._changed.set()
+        self._wake_scheduler.set()
+        self._wake_player.set()
 
     async def run(self, sink: Sink) -> int:
         """Play to the end; returns the bytes handed to ``sink``.
@@ -102,14 +104,14 @@ class Playback:
                     continue
                 self.buffer.fetch_started(seq)
                 nursery.start_soon(self._fetch, seq)
-            self._changed = trio.Event()
+            self._wake_scheduler = trio.Event()
             # Wake on a change, and when the level is due to cross the low-water mark.
             level = self.buffer.level_sec(trio.current_time())
             speed = self.buffer.speed or 1.0
             wait = max(0.01, (level - self.policy.low_water_sec) / speed) \
                 if level >= self.policy.low_water_sec else 1.0
             with trio.move_on_after(wait):
-                await self._changed.wait()
+                await self._wake_scheduler.wait()
 
     async def _fetch(self, seq: int) -> None:
         chunk = self.manifest.chunks[seq]
@@ -136,8 +138,8 @@ class Playback:
                 while not buf.ready():
                     if buf.next_to_play in self._failed:
                         raise self._failed[buf.next_to_play]
-                    self._changed = trio.Event()
-                    await self._changed.wait()
+                    self._wake_player = trio.Event()
+                    await self._wake_player.wait()
             now = trio.current_time()
             if self.startup_latency is None and buf.opened_at is not None:
                 self.startup_latency = now - buf.opened_at

@@ -10,6 +10,7 @@ from vstack.redundancy import REPLICAS
 from . import liveness
 from .api_common import ok, read_json
 from .state import MetadataService
+from .storage_checks import known_nodes
 
 __all__ = ["heartbeat", "nodes_all", "nodes_healthy", "nodes_summary", "overhead", "register",
            "stats"]
@@ -51,4 +52,10 @@ async def stats(svc: MetadataService, req: Request, body: Body) -> Response:
 
 
 async def overhead(svc: MetadataService, req: Request, body: Body) -> Response:
-    return ok(svc.reader.storage_overhead(replication_factor=REPLICAS))
+    """Copies are counted by node, whatever name their writer gave the node (its URL,
+    an alias such as the contract's ``http://storage-node-N:8081``, its id)."""
+    known = known_nodes(svc)
+    up = {r.node_id for r in svc.node_records() if r.status == "healthy"}
+    healthy = {name: node for name in svc.reader.placement_node_names()
+               if (node := known.identity(name)) in up}
+    return ok(svc.reader.storage_overhead(replication_factor=REPLICAS, healthy=healthy))

@@ -43,8 +43,21 @@ async def recommend(svc: MetadataService, req: Request, body: Body) -> Response:
                "override": forced, "config": mode_config(mode)})
 
 
+async def _existing_video(svc: MetadataService, video_id: str) -> None:
+    """404 unless ``video_id`` names a video that is not deleted: an override is a Paxos
+    register kept for good, so made-up ids must cost nothing (as for :func:`add_view`).
+    A video this replica does not know yet is looked for again after a read barrier."""
+    video = svc.reader.video(video_id)
+    if video is None and svc.settings.replicas > 1:
+        await svc.replica.barrier(video_id)
+        video = svc.reader.video(video_id)
+    if video is None or video.get("status") == "deleted":
+        raise ProtocolError(f"Video {video_id[:80]} not found", 404)
+
+
 async def override(svc: MetadataService, req: Request, body: Body) -> Response:
     video_id = req.params["video_id"]
+    await _existing_video(svc, video_id)
     mode = req.query.get("mode")
     if mode is None:
         raise ValidationError([{"type": "missing", "loc": ["query", "mode"],
@@ -57,8 +70,13 @@ async def override(svc: MetadataService, req: Request, body: Body) -> Response:
 
 
 async def clear_override(svc: MetadataService, req: Request, body: Body) -> Response:
+    """Clear the override; with none set (read after a barrier) it is a no-op: no round."""
     video_id = req.params["video_id"]
-    await svc.decide(override_key(video_id), set_override(None))
+    await _existing_video(svc, video_id)
+    if svc.settings.replicas > 1:
+        await svc.replica.barrier(video_id)
+    if svc.reader.override_of(video_id) is not None:
+        await svc.decide(override_key(video_id), set_override(None))
     return ok({"status": "ok", "video_id": video_id, "message": "Manual override cleared"})
 
 

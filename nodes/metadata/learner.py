@@ -244,7 +244,8 @@ class LearnerMixin:
         if 1 + len(answered) < quorum:
             raise NoQuorum(f"video/{video_id}")
         chunks = await self.run_blocking(functools.partial(self.db.chunk_ids_of_video, video_id))
-        known = sorted({f"video/{video_id}", *(f"chunk/{c}" for c in chunks)})
+        known = sorted({f"video/{video_id}", f"override/{video_id}",
+                        *(f"chunk/{c}" for c in chunks)})
         pending = set(self.pending_of_video(video_id, set(known)))
         for peer in list(answered):
             try:

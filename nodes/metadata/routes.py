@@ -41,6 +41,7 @@ ROUTES: Final[RouteTable] = [
     ("POST", "/chunk/{chunk_id}/commit", C, api_chunks.commit),
     ("GET", "/chunk/{chunk_id}/fragments", R, api_chunks.chunk_fragments),
     ("GET", "/chunk/{chunk_id}/placement", R, api_chunks.placement),
+    ("POST", "/chunk/{chunk_id}/collect", C, api_chunks.collect),
     ("GET", "/consensus/{chunk_id}", R, api_chunks.consensus),
     ("GET", "/nodes/healthy", R, api_nodes.nodes_healthy),
     ("GET", "/nodes/all", R, api_nodes.nodes_all),

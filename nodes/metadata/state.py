@@ -96,7 +96,12 @@ class MetadataService:
             disk_usage_percent=float(r["disk_usage_percent"] or 0.0),
             chunk_count=int(r["chunk_count"] or 0), free_bytes=r["free_bytes"],
             last_heartbeat=r["last_heartbeat"], version=r["version"],
+            public_url=self._public_if_other(str(r["node_url"])),
         ) for r in self.reader.node_rows()]
+
+    def _public_if_other(self, url: str) -> str | None:
+        public = self.aliases.public(url)
+        return public if public != url else None
 
     def healthy_count(self) -> int:
         return sum(1 for r in self.node_records() if r.status == "healthy")

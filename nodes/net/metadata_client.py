@@ -179,6 +179,25 @@ class MetadataClient:
                                         [str(i) for i in d["stored_ids"]]),
                              res.json(), "GET /chunk/placement")
 
+    async def mark_collecting(self, chunk_id: str, stored_id: str, node: str) -> int | None:
+        """Mark ``stored_id`` on ``node`` (its id or URL) as about to be deleted, in
+        chunk ``chunk_id``'s register; the mark's number, or ``None`` if refused
+        (the placement names that copy there)."""
+        res = await self.call("POST", f"/chunk/{chunk_id}/collect",
+                              {"stored_id": stored_id, "node": node}, retry=True)
+        if res.status == 409:
+            return None
+        if res.status != 200:
+            raise ProtocolError(f"metadata POST /chunk/collect: {res.status} "
+                                f"{res.error_detail()}", res.status)
+        return decode_answer(lambda d: int(d["mark"]), res.json(), "POST /chunk/collect")
+
+    async def finish_collecting(self, chunk_id: str, stored_id: str, node: str,
+                                mark: int) -> None:
+        """The collector is done with mark ``mark`` (see :meth:`mark_collecting`)."""
+        await self.json("POST", f"/chunk/{chunk_id}/collect",
+                        {"stored_id": stored_id, "node": node, "finish": mark}, retry=True)
+
     async def aclose(self) -> None:
         if self._own_http:
             await self.http.aclose()

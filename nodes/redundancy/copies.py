@@ -22,7 +22,7 @@ from protocol.errors import VStackError
 from vstack import erasure
 from vstack.placement import NodeInfo, choose_nodes, choose_shard_nodes
 from vstack.reconcile import Copy
-from vstack.redundancy import DATA_SHARDS
+from vstack.redundancy import DATA_SHARDS, TOTAL_SHARDS
 
 from .state import Manager
 
@@ -94,7 +94,7 @@ async def _read_shards(mgr: Manager, chunk: ManifestChunk, copies: Sequence[Copy
     async with trio.open_nursery() as nursery:
         seen: set[int] = set()
         for c in copies:
-            if c.index is not None and c.index not in seen:
+            if c.index is not None and 0 <= c.index < TOTAL_SHARDS and c.index not in seen:
                 seen.add(c.index)
                 nursery.start_soon(one, c, nursery.cancel_scope)
     if len(got) < DATA_SHARDS:

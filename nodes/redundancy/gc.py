@@ -2,19 +2,27 @@
 
 Every pass lists what each healthy node holds and compares it with every
 committed placement (of every video that is not deleted, uploads in
-progress included). A stored id that no placement names, on any node, is an
-orphan: a failed or abandoned upload, a half-finished migration, a client
-that stored and never committed. An orphan is deleted only once it has been
-one for ``ORPHAN_GRACE_SEC`` and a fresh read through a quorum of the
-metadata replicas, of the chunk itself (``GET /chunk/{id}/placement``, the
-id with any shard suffix taken off), still finds no placement naming it;
-so a copy an upload has just stored, and is about to commit, is never taken.
+progress included). A copy (a node and a stored id) that no placement names
+*on that node* is an orphan: a failed or abandoned upload, a half-finished
+migration, a client that stored and never committed, or the stale copy of a
+node that came back after its copies were rebuilt elsewhere. Nodes are
+compared by identity (:meth:`.state.Snapshot.identity`: the id of the node a
+URL, an alias or an id names), never by URL strings. A stored id that some
+placement names on a node no registered node answers to is kept everywhere:
+which node that is cannot be told.
 
-Ids are compared, not (node, id) pairs: the same node has other names
-(aliases, a re-registered URL), and a collector that matched names could
-delete every copy of a chunk it failed to recognise. The price: a stale
-copy of a still-referenced id (on a node that came back after its copies
-were rebuilt elsewhere) is kept, not collected.
+An orphan is deleted only once it has been one for ``ORPHAN_GRACE_SEC``,
+and then through the chunk's register (:mod:`vstack.registers`, "the
+garbage collector's marks"): the collector first decides a *mark* on the
+copy (refused if the placement names it there and its video is not
+deleted), deletes it while the mark is open, then finishes the mark. A
+commit that names the copy and whose check of the nodes may have overlapped
+the delete is refused (409), so its writer stores the copy again and
+retries: a committed copy is never deleted, however slow either side is. The
+delete is sent within ``DELETE_WINDOW`` of the mark; if its outcome is not
+known (a timeout) the mark is left open until it expires (``MARK_TTL_NS``,
+five minutes), never finished early. A copy whose id is not a chunk id is
+never deleted.
 
 A video left ``uploading`` with no new chunk for ``UPLOAD_EXPIRY_SEC`` is
 deleted (its chunks go with it, and any strays become orphans).
@@ -29,17 +37,20 @@ import trio
 
 from protocol.api import CHUNK_ID_RE, Manifest
 from protocol.errors import VStackError
-from vstack.node_urls import normalize_url
 from vstack.reconcile import copies_of
 
 from .state import Manager, Snapshot
 
-__all__ = ["collect_orphans", "expire_uploads", "referenced"]
+__all__ = ["DELETE_WINDOW", "collect_orphans", "expire_uploads", "referenced"]
 
 log = logging.getLogger("vstack.redundancy")
 
 #: A shard's stored id: its chunk's id and ``-s<index>`` (protocol.api.shard_id).
 _SHARD = re.compile(r"^(.+)-s(\d+)$")
+
+#: Seconds after its mark within which a delete is sent and answered (far below the
+#: mark's lifetime, vstack.registers.MARK_TTL_NS).
+DELETE_WINDOW = 30.0
 
 
 def referenced(manifests: list[Manifest]) -> set[str]:
@@ -48,52 +59,76 @@ def referenced(manifests: list[Manifest]) -> set[str]:
 
 
 async def collect_orphans(mgr: Manager, snap: Snapshot) -> None:
-    refs = referenced(snap.manifests)
-    placed = {(normalize_url(c.node_url), c.stored_id)
-              for m in snap.manifests for chunk in m.chunks for c in copies_of(chunk)}
+    placed: dict[str, set[str]] = {}  # node id -> the stored ids placements name there
+    anywhere: set[str] = set()  # named on a node that cannot be identified: kept
+    for m in snap.manifests:
+        for chunk in m.chunks:
+            for c in copies_of(chunk):
+                placed.setdefault(snap.identity(c.node_url), set()).add(c.stored_id)
+                if not snap.known(c.node_url):
+                    anywhere.add(c.stored_id)
     now_orphans: list[tuple[str, str]] = []
     listed: list[tuple[str, str]] = []
     missing: set[tuple[str, str]] = set()
-    sums: dict[tuple[str, str], str] = {}
+    urls = {n.node_id: n.node_url for n in snap.nodes}
     for node in snap.nodes:
         if node.status != "healthy":
             continue
-        url = normalize_url(node.node_url)
         try:
-            held = await _inventory(mgr, url)
+            held = await _inventory(mgr, node.node_url)
         except VStackError as exc:
-            log.info("could not list %s: %s", url, exc)
+            log.info("could not list %s: %s", node.node_url, exc)
             continue
-        sums |= {(url, sid): sha for sid, sha in held.items()}
-        listed += [(url, sid) for sid in held]
-        now_orphans += [(url, sid) for sid in held if sid not in refs]
-        have = set(held)
-        missing |= {(u, sid) for u, sid in placed if u == url and sid not in have}
+        here = placed.get(node.node_id, set())
+        listed += [(node.node_id, sid) for sid in held]
+        now_orphans += [(node.node_id, sid) for sid in held
+                        if sid not in here and sid not in anywhere]
+        missing |= {(node.node_id, sid) for sid in here if sid not in held}
     mgr.missing = missing & mgr.missing_before  # gone at two listings in a row
     mgr.missing_before = missing
-    for url, stored_id in mgr.orphans.observe(now_orphans, trio.current_time(), scope=listed):
-        if await _still_orphan(mgr, stored_id):
-            await _delete(mgr, url, stored_id, sums[(url, stored_id)])
-        mgr.orphans.forget((url, stored_id))
+    for node_id, stored_id in mgr.orphans.observe(now_orphans, trio.current_time(),
+                                                  scope=listed):
+        await _collect(mgr, node_id, urls[node_id], stored_id)
+        mgr.orphans.forget((node_id, stored_id))
 
 
-async def _delete(mgr: Manager, url: str, stored_id: str, sha: str) -> None:
-    """Delete an orphan, keeping its bytes until a last check after the delete: a commit
-    that named it between the check and the delete (a writer that stored the same
-    bytes again, which a node answers "already there") gets it back at once."""
+async def _collect(mgr: Manager, node_id: str, url: str, stored_id: str) -> None:
+    """Mark the copy in its chunk's register(s), delete it, finish the marks (see the
+    module docstring). Any refusal or doubt keeps the copy."""
+    if not CHUNK_ID_RE.match(stored_id):
+        return
+    shard = _SHARD.match(stored_id)
+    marks: list[tuple[str, int]] = []
+    finish = True
     try:
-        data = await mgr.pool.get(url, stored_id, sha)
-    except VStackError as exc:  # gone already, or corrupt: nothing worth keeping
-        log.info("orphan %s on %s unreadable (%s): deleting it", stored_id, url, exc)
-        data = None
-    if not await mgr.pool.delete(url, stored_id):
-        return
-    if data is not None and not await _still_orphan(mgr, stored_id):
-        log.warning("%s on %s was committed while it was deleted: stored again", stored_id, url)
-        await mgr.pool.put(url, stored_id, data, sha)
-        return
-    mgr.stats.orphans_deleted += 1
-    log.info("deleted orphan %s from %s", stored_id, url)
+        for chunk in dict.fromkeys([stored_id, shard.group(1) if shard else stored_id]):
+            number = await mgr.metadata.mark_collecting(chunk, stored_id, node_id)
+            if number is None:
+                log.info("not deleting %s from %s: it is referenced there", stored_id, url)
+                return
+            marks.append((chunk, number))
+        finish = False  # from here on, the delete may take effect: only a clear answer ends it
+        with trio.move_on_after(DELETE_WINDOW):
+            deleted = await mgr.pool.delete(url, stored_id)
+            finish = True
+            if deleted:
+                mgr.stats.orphans_deleted += 1
+                log.info("deleted orphan %s from %s", stored_id, url)
+    except VStackError as exc:
+        log.info("orphan %s on %s kept for now: %s", stored_id, url, exc)
+    finally:
+        if finish:
+            await _finish(mgr, node_id, stored_id, marks)
+
+
+async def _finish(mgr: Manager, node_id: str, stored_id: str,
+                  marks: list[tuple[str, int]]) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(DELETE_WINDOW):
+        for chunk, number in marks:
+            try:
+                await mgr.metadata.finish_collecting(chunk, stored_id, node_id, number)
+            except VStackError as exc:  # it expires by itself
+                log.info("mark of %s on %s left to expire: %s", stored_id, node_id, exc)
 
 
 async def _inventory(mgr: Manager, url: str) -> dict[str, str]:
@@ -104,23 +139,6 @@ async def _inventory(mgr: Manager, url: str) -> dict[str, str]:
         page, cursor = await mgr.pool.list_page(url, cursor)
         held |= dict(page)
     return held
-
-
-async def _still_orphan(mgr: Manager, stored_id: str) -> bool:
-    """A fresh quorum read of the chunk ``stored_id`` belongs to: does its placement
-    (if its video is not deleted) name it? Any doubt keeps the copy."""
-    if not CHUNK_ID_RE.match(stored_id):
-        return False
-    shard = _SHARD.match(stored_id)
-    for chunk in dict.fromkeys([stored_id, shard.group(1) if shard else stored_id]):
-        try:
-            found = await mgr.metadata.stored_ids(chunk)
-        except VStackError as exc:
-            log.info("not deleting %s: its chunk's state is unknown (%s)", stored_id, exc)
-            return False
-        if found is not None and found[1] != "deleted" and stored_id in found[2]:
-            return False
-    return True
 
 
 async def expire_uploads(mgr: Manager, snap: Snapshot) -> None:

@@ -54,7 +54,7 @@ async def convert_chunk(mgr: Manager, snap: Snapshot, video_id: str, chunk: Mani
             old is deleted then).
     """
     old = copies_of(chunk)
-    data = await read_chunk(mgr, chunk, [c for c in old if c.node_url not in snap.lost])
+    data = await read_chunk(mgr, chunk, [c for c in old if snap.identity(c.node_url) not in snap.lost])
     if target == ERASURE_CODING:
         frags = await write_shards(mgr, chunk, data, range(TOTAL_SHARDS), snap.writable)
         if len(frags) < TOTAL_SHARDS:

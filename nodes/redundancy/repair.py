@@ -12,6 +12,7 @@ by nothing and the garbage collector deletes them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import trio
@@ -63,8 +64,9 @@ async def repair_chunk(mgr: Manager, snap: Snapshot, repair: Repair) -> None:
     if chunk.fragments:
         have = {c.index for c in repair.surviving}
         missing = [i for i in range(TOTAL_SHARDS) if i not in have]
-        new = await write_shards(mgr, chunk, data, missing, snap.writable,
-                                 holding=repair.surviving)
+        held = [dataclasses.replace(c, node_url=snap.writable_url(c.node_url))
+                for c in repair.surviving]
+        new = await write_shards(mgr, chunk, data, missing, snap.writable, holding=held)
         alive = {(c.node_url, c.stored_id) for c in repair.surviving}
         kept = [f for f in chunk.fragments if (f.node_url, f.fragment_id) in alive]
         commit = placement(repair.video_id, chunk, mode=ERASURE_CODING, fragments=[*kept, *new])
@@ -72,7 +74,7 @@ async def repair_chunk(mgr: Manager, snap: Snapshot, repair: Repair) -> None:
     else:
         holders = [c.node_url for c in repair.surviving]
         new_urls = await write_replicas(mgr, chunk, data, repair.missing, snap.writable,
-                                        holding=holders)
+                                        holding=[snap.writable_url(u) for u in holders])
         commit = placement(repair.video_id, chunk, mode=REPLICATION,
                            node_urls=[*holders, *new_urls])
         made = len(new_urls)

@@ -49,7 +49,7 @@ async def observe(mgr: Manager) -> Snapshot:
     """The cluster now: nodes (and which are lost), and every manifest not deleted."""
     now = trio.current_time()
     nodes = await mgr.metadata.all_nodes()
-    lost = mgr.liveness.observe({n.node_url: n.status for n in nodes}, now)
+    lost = mgr.liveness.observe({n.node_id: n.status for n in nodes}, now)
     ids = await mgr.metadata.video_ids()
     found: dict[str, Manifest] = {}
     todo = iter(ids)
@@ -70,7 +70,7 @@ async def observe(mgr: Manager) -> Snapshot:
 async def run_pass(mgr: Manager) -> Snapshot:
     """One look at the cluster and what follows from it (see the module docstring)."""
     snap = await observe(mgr)
-    plan = plan_repairs(snap.manifests, snap.lost, mgr.missing)
+    plan = plan_repairs(snap.manifests, snap.lost, mgr.missing, snap.identity)
     mgr.stats.under_replicated = len(plan)
     await repair.run_repairs(mgr, snap, plan, limit=REPAIRS_PER_PASS)
     await _migrations(mgr, snap)

@@ -11,6 +11,7 @@ from nodes.net.metadata_client import MetadataClient
 from nodes.net.storage_client import StoragePool
 from protocol.api import Manifest
 from protocol.node_api import NodeRecord
+from vstack.node_urls import normalize_url
 from vstack.placement import NodeInfo
 from vstack.reconcile import GraceTracker, Liveness, ViewWindow
 from vstack.settings import RedundancySettings
@@ -62,18 +63,48 @@ class Stats:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The cluster as one pass saw it."""
+    """The cluster as one pass saw it.
+
+    A node has several names: the URL it registered, the URL manifests show
+    for it (an alias), its id. Every comparison of nodes goes through
+    :meth:`identity`, which maps each of them to the node's id (a name no
+    registered node answers to is its own identity, normalized).
+    """
 
     nodes: list[NodeRecord]
-    lost: set[str]  # node URLs down past the repair grace
+    lost: set[str]  # ids of the nodes down past the repair grace
     manifests: list[Manifest]  # every video that is not deleted
+    _ids: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids: dict[str, str] = {}
+        for n in self.nodes:
+            for name in (n.node_url, n.public_url):
+                if name:
+                    ids[normalize_url(name)] = n.node_id
+        ids |= {n.node_id: n.node_id for n in self.nodes}
+        object.__setattr__(self, "_ids", ids)
+
+    def identity(self, name: str) -> str:
+        """The id of the node ``name`` names (its URL, public URL or id)."""
+        return self._ids.get(name) or self._ids.get(normalize_url(name)) or normalize_url(name)
+
+    def known(self, name: str) -> bool:
+        """Whether ``name`` names a registered node."""
+        return name in self._ids or normalize_url(name) in self._ids
 
     @property
     def writable(self) -> list[NodeInfo]:
         """Healthy nodes new copies may go to."""
         return [NodeInfo(url=n.node_url, node_id=n.node_id,
                          disk_usage_percent=n.disk_usage_percent)
-                for n in self.nodes if n.status == "healthy" and n.node_url not in self.lost]
+                for n in self.nodes if n.status == "healthy" and n.node_id not in self.lost]
+
+    def writable_url(self, name: str) -> str:
+        """The URL :attr:`writable` lists for the node ``name`` names (``name`` itself if
+        it lists none): new copies are kept off the nodes holding some already."""
+        ident = self.identity(name)
+        return next((n.url for n in self.writable if n.node_id == ident), name)
 
 
 @dataclass(eq=False)
