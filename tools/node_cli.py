@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -356,13 +357,16 @@ def redundancy(metadata_url: str, interval: float, repair_grace: float, orphan_g
 @click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
 @click.option("--metadata-url", envvar="METADATA_SERVICE_URL", default="http://localhost:8080",
               help="Metadata replica URL(s), comma-separated [env METADATA_SERVICE_URL].")
+@click.option("--hls-cache-bytes", envvar="HLS_CACHE_BYTES", default=256 * 1024 * 1024,
+              type=click.IntRange(0), help="Segments the HLS gateway keeps ready (prefetched "
+              "and recent), in bytes [env HLS_CACHE_BYTES].")
 @client_options
 @security_options
-def client(port: int, host: str, metadata_url: str, **opts: Any) -> None:
+def client(port: int, host: str, metadata_url: str, hls_cache_bytes: int, **opts: Any) -> None:
     """Run the smart-client service: status, dashboard, stream and the HLS gateway."""
     sec = {k: opts.pop(k) for k in ("cluster_secret", "api_token", "public_reads", "insecure")}
-    trio.run(_run_until_signal, client_settings(_split(metadata_url), port, host,
-                                                 _policy(host, sec), **opts))
+    settings = client_settings(_split(metadata_url), port, host, _policy(host, sec), **opts)
+    trio.run(_run_until_signal, replace(settings, hls_cache_bytes=hls_cache_bytes))
 
 
 @main.command()

@@ -186,7 +186,12 @@ def main(file: Path, title: str | None, uploader: str, metadata: str, as_json: b
         base = metadata.split(",")[0].rstrip("/")
         click.echo(f"stored: {state.get('total_chunks')} chunks of video {state.get('video_id')}")
         click.echo(f"manifest: {base}{state.get('manifest_url')}")
-        click.echo(f"play:     vstack-play {state.get('video_id')} | ffplay -")
+        vid = state.get("video_id")
+        here = Path(sys.argv[0]).resolve().with_name("vstack-play")
+        play = str(here) if here.exists() else "vstack-play"
+        client = os.environ.get("CLIENT_SERVICE_URL", "http://localhost:8086").rstrip("/")
+        click.echo(f"play:     {play} {vid} -o {vid}.ts")
+        click.echo(f"HLS:      {client}/hls/{vid}.m3u8  (ffplay, VLC, mpv, Safari)")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ class FetchStats:
     hedge_bytes: int = 0  # bytes asked for by hedges (an upper bound of the extra bytes)
     bytes_fetched: int = 0  # bytes of good answers
     corrupt_copies: list[dict[str, str]] = field(default_factory=list)
-    failover_times: list[float] = field(default_factory=list)  # failure seen -> next answer
+    #: From the start of a request that failed to the good answer that replaced it.
+    failover_times: list[float] = field(default_factory=list)
     downloads_per_node: dict[str, int] = field(default_factory=dict)
 
     def to_json(self, book: NodeBook) -> dict[str, object]:
@@ -165,7 +166,7 @@ class ChunkFetcher:
             data = await self._download(a, round_no, errors)
             running.pop(id(a), None)
             if data is None:
-                failed_at.append(trio.current_time())
+                failed_at.append(a.started)  # failover time: from the failed request's start
             elif a.copy.key not in good and len(good) < want:
                 good[a.copy.key] = data
                 if a.is_hedge:
