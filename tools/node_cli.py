@@ -7,6 +7,7 @@ event, at ``LOG_LEVEL``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -26,6 +27,7 @@ from nodes.redundancy.service import serve_redundancy
 from nodes.storage.node import StorageNode
 from nodes.storage.service import serve_storage_node
 from nodes.uploader.service import Uploader, serve_uploader
+from protocol.errors import VStackError
 from tools.client_options import client_options, client_settings
 from tools.credentials import DEFAULT_DATA_DIR, ensure_secret_files, resolve_policy
 from vstack import __version__
@@ -108,6 +110,28 @@ def _policy(host: str, sec: dict[str, Any]) -> AuthPolicy:
         log.warning("%s", warning)
         click.echo(f"WARNING: {warning}", err=True)
     return policy
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside nested single-error exception groups (else ``exc``)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _run(*services: Settings) -> None:
+    """Run the services until a signal; a failure to start (a port taken, the metadata
+    service unreachable) is one line on stderr and exit status 1, not a traceback."""
+    try:
+        trio.run(_run_until_signal, *services)
+    except BaseException as exc:
+        leaf = _leaf(exc)
+        if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
+            raise click.ClickException(f"a port is already in use ({leaf.strerror}): is "
+                                       "another V-Stack (or another program) running?") from None
+        if isinstance(leaf, VStackError | OSError):
+            raise click.ClickException(str(leaf)) from None
+        raise
 
 
 async def _run_until_signal(*services: Settings) -> None:
@@ -209,7 +233,7 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
         header_timeout=header_timeout, max_connections=max_connections,
         max_buffered_bytes=max_buffered_bytes,
     )
-    trio.run(_run_until_signal, settings)
+    _run(settings)
 
 
 @main.command()
@@ -272,7 +296,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    trio.run(_run_until_signal, settings)
+    _run(settings)
 
 
 @main.command()
@@ -311,7 +335,7 @@ def uploader(port: int, host: str, metadata_url: str, temp_dir: Path, chunk_size
         chunk_size=chunk_size, chunk_duration=chunk_duration,
         max_concurrent_uploads=max_concurrent_uploads, max_upload_bytes=max_upload_bytes,
         ffmpeg=ffmpeg, redundancy=redundancy, auth=_policy(host, sec))
-    trio.run(_run_until_signal, settings)
+    _run(settings)
 
 
 @main.command()
@@ -348,7 +372,7 @@ def redundancy(metadata_url: str, interval: float, repair_grace: float, orphan_g
         orphan_grace=orphan_grace, upload_expiry=upload_expiry,
         popularity_threshold=popularity_threshold, popularity_window=popularity_window,
         rate_bytes=rate, auth=_policy("127.0.0.1", sec))
-    trio.run(_run_until_signal, settings)
+    _run(settings)
 
 
 @main.command()
@@ -366,7 +390,7 @@ def client(port: int, host: str, metadata_url: str, hls_cache_bytes: int, **opts
     """Run the smart-client service: status, dashboard, stream and the HLS gateway."""
     sec = {k: opts.pop(k) for k in ("cluster_secret", "api_token", "public_reads", "insecure")}
     settings = client_settings(_split(metadata_url), port, host, _policy(host, sec), **opts)
-    trio.run(_run_until_signal, replace(settings, hls_cache_bytes=hls_cache_bytes))
+    _run(replace(settings, hls_cache_bytes=hls_cache_bytes))
 
 
 @main.command()
@@ -442,7 +466,7 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
         f"8086, data under {data_dir}. Ctrl-C stops the cluster.",
         err=True,
     )
-    trio.run(_run_until_signal, *services)
+    _run(*services)
 
 
 if __name__ == "__main__":

@@ -96,22 +96,26 @@ async def _play(settings: ClientSettings, video_id: str, sink: Sink, *, speed: f
                                  token=token, binary=settings.transport == "auto",
                                  monitoring_interval=settings.monitoring_interval) as client, \
             trio.open_nursery() as nursery:
-        play = await client.playback(video_id, speed=speed, naive=naive,
-                                     allow_incomplete=allow_incomplete)
-        if dashboard is not None:
-            svc = await nursery.start(lambda task_status: serve_client_http(
-                client, nursery, settings, port=dashboard, task_status=task_status))
-            click.echo(f"dashboard: http://127.0.0.1:{svc.port}/", err=True)
-        if live:
-            nursery.start_soon(_show_status, client, play)
+        failure: Exception | None = None
         try:
-            await play.run(sink)
-        finally:
-            status = client.status()
+            play = await client.playback(video_id, speed=speed, naive=naive,
+                                         allow_incomplete=allow_incomplete)
+            if dashboard is not None:
+                svc = await nursery.start(lambda task_status: serve_client_http(
+                    client, nursery, settings, port=dashboard, task_status=task_status))
+                click.echo(f"dashboard: http://127.0.0.1:{svc.port}/", err=True)
             if live:
-                sys.stderr.write("\x1b[H\x1b[2J" + render_status(status) + "\n")
-            nursery.cancel_scope.cancel()
-        return status
+                nursery.start_soon(_show_status, client, play)
+            await play.run(sink)
+        except Exception as exc:  # raised below, outside the nursery: no exception group
+            failure = exc
+        status = client.status()
+        if live:
+            sys.stderr.write("\x1b[H\x1b[2J" + render_status(status) + "\n")
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return status
 
 
 def _quiet_stdout() -> None:

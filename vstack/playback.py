@@ -24,7 +24,9 @@ playback starts as soon as it is buffered.
 
 **Rebuffering.** Once started, the player needs chunk ``n`` when chunk
 ``n - 1`` ends. If it is not buffered then, that is one rebuffering event
-(however long it lasts); the stall's length is counted too.
+(however long it lasts); the stall's length is counted too. At speed 0 (no
+pacing: a download, or a stream read as fast as it comes) there is no time
+to be late for, and no rebuffering.
 
 **Hedging.** A download that runs past its expected time (``hedge_factor``
 times the node's estimate, at least ``hedge_min_sec``) while the buffer is
@@ -123,8 +125,9 @@ class PlaybackBuffer:
             self.chunks_buffered_total += 1
 
     def waiting(self, now: float) -> None:
-        """The player needs :attr:`next_to_play` and it is not buffered."""
-        if self.started_at is not None and self.stall_since is None:
+        """The player needs :attr:`next_to_play` and it is not buffered (at speed 0
+        nothing plays in time: waiting for bytes is not a stall)."""
+        if self.started_at is not None and self.stall_since is None and self.speed > 0:
             self.rebuffering_events += 1
             self.last_rebuffer_at = now
             self.stall_since = now

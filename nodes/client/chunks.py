@@ -53,7 +53,8 @@ class FetchStats:
     hedge_bytes: int = 0  # bytes asked for by hedges (an upper bound of the extra bytes)
     bytes_fetched: int = 0  # bytes of good answers
     corrupt_copies: list[dict[str, str]] = field(default_factory=list)
-    #: From the start of a request that failed to the good answer that replaced it.
+    #: From the start of a request that failed, or was hedged, to the good answer
+    #: that replaced it.
     failover_times: list[float] = field(default_factory=list)
     downloads_per_node: dict[str, int] = field(default_factory=dict)
 
@@ -92,6 +93,7 @@ class _Attempt:
     hedge_at: float
     hedged: bool = False
     is_hedge: bool = False
+    origin: float = 0.0  # a hedge: when the request it doubles started
 
 
 class ChunkFetcher:
@@ -171,6 +173,7 @@ class ChunkFetcher:
                 good[a.copy.key] = data
                 if a.is_hedge:
                     self.stats.hedges_won += 1
+                    self.stats.failover_times.append(trio.current_time() - a.origin)
                 if failed_at:
                     self.stats.failover_times.append(trio.current_time() - failed_at[0])
                     failed_at.clear()
@@ -178,7 +181,8 @@ class ChunkFetcher:
 
         async with trio.open_nursery() as nursery:
 
-            def launch(*, hedge: bool = False, failover: bool = False) -> bool:
+            def launch(*, hedge: bool = False, failover: bool = False,
+                       origin: float = 0.0) -> bool:
                 while pending:
                     copy = pending.pop(0)
                     if copy.key in good or any(r.copy.key == copy.key for r in running.values()):
@@ -186,7 +190,7 @@ class ChunkFetcher:
                     now = trio.current_time()
                     expected = self.book[copy.url].expected_seconds(copy.size)
                     a = _Attempt(copy, now, now + self.policy.hedge_after(expected),
-                                 is_hedge=hedge)
+                                 is_hedge=hedge, origin=origin)
                     running[id(a)] = a
                     if hedge:
                         self.stats.hedges += 1
@@ -221,7 +225,7 @@ class ChunkFetcher:
                         a.hedged = True
                         self.book[a.copy.url].slow(trio.current_time() - a.started,
                                                    trio.current_time())
-                    launch(hedge=True)
+                    launch(hedge=True, origin=min(a.started for a in late))
                 elif late:
                     # Not urgent now: look again soon (the buffer may fall low).
                     for a in late:

@@ -182,7 +182,12 @@ async def open_smart_client(metadata_urls: tuple[str, ...], policy: BufferPolicy
         nursery.start_soon(monitor_nodes, pool, client.book, lambda: list(client.book.nodes),
                            monitoring_interval)
         nursery.start_soon(client._sample_forever)
+        failure: Exception | None = None
         try:
             yield client
+        except Exception as exc:  # raised below, outside the nurseries: no exception group
+            failure = exc
         finally:
             nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure

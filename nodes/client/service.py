@@ -21,6 +21,8 @@ import logging
 import trio
 
 from nodes.net.http_server import HttpLimits, serve_http
+from nodes.net.metadata_client import MetadataUnavailable
+from protocol.errors import VStackError
 from vstack.settings import ClientSettings
 
 from . import http_api
@@ -45,6 +47,32 @@ async def serve_client_http(client: SmartClient, nursery: trio.Nursery, settings
     await trio.sleep_forever()
 
 
+#: How long the service waits for the metadata service at start before it gives up.
+METADATA_WAIT_SEC = 30.0
+
+
+async def _wait_for_metadata(client: SmartClient) -> None:
+    """As the original, listen only once the metadata service answers (but wait for it
+    a while: in a cluster starting at once it may come up a moment later).
+
+    Raises:
+        MetadataUnavailable: no answer within :data:`METADATA_WAIT_SEC`.
+    """
+    last: VStackError | None = None
+    with trio.move_on_after(METADATA_WAIT_SEC):
+        while True:
+            try:
+                res = await client.metadata.call("GET", "/health")
+                if res.status == 200:
+                    return
+                last = MetadataUnavailable(f"/health answered {res.status}")
+            except VStackError as exc:
+                last = exc
+            log.info("waiting for the metadata service: %s", last)
+            await trio.sleep(1)
+    raise MetadataUnavailable(f"not reachable in {METADATA_WAIT_SEC:.0f} s: {last}")
+
+
 async def serve_client(settings: ClientSettings, *,
                        task_status: trio.TaskStatus[ClientService] = trio.TASK_STATUS_IGNORED
                        ) -> None:
@@ -57,6 +85,7 @@ async def serve_client(settings: ClientSettings, *,
                                  binary=settings.transport == "auto",
                                  monitoring_interval=settings.monitoring_interval) as client, \
             trio.open_nursery() as nursery:
+        await _wait_for_metadata(client)
         svc = await nursery.start(lambda task_status: serve_client_http(
             client, nursery, settings, port=settings.port, task_status=task_status))
         log.info("client service ready on port %d", svc.port)
