@@ -7,9 +7,7 @@ event, at ``LOG_LEVEL``.
 
 from __future__ import annotations
 
-import errno
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,17 +17,9 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from nodes.client.service import serve_client
-from nodes.client.state import ClientService
-from nodes.metadata.service import serve_metadata
-from nodes.metadata.state import MetadataService
-from nodes.redundancy.service import serve_redundancy
-from nodes.storage.node import StorageNode
-from nodes.storage.service import serve_storage_node
-from nodes.uploader.service import Uploader, serve_uploader
-from protocol.errors import VStackError
 from tools.client_options import client_options, client_settings
 from tools.credentials import DEFAULT_DATA_DIR, ensure_secret_files, resolve_policy
+from tools.runner import Settings, run_services
 from vstack import __version__
 from vstack.auth import AuthPolicy, check_bind, is_loopback
 from vstack.node_urls import parse_aliases
@@ -40,6 +30,7 @@ from vstack.settings import (
     RedundancySettings,
     StorageSettings,
     UploaderSettings,
+    WebSettings,
     parse_database_url,
 )
 
@@ -65,7 +56,6 @@ def main(log_level: str) -> None:
     """Start V-Stack services: a storage node, a metadata replica, the uploader, or all of
     them as one local cluster (`vstack-node all`).
 
-    The web page (8085) is not part of this release yet.
     """
     _setup_logging(log_level)
 
@@ -74,8 +64,6 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(u.strip().rstrip("/") for u in (value or "").split(",") if u.strip())
 
 
-Settings = (StorageSettings | MetadataSettings | UploaderSettings | RedundancySettings
-            | ClientSettings)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -110,63 +98,6 @@ def _policy(host: str, sec: dict[str, Any]) -> AuthPolicy:
         log.warning("%s", warning)
         click.echo(f"WARNING: {warning}", err=True)
     return policy
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The one error inside nested single-error exception groups (else ``exc``)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _run(*services: Settings) -> None:
-    """Run the services until a signal; a failure to start (a port taken, the metadata
-    service unreachable) is one line on stderr and exit status 1, not a traceback."""
-    try:
-        trio.run(_run_until_signal, *services)
-    except BaseException as exc:
-        leaf = _leaf(exc)
-        if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
-            raise click.ClickException(f"a port is already in use ({leaf.strerror}): is "
-                                       "another V-Stack (or another program) running?") from None
-        if isinstance(leaf, VStackError | OSError):
-            raise click.ClickException(str(leaf)) from None
-        raise
-
-
-async def _run_until_signal(*services: Settings) -> None:
-    async with trio.open_nursery() as nursery:
-        for settings in services:
-            if isinstance(settings, UploaderSettings):
-                up: Uploader = await nursery.start(serve_uploader, settings)
-                click.echo(f"uploader: http://127.0.0.1:{up.port} (temp {settings.temp_dir})",
-                           err=True)
-                continue
-            if isinstance(settings, ClientSettings):
-                client: ClientService = await nursery.start(serve_client, settings)
-                click.echo(f"smart client: http://127.0.0.1:{client.port} (dashboard; HLS at "
-                           f"/hls/VIDEO_ID.m3u8)", err=True)
-                continue
-            if isinstance(settings, RedundancySettings):
-                await nursery.start(serve_redundancy, settings)
-                click.echo(f"redundancy manager: a pass every {settings.interval:.0f} s", err=True)
-                continue
-            if isinstance(settings, MetadataSettings):
-                meta: MetadataService = await nursery.start(serve_metadata, settings)
-                click.echo(f"metadata replica {settings.replica_id}: http://127.0.0.1:{meta.port}"
-                           f" (database {settings.database})", err=True)
-                continue
-            node: StorageNode = await nursery.start(serve_storage_node, settings)
-            click.echo(
-                f"storage node {node.node_id}: http://127.0.0.1:{node.ports.http} "
-                f"(binary {node.ports.binary}), data in {settings.data_dir}",
-                err=True,
-            )
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("got %s, stopping", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
 
 
 @main.command()
@@ -233,7 +164,7 @@ def storage(port: int, binary_port: int | None, host: str, node_id: str, node_ur
         header_timeout=header_timeout, max_connections=max_connections,
         max_buffered_bytes=max_buffered_bytes,
     )
-    _run(settings)
+    run_services(settings)
 
 
 @main.command()
@@ -296,7 +227,7 @@ def metadata(port: int, host: str, database: str, peers: str, replica_id: int,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    _run(settings)
+    run_services(settings)
 
 
 @main.command()
@@ -335,7 +266,7 @@ def uploader(port: int, host: str, metadata_url: str, temp_dir: Path, chunk_size
         chunk_size=chunk_size, chunk_duration=chunk_duration,
         max_concurrent_uploads=max_concurrent_uploads, max_upload_bytes=max_upload_bytes,
         ffmpeg=ffmpeg, redundancy=redundancy, auth=_policy(host, sec))
-    _run(settings)
+    run_services(settings)
 
 
 @main.command()
@@ -372,7 +303,7 @@ def redundancy(metadata_url: str, interval: float, repair_grace: float, orphan_g
         orphan_grace=orphan_grace, upload_expiry=upload_expiry,
         popularity_threshold=popularity_threshold, popularity_window=popularity_window,
         rate_bytes=rate, auth=_policy("127.0.0.1", sec))
-    _run(settings)
+    run_services(settings)
 
 
 @main.command()
@@ -390,7 +321,38 @@ def client(port: int, host: str, metadata_url: str, hls_cache_bytes: int, **opts
     """Run the smart-client service: status, dashboard, stream and the HLS gateway."""
     sec = {k: opts.pop(k) for k in ("cluster_secret", "api_token", "public_reads", "insecure")}
     settings = client_settings(_split(metadata_url), port, host, _policy(host, sec), **opts)
-    _run(replace(settings, hls_cache_bytes=hls_cache_bytes))
+    run_services(replace(settings, hls_cache_bytes=hls_cache_bytes))
+
+
+@main.command()
+@click.option("--port", envvar="DEMO_PORT", default=8085, type=click.IntRange(0, 65535),
+              help="HTTP port [env DEMO_PORT].")
+@click.option("--host", envvar=["DEMO_HOST", "HOST"], default="127.0.0.1",
+              help="Address to listen on [env DEMO_HOST, or HOST].")
+@click.option("--metadata-url", envvar="METADATA_SERVICE_URL", default="http://localhost:8080",
+              help="Metadata replica URL(s), comma-separated [env METADATA_SERVICE_URL].")
+@click.option("--uploader-url", envvar="UPLOADER_SERVICE_URL", default="http://localhost:8084",
+              help="The uploader [env UPLOADER_SERVICE_URL].")
+@click.option("--client-url", envvar="CLIENT_DASHBOARD_URL", default="http://localhost:8086",
+              help="The smart-client service [env CLIENT_DASHBOARD_URL].")
+@click.option("--hls-url", envvar="HLS_PUBLIC_URL", default=None,
+              help="Where browsers reach the HLS gateway [env HLS_PUBLIC_URL; default: "
+              "CLIENT_DASHBOARD_URL/hls].")
+@click.option("--max-upload-bytes", envvar="MAX_UPLOAD_BYTES", default=8 * 1024**3,
+              type=click.IntRange(1), help="Largest upload accepted; 413 above "
+              "[env MAX_UPLOAD_BYTES].")
+@security_options
+def web(port: int, host: str, metadata_url: str, uploader_url: str, client_url: str,
+        hls_url: str | None, max_upload_bytes: int, **sec: Any) -> None:
+    """Run the web page: upload, watch, and the cluster live."""
+    try:
+        settings = WebSettings(
+            metadata_urls=_split(metadata_url), uploader_url=uploader_url.rstrip("/"),
+            client_url=client_url.rstrip("/"), hls_public_url=hls_url, port=port, host=host,
+            max_upload_bytes=max_upload_bytes, auth=_policy(host, sec))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run_services(settings)
 
 
 @main.command()
@@ -432,7 +394,7 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
 
     The metadata service (8080), three storage nodes (8081-8083, binary
     8181-8183), the uploader (8084), the redundancy manager and the smart
-    client service (8086); the web page joins as it lands.
+    client service (8086) and the web page (8085).
     """
     if not is_loopback(host) and not sec["cluster_secret"] and not sec["insecure"]:
         # Beyond loopback with no secrets given: make them once, where the CLIs look.
@@ -460,13 +422,16 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
                                      port=8084, host=host, auth=auth))
     services.append(RedundancySettings(metadata_urls=(meta_url,), auth=auth))
     services.append(ClientSettings(metadata_urls=(meta_url,), port=8086, host=host, auth=auth))
+    services.append(WebSettings(metadata_urls=(meta_url,), uploader_url=f"http://{reach}:8084",
+                                client_url=f"http://{reach}:8086", port=8085, host=host,
+                                auth=auth))
     click.echo(
         f"V-Stack local cluster: metadata service on 8080, {node_count} storage nodes on ports "
         f"8081-{8080 + node_count} (binary 8181-{8180 + node_count}), uploader on 8084, smart client on "
-        f"8086, data under {data_dir}. Ctrl-C stops the cluster.",
+        f"8086, web page on http://{reach}:8085/, data under {data_dir}. Ctrl-C stops the cluster.",
         err=True,
     )
-    _run(*services)
+    run_services(*services)
 
 
 if __name__ == "__main__":

@@ -262,3 +262,34 @@ class ClientSettings:
 
 
 __all__ += ["ClientSettings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebSettings:
+    """The web page (port 8085): upload, watch, the cluster live."""
+
+    metadata_urls: tuple[str, ...]
+    uploader_url: str = "http://localhost:8084"  # UPLOADER_SERVICE_URL
+    client_url: str = "http://localhost:8086"  # CLIENT_DASHBOARD_URL: the client service
+    #: HLS_PUBLIC_URL: where browsers reach the client's HLS gateway (default: client_url/hls)
+    hls_public_url: str | None = None
+    port: int = 8085  # DEMO_PORT
+    host: str = "127.0.0.1"
+    max_upload_bytes: int = 8 * 1024**3  # as the uploader's default
+    auth: AuthPolicy = OPEN
+
+    def __post_init__(self) -> None:
+        if not self.metadata_urls:
+            raise ValueError("METADATA_SERVICE_URL is required")
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be 0..65535")
+        for url in (self.uploader_url, self.client_url, self.hls_public_url):
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+
+    @property
+    def hls_base(self) -> str:
+        return (self.hls_public_url or self.client_url.rstrip("/") + "/hls").rstrip("/")
+
+
+__all__ += ["WebSettings"]

@@ -1,1 +1,1 @@
-"""The web dashboard (a later issue)."""
+"""The web page on port 8085 (see :mod:`web.service`)."""
