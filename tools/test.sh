@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh test
+# The web page's tests drive a real browser: Debian's Chromium (Playwright drives it).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing chromium (Debian package) for the browser tests"
+    (apt-get install -y -q chromium >/dev/null 2>&1 ||
+      (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
+  else
+    echo "the browser tests need Chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"

@@ -45,6 +45,9 @@ uplot_integrity="$(fetch uplot "$UPLOT_VERSION")"
 # gateway's plain MPEG-TS VOD playlists, but the full one costs little more and
 # copes with whatever a later gateway serves.
 cp "$work/hls.js/dist/hls.min.js"        "$dest/hls.min.js"
+# The transmuxing worker as a file of our own: the page's Content-Security-Policy
+# (default-src 'self') forbids the blob: worker hls.js would otherwise inject.
+cp "$work/hls.js/dist/hls.worker.js"     "$dest/hls.worker.js"
 cp "$work/hls.js/LICENSE"                "$dest/hls.js-LICENSE.txt"
 cp "$work/uplot/dist/uPlot.iife.min.js"  "$dest/uPlot.iife.min.js"
 cp "$work/uplot/dist/uPlot.min.css"      "$dest/uPlot.min.css"
@@ -58,7 +61,7 @@ cp "$work/uplot/LICENSE"                 "$dest/uPlot-LICENSE.txt"
     echo "uplot $UPLOT_VERSION $uplot_integrity"
     echo
     echo "# sha256 file"
-    (cd "$dest" && sha256sum hls.min.js hls.js-LICENSE.txt uPlot.iife.min.js uPlot.min.css uPlot-LICENSE.txt)
+    (cd "$dest" && sha256sum hls.min.js hls.worker.js hls.js-LICENSE.txt uPlot.iife.min.js uPlot.min.css uPlot-LICENSE.txt)
 } > "$dest/VERSIONS.txt"
 
 echo "vendored hls.js $HLS_VERSION and uPlot $UPLOT_VERSION into $dest"

@@ -132,7 +132,9 @@ class MetadataReads:
             "SELECT (SELECT COUNT(*) FROM videos) AS total_videos,"
             " (SELECT COUNT(*) FROM visible_chunks) AS total_chunks,"
             " (SELECT COUNT(*) FROM chunk_replicas r JOIN visible_chunks c"
-            "   ON c.chunk_id = r.chunk_id WHERE r.status = 'active') AS total_replicas")
+            "   ON c.chunk_id = r.chunk_id WHERE r.status = 'active') AS total_replicas,"
+            " (SELECT COUNT(*) FROM chunk_fragments f JOIN visible_chunks c"
+            "   ON c.chunk_id = f.chunk_id) AS total_fragments")
         return {k: int(v) for k, v in row.items()}
 
     def placement_node_names(self) -> list[str]:
@@ -167,6 +169,13 @@ class MetadataReads:
                 "storage_savings_percent": round(savings, 4),
                 "replication_overhead_bytes": phys["repl_physical"] - row["repl_logical"],
                 "erasure_overhead_bytes": float(phys["ec_physical"] - row["ec_logical"]),
+                "modes": {
+                    "replication": {"chunks": row["repl_chunks"],
+                                    "logical_bytes": row["repl_logical"],
+                                    "physical_bytes": phys["repl_physical"]},
+                    "erasure_coding": {"chunks": row["ec_chunks"],
+                                       "logical_bytes": row["ec_logical"],
+                                       "physical_bytes": phys["ec_physical"]}},
                 **self.redundancy_health(replicas=replication_factor, healthy=healthy)}
 
     def redundancy_health(self, *, replicas: int, shards: int = 5, needed: int = 3,
