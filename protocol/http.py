@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final, Generic, TypeVar
@@ -123,8 +123,11 @@ class Response:
     body: bytes | FileRange = b""
     #: Called once the response is sent or abandoned (releases a FileRange's file).
     after: Callable[[], None] | None = None
-    #: A body produced as it is sent (chunked transfer coding), instead of ``body``.
-    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    #: A body produced as it is sent (chunked transfer coding), instead of ``body``:
+    #: called with ``write``, which sends one piece (and raises once the client is
+    #: gone). If it raises, the answer is cut off (no final chunk): the client sees
+    #: it incomplete, never as a whole answer.
+    stream: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]] | None = None
     #: Instead of an answer, the connection is handed over (a websocket handshake):
     #: called with the transport stream, which replays the request's head first.
     takeover: Callable[[Any], Awaitable[None]] | None = None

@@ -219,3 +219,21 @@ def test_hedge_and_timeout_allowances() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must"):
         BufferPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_node_that_recovers_wins_traffic_back() -> None:
+    # A node fails a dozen requests (an outage), then answers every probe fast for an hour.
+    book = NodeBook()
+    for u in ("a", "b", "c"):
+        book[u].probed(0.001, now=0.0)
+    for i in range(12):
+        book["a"].failed(now=float(i))
+    now = 12.0
+    while now < 3600:
+        for u in ("a", "b", "c"):
+            book[u].probed(0.001, now=now)
+        now += 3.0
+    scores = book.scores(now)
+    # Its score stays ~20x lower forever: probes never lower the error rate, so power
+    # of two choices over three replicas never puts it first again.
+    assert scores["a"] > scores["b"] / 2, scores

@@ -8,7 +8,9 @@ hedging while it is low) is what a viewer would see, measured exactly.
 
 from __future__ import annotations
 
+import gc
 import json
+import socket as pysocket
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from nodes.net.http_client import request
 from nodes.netem.service import serve_netem
 from nodes.netem.state import Netem
 from protocol.api import chunk_id
+from protocol.errors import VStackError
 from vstack.netem import NetemSettings, ProxySpec
 from vstack.playback import BufferPolicy
 from vstack.settings import ClientSettings
@@ -248,7 +251,7 @@ async def test_a_slow_download_while_the_buffer_is_low_is_hedged_and_the_hedge_w
             client.book[url].probed(0.001 if url == slow else 0.010, trio.current_time())
         await set_faults(em, slow, latency_ms=5000)
         start = trio.current_time()
-        data = await client.fetcher.fetch(chunk, urgent=lambda: True)
+        data = await client.fetcher.fetch(chunk, urgent=lambda: True, best=True)
         took = trio.current_time() - start
         stats = client.fetcher.stats
         assert data == c.data[vid][0]
@@ -386,3 +389,94 @@ async def test_the_hls_playlist_lists_every_chunk_and_segments_are_the_chunks(
 
 def client_hits(svc: Any) -> int:
     return int(svc.hls.cache_hits)
+
+async def _service(n: trio.Nursery, c: Cluster, client: SmartClient, **kw: Any) -> Any:
+    settings = ClientSettings(metadata_urls=(c.meta,), port=0, **kw)
+    return await n.start(lambda task_status: serve_client_http(
+        client, n, settings, port=0, task_status=task_status))
+
+
+async def test_stream_stops_when_the_viewer_disconnects(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    c = await cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
+    vid = await c.pinned_video("replication", chunks=40, size=1_000_000)
+    async with open_smart_client((c.meta,), POLICY) as client, trio.open_nursery() as n:
+        svc = await _service(n, c, client)
+        s = await trio.open_tcp_stream("127.0.0.1", svc.port)
+        await s.send_all(f"GET /api/stream/{vid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        got = 0
+        while got < 100_000:
+            got += len(await s.receive_some(65536))
+        await s.aclose()  # the viewer leaves
+        await trio.sleep(5)
+        gc.collect()
+        await trio.sleep(5)
+        before = client.fetcher.stats.total_downloads
+        await trio.sleep(30)
+        assert client.fetcher.stats.total_downloads == before, "still fetching for nobody"
+        # The service is still up and serving.
+        res = await request("GET", f"http://127.0.0.1:{svc.port}/health")
+        assert res.status == 200
+        n.cancel_scope.cancel()
+
+
+async def test_a_stream_that_loses_a_chunk_does_not_end_as_if_complete(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    c = await cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
+    vid = await c.pinned_video("replication", chunks=3, size=50_000)
+    for url in c.nodes:
+        await request("DELETE", f"{url}/chunk/{chunk_id(vid, 1)}")
+    async with open_smart_client((c.meta,), POLICY) as client, trio.open_nursery() as n:
+        svc = await _service(n, c, client)
+        try:
+            res = await request("GET", f"http://127.0.0.1:{svc.port}/api/stream/{vid}",
+                                max_bytes=10_000_000)
+        except VStackError:
+            pass  # the transfer was cut: the viewer knows the video is incomplete
+        else:
+            assert res.body == b"".join(c.data[vid]), (
+                f"{res.status}, {len(res.body)} of {3 * 50_000} bytes, ended as complete")
+        n.cancel_scope.cancel()
+
+
+def _tasks_named(fragment: str) -> int:
+    """How many running tasks have ``fragment`` in their name."""
+    found = 0
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack = [root]
+    while stack:
+        t = stack.pop()
+        if fragment in t.name:
+            found += 1
+        for n in t.child_nurseries:
+            stack.extend(n.child_tasks)
+    return found
+
+
+async def test_a_websocket_that_never_reads_is_dropped(
+        clock: trio.testing.MockClock, nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], tmp_path: Any) -> None:
+    c = await cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
+    async with open_smart_client((c.meta,), POLICY) as client, trio.open_nursery() as n:
+        svc = await _service(n, c, client)
+        sock = trio.socket.socket()
+        sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, 2048)
+        await sock.connect(("127.0.0.1", svc.port))
+        s = trio.SocketStream(sock)
+        await s.send_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         b"Sec-WebSocket-Version: 13\r\n\r\n")
+        head = await s.receive_some(200)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        await trio.sleep(1)
+        assert _tasks_named("send_loop") == 1
+        # Never read again: after the kernel buffers fill, the send must time out.
+        with trio.move_on_after(300):
+            while _tasks_named("send_loop"):
+                await trio.sleep(10)
+        assert _tasks_named("send_loop") == 0, "a browser that never reads is kept forever"
+        await s.aclose()
+        n.cancel_scope.cancel()

@@ -19,6 +19,7 @@ import trio
 
 from tools.client_options import client_options, client_settings
 from tools.credentials import DEFAULT_DATA_DIR, ensure_secret_files, resolve_policy
+from tools.ports import first_taken
 from tools.runner import Settings, run_services
 from vstack import __version__
 from vstack.auth import AuthPolicy, check_bind, is_loopback
@@ -403,6 +404,10 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
                "api_token": sec["api_token"] or token.decode()}
         click.echo(f"secrets (CLUSTER_SECRET, API_TOKEN) in {data_dir / 'secrets'}", err=True)
     auth = _policy(host, sec)
+    busy = first_taken(host or "0.0.0.0", [8080, 8180, *range(8081, 8081 + node_count),
+                                           *range(8181, 8181 + node_count), 8084, 8085, 8086])
+    if busy:
+        raise click.ClickException(f"{busy}: stop it, or is a V-Stack cluster running already?")
     reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     meta_url = f"http://{reach}:8080"
     services: list[Settings] = [MetadataSettings(

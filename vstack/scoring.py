@@ -23,6 +23,11 @@ retried elsewhere). The *score* shown to users is its inverse for a 1 MiB
 request: the MiB/s the node is expected to deliver, so higher is better;
 0 for an ejected node.
 
+A successful probe forgives a fifth of a node's error rate, and moves a
+throughput below the default a fifth of the way back to it: a node that
+recovered gets traffic again within seconds, and a real download tells again
+what it is worth.
+
 **Ejection.** :data:`EJECT_AFTER` failures in a row eject a node for a
 back-off period (1 s, doubling up to :data:`MAX_BACKOFF_SEC`); while
 ejected it is chosen only when no other node can serve. When the period is
@@ -54,6 +59,9 @@ DEFAULT_LATENCY_SEC: Final = 0.050
 DEFAULT_THROUGHPUT: Final = 20e6
 #: Weight of the newest download in the throughput and error averages.
 ALPHA: Final = 0.3
+#: How much of its error rate (and of its throughput deficit) a node is forgiven
+#: per successful probe: about half in 3 probes (10 s at the default interval).
+PROBE_FORGIVENESS: Final = 0.2
 #: Failures in a row that eject a node.
 EJECT_AFTER: Final = 3
 MIN_BACKOFF_SEC: Final = 1.0
@@ -109,6 +117,12 @@ class NodeStats:
         """A probe answered after ``seconds``: a latency sample; readmits once
         the ejection period is over."""
         self._latency_sample(seconds, now)
+        # A node that answers is given its chance back little by little: its error
+        # rate fades, and a throughput learned in bad times drifts back toward the
+        # default (else, never chosen, it could never show it recovered).
+        self.error_rate *= 1.0 - PROBE_FORGIVENESS
+        if self.throughput < DEFAULT_THROUGHPUT:
+            self.throughput += PROBE_FORGIVENESS * (DEFAULT_THROUGHPUT - self.throughput)
         if self.ejected_until is not None and now >= self.ejected_until:
             self._readmit()
 

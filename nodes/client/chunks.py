@@ -17,6 +17,7 @@ before it is returned: a damaged copy is never passed on.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -39,6 +40,9 @@ __all__ = ["ChunkFetcher", "FetchStats"]
 
 log = logging.getLogger("vstack.client")
 
+#: Recent failover times and damaged copies kept for the status.
+KEEP = 100
+
 
 @dataclass
 class FetchStats:
@@ -52,10 +56,12 @@ class FetchStats:
     hedges_won: int = 0
     hedge_bytes: int = 0  # bytes asked for by hedges (an upper bound of the extra bytes)
     bytes_fetched: int = 0  # bytes of good answers
-    corrupt_copies: list[dict[str, str]] = field(default_factory=list)
+    corrupt_copies: collections.deque[dict[str, str]] = field(
+        default_factory=lambda: collections.deque(maxlen=KEEP))
     #: From the start of a request that failed, or was hedged, to the good answer
     #: that replaced it.
-    failover_times: list[float] = field(default_factory=list)
+    failover_times: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=KEEP))
     downloads_per_node: dict[str, int] = field(default_factory=dict)
 
     def to_json(self, book: NodeBook) -> dict[str, object]:
@@ -72,8 +78,8 @@ class FetchStats:
             "hedges_won": self.hedges_won,
             "hedge_bytes": self.hedge_bytes,
             "bytes_fetched": self.bytes_fetched,
-            "corrupt_copies": self.corrupt_copies[-20:],
-            "failover_ms": [round(t * 1000, 1) for t in self.failover_times[-20:]],
+            "corrupt_copies": list(self.corrupt_copies)[-20:],
+            "failover_ms": [round(t * 1000, 1) for t in list(self.failover_times)[-20:]],
         }
 
 
@@ -106,9 +112,11 @@ class ChunkFetcher:
         self.stats = FetchStats()
         self._rr = itertools.count()
 
-    async def fetch(self, chunk: ManifestChunk, urgent: Callable[[], bool] = lambda: True
-                    ) -> bytes:
-        """The chunk's verified bytes.
+    async def fetch(self, chunk: ManifestChunk, urgent: Callable[[], bool] = lambda: True, *,
+                    best: bool = False) -> bytes:
+        """The chunk's verified bytes. ``urgent()``: whether a slow download should be
+        hedged now (the buffer is low); ``best``: ask the best-scored copy first (at
+        startup) rather than the better of two random ones.
 
         Raises:
             FetchFailed: no copy (or not 3 shards) could be had in the policy's rounds.
@@ -116,7 +124,7 @@ class ChunkFetcher:
         if chunk.fragments:
             copies = [_Copy(f.fragment_index, f.node_url, f.fragment_id, f.checksum, f.size_bytes)
                       for f in chunk.fragments]
-            shards = await self._race(chunk, copies, DATA_SHARDS, urgent)
+            shards = await self._race(chunk, copies, DATA_SHARDS, urgent, best)
             try:
                 data = await trio.to_thread.run_sync(erasure.decode, shards)
             except erasure.ErasureError as exc:
@@ -128,10 +136,10 @@ class ChunkFetcher:
                   for i, url in enumerate(dict.fromkeys(chunk.replicas))]
         if not copies:
             raise FetchFailed(f"chunk {chunk.sequence_num} has no replica")
-        good = await self._race(chunk, copies, 1, urgent)
+        good = await self._race(chunk, copies, 1, urgent, best)
         return next(iter(good.values()))
 
-    def _order(self, copies: list[_Copy], size: int) -> list[_Copy]:
+    def _order(self, copies: list[_Copy], size: int, best: bool = False) -> list[_Copy]:
         now = trio.current_time()
         if self.naive:
             turn = next(self._rr) % len(copies)
@@ -139,15 +147,16 @@ class ChunkFetcher:
         by_url: dict[str, list[_Copy]] = {}
         for c in copies:
             by_url.setdefault(c.url, []).append(c)
-        ranked = self.book.rank([c.url for c in copies], size, now)
+        urls = [c.url for c in copies]
+        ranked = self.book.best(urls, size, now) if best else self.book.rank(urls, size, now)
         return [c for url in ranked for c in by_url.pop(url, [])]
 
     async def _race(self, chunk: ManifestChunk, copies: list[_Copy], want: int,
-                    urgent: Callable[[], bool]) -> dict[int, bytes]:
+                    urgent: Callable[[], bool], best: bool = False) -> dict[int, bytes]:
         good: dict[int, bytes] = {}
         errors: list[str] = []
         for round_no in range(self.policy.rounds):
-            pending = [c for c in self._order(copies, copies[0].size) if c.key not in good]
+            pending = [c for c in self._order(copies, copies[0].size, best) if c.key not in good]
             await self._one_round(pending, want, good, errors, urgent, round_no)
             if len(good) >= want:
                 return good
@@ -246,6 +255,7 @@ class ChunkFetcher:
                 data = await self.pool.get(copy.url, copy.stored_id, copy.checksum)
         except trio.TooSlowError:
             self._failed(copy, f"{copy.url}: no answer in {timeout:.2f} s", errors)
+            await self.pool.discard(copy.url)  # a wedged connection is not asked again
             return None
         except ProtocolError as exc:
             if exc.status == 502 and "SHA-256" in str(exc):

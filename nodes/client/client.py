@@ -36,13 +36,17 @@ log = logging.getLogger("vstack.client")
 
 #: History samples kept (one a second: an hour), as the contract says.
 HISTORY: int = 3600
+#: One viewer (address) counts one view of a video per this many seconds.
+VIEW_EVERY_SEC = 600.0
+#: Viewers remembered for that.
+MAX_VIEWERS = 10_000
 #: How long startup waits for a first probe of the first chunk's nodes.
 STARTUP_PROBE_SEC = 0.2
 
 
 class SmartClient:
     def __init__(self, metadata: MetadataClient, pool: StoragePool, policy: BufferPolicy, *,
-                 monitoring_interval: float = 3.0) -> None:
+                 nursery: trio.Nursery, monitoring_interval: float = 3.0) -> None:
         self.metadata = metadata
         self.pool = pool
         self.policy = policy
@@ -52,6 +56,8 @@ class SmartClient:
         self.naive_fetcher = ChunkFetcher(pool, self.book, policy, naive=True)
         self.current: Playback | None = None
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
+        self._nursery = nursery
+        self._views: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
 
     async def manifest(self, video_id: str, *, allow_incomplete: bool = False) -> Manifest:
         """The video's manifest, if it can be played.
@@ -76,18 +82,41 @@ class SmartClient:
         return manifest
 
     async def playback(self, video_id: str, *, speed: float = 1.0, naive: bool = False,
-                       allow_incomplete: bool = False, count_view: bool = True) -> Playback:
+                       allow_incomplete: bool = False, count_view: bool = True,
+                       viewer: str | None = None) -> Playback:
+        """A playback of ``video_id`` ready to run (startup latency counts from now).
+
+        ``viewer``: who watches (an address), so that one viewer counts one view per
+        :data:`VIEW_EVERY_SEC`; ``None``: this process's own user, always counted.
+        """
+        opened = trio.current_time()
         manifest = await self.manifest(video_id, allow_incomplete=allow_incomplete)
         for chunk in manifest.chunks:
             self.book.add(_urls(chunk))
         if not naive:
             await self.probe_now(_urls(manifest.chunks[0]))
         play = Playback(manifest, self.naive_fetcher if naive else self.fetcher, self.policy,
-                        speed=speed)
+                        speed=speed, opened_at=opened,
+                        refresh=lambda: self.metadata.manifest(video_id))
         self.current = play
         if count_view:
-            await self.count_view(video_id)
+            self.view(video_id, viewer)
         return play
+
+    def view(self, video_id: str, viewer: str | None = None) -> None:
+        """Count one view (in the background: playback does not wait on it), at most
+        one per viewer and video every :data:`VIEW_EVERY_SEC`."""
+        now = trio.current_time()
+        if viewer is not None:
+            key = (viewer, video_id)
+            last = self._views.get(key)
+            if last is not None and now - last < VIEW_EVERY_SEC:
+                return
+            self._views[key] = now
+            self._views.move_to_end(key)
+            while len(self._views) > MAX_VIEWERS:
+                self._views.popitem(last=False)
+        self._nursery.start_soon(self.count_view, video_id)
 
     async def probe_now(self, urls: list[str]) -> None:
         """Ping ``urls`` at once (at most :data:`STARTUP_PROBE_SEC`), for a first choice."""
@@ -178,7 +207,8 @@ async def open_smart_client(metadata_urls: tuple[str, ...], policy: BufferPolicy
             open_storage_pool(http, secret=token, binary=binary) as pool, \
             trio.open_nursery() as nursery:
         metadata = MetadataClient(metadata_urls, http=http)
-        client = SmartClient(metadata, pool, policy, monitoring_interval=monitoring_interval)
+        client = SmartClient(metadata, pool, policy, nursery=nursery,
+                             monitoring_interval=monitoring_interval)
         nursery.start_soon(monitor_nodes, pool, client.book, lambda: list(client.book.nodes),
                            monitoring_interval)
         nursery.start_soon(client._sample_forever)

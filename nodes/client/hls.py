@@ -15,12 +15,12 @@ from __future__ import annotations
 import collections
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Final
 
 import trio
 
 from protocol.api import Manifest
-from protocol.errors import ProtocolError
 
 from .client import SmartClient
 from .fetcher import FetchFailed
@@ -48,6 +48,15 @@ def playlist(manifest: Manifest, default_duration: float = 10.0) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(eq=False)
+class _Pending:
+    """A segment fetch on its way, and its outcome for whoever waits on it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: str = ""
+
+
 class HlsGateway:
     def __init__(self, client: SmartClient, nursery: trio.Nursery, *,
                  cache_bytes: int = 256 * 1024 * 1024) -> None:
@@ -56,7 +65,7 @@ class HlsGateway:
         self.cache_bytes = cache_bytes
         self._cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self._cached = 0
-        self._inflight: dict[tuple[str, int], trio.Event] = {}
+        self._inflight: dict[tuple[str, int], _Pending] = {}
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self.served = 0
         self.cache_hits = 0
@@ -90,37 +99,49 @@ class HlsGateway:
         self.served += 1
         return await self._get(manifest, seq)
 
-    async def _get(self, manifest: Manifest, seq: int) -> bytes:
+    async def _get(self, manifest: Manifest, seq: int, *, prefetch: bool = False) -> bytes:
+        """The segment from the cache, or from the fetch already on its way (its
+        result handed to every waiter, cached or not), or fetched here."""
         key = (manifest.video_id, seq)
-        while True:
-            data = self._cache.get(key)
-            if data is not None:
-                self._cache.move_to_end(key)
-                self.cache_hits += 1
-                return data
-            pending = self._inflight.get(key)
-            if pending is None:
-                break
-            await pending.wait()
-            if key not in self._cache:
-                break  # the prefetch failed: fetch it here, and say why if it fails again
-        done = self._inflight[key] = trio.Event()
-        try:
-            data = await self.client.fetcher.fetch(manifest.chunks[seq])
-            self._store(key, data)
+        data = self._cache.get(key)
+        if data is not None:
+            self._cache.move_to_end(key)
+            self.cache_hits += 1
             return data
-        except FetchFailed:
+        pending = self._inflight.get(key)
+        if pending is not None:
+            await pending.done.wait()
+            if pending.data is not None:
+                self.cache_hits += 1
+                return pending.data
+            if prefetch:
+                raise FetchFailed(f"segment {seq}: {pending.error}")
+            # The fetch waited on failed (a prefetch, say): try once more, here.
+            return await self._get(manifest, seq)
+        pending = self._inflight[key] = _Pending()
+        try:
+            # A prefetch is not urgent: a player is not waiting on it yet.
+            data = await self.client.fetcher.fetch(manifest.chunks[seq],
+                                                   urgent=lambda: not prefetch)
+        except FetchFailed as exc:
+            pending.error = str(exc)
             self._manifests.pop(manifest.video_id, None)  # maybe placements moved: re-read
             raise
         finally:
-            del self._inflight[key]
-            done.set()
+            if self._inflight.get(key) is pending:
+                del self._inflight[key]
+            pending.done.set()
+        pending.data = data
+        self._store(key, data)
+        return data
 
     async def _prefetch(self, manifest: Manifest, seq: int) -> None:
         try:
-            await self._get(manifest, seq)
-        except ProtocolError as exc:
+            await self._get(manifest, seq, prefetch=True)
+        except FetchFailed as exc:
             log.info("prefetch of %s/%d failed: %s", manifest.video_id, seq, exc)
+        except Exception:  # a bug here must not end the service
+            log.exception("prefetch of %s/%d failed", manifest.video_id, seq)
 
     def _store(self, key: tuple[str, int], data: bytes) -> None:
         if len(data) > self.cache_bytes or key in self._cache:

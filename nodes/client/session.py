@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import trio
 
@@ -43,11 +44,28 @@ class PlaybackError(FetchFailed):
     """A playback could not go on: a chunk no copy of which could be fetched."""
 
 
+#: A chunk whose fetch failed is asked for again after these delays, then given up.
+RETRY_AFTER: Final = (1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class _Failure:
+    error: PlaybackError
+    count: int = 0
+    retry_at: float = 0.0
+    final: bool = False
+
+
 class Playback:
     """One video played from its manifest (see the module's docstring)."""
 
     def __init__(self, manifest: Manifest, fetcher: ChunkFetcher, policy: BufferPolicy, *,
-                 speed: float = 1.0, default_duration: float = 10.0) -> None:
+                 speed: float = 1.0, default_duration: float = 10.0,
+                 refresh: Callable[[], Awaitable[Manifest | None]] | None = None,
+                 opened_at: float | None = None) -> None:
+        """``refresh``: reads the manifest again (placements move: repairs, migrations),
+        before a chunk that failed is asked for again; ``opened_at``: when the viewer
+        asked (startup latency counts from then)."""
         self.manifest = manifest
         self.fetcher = fetcher
         self.policy = policy
@@ -58,7 +76,9 @@ class Playback:
         self._data: dict[int, bytes] = {}
         self._wake_scheduler = trio.Event()
         self._wake_player = trio.Event()
-        self._failed: dict[int, PlaybackError] = {}
+        self._failed: dict[int, _Failure] = {}
+        self._refresh = refresh
+        self._opened_at = opened_at
         self.startup_latency: float | None = None
         self.bytes_out = 0
         self.finished = False
@@ -82,7 +102,7 @@ class Playback:
             PlaybackError: a chunk could not be fetched from any copy.
             Exception: whatever ``sink`` raised (a broken pipe: the player quit).
         """
-        self.buffer.open(trio.current_time())
+        self.buffer.open(self._opened_at if self._opened_at is not None else trio.current_time())
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._schedule, nursery)
@@ -99,33 +119,65 @@ class Playback:
 
     async def _schedule(self, nursery: trio.Nursery) -> None:
         while not self.buffer.done:
-            for seq in self.buffer.wanted(trio.current_time()):
-                if seq in self._failed:
+            now = trio.current_time()
+            for seq in self.buffer.wanted(now):
+                failure = self._failed.get(seq)
+                if failure is not None and (failure.final or now < failure.retry_at):
                     continue
                 self.buffer.fetch_started(seq)
                 nursery.start_soon(self._fetch, seq)
             self._wake_scheduler = trio.Event()
-            # Wake on a change, and when the level is due to cross the low-water mark.
-            level = self.buffer.level_sec(trio.current_time())
+            # Wake on a change, when the level is due to cross the low-water mark, and
+            # when a failed chunk may be asked for again.
+            level = self.buffer.level_sec(now)
             speed = self.buffer.speed or 1.0
             wait = max(0.01, (level - self.policy.low_water_sec) / speed) \
                 if level >= self.policy.low_water_sec else 1.0
+            retries = [f.retry_at for f in self._failed.values() if not f.final]
+            if retries:
+                wait = max(0.01, min(wait, min(retries) - now))
             with trio.move_on_after(wait):
                 await self._wake_scheduler.wait()
 
     async def _fetch(self, seq: int) -> None:
         chunk = self.manifest.chunks[seq]
         try:
-            data = await self.fetcher.fetch(chunk, urgent=self._urgent)
+            data = await self.fetcher.fetch(chunk, urgent=self._urgent,
+                                            best=not self.buffer.started)
         except FetchFailed as exc:
             self.buffer.fetch_ended(seq, None)
-            self._failed[seq] = PlaybackError(str(exc))
+            failure = self._failed.get(seq) or _Failure(PlaybackError(str(exc)))
+            failure.error = PlaybackError(str(exc))
+            failure.count += 1
+            if failure.count > len(RETRY_AFTER):
+                failure.final = True
+            else:
+                failure.retry_at = trio.current_time() + RETRY_AFTER[failure.count - 1]
+                log.info("chunk %d of %s failed (%s): asking again in %.0f s", seq,
+                         self.video_id, exc, RETRY_AFTER[failure.count - 1])
+            self._failed[seq] = failure
+            await self._reread_manifest()
             self._poke()
             return
+        self._failed.pop(seq, None)
         if seq >= self.buffer.next_to_play:
             self._data[seq] = data
         self.buffer.fetch_ended(seq, len(data))
         self._poke()
+
+    async def _reread_manifest(self) -> None:
+        """The manifest again, if it still lists the same chunks (placements may have moved)."""
+        if self._refresh is None:
+            return
+        try:
+            with trio.move_on_after(5):
+                fresh = await self._refresh()
+        except VStackError as exc:
+            log.info("manifest of %s not read again: %s", self.video_id, exc)
+            return
+        if fresh is not None and [c.sequence_num for c in fresh.chunks] == \
+                [c.sequence_num for c in self.manifest.chunks]:
+            self.manifest = fresh
 
     def _urgent(self) -> bool:
         return self.buffer.low(trio.current_time())
@@ -136,8 +188,9 @@ class Playback:
             if not buf.ready():
                 buf.waiting(trio.current_time())
                 while not buf.ready():
-                    if buf.next_to_play in self._failed:
-                        raise self._failed[buf.next_to_play]
+                    failure = self._failed.get(buf.next_to_play)
+                    if failure is not None and failure.final:
+                        raise failure.error
                     self._wake_player = trio.Event()
                     await self._wake_player.wait()
             now = trio.current_time()
@@ -203,6 +256,7 @@ async def monitor_nodes(pool: StoragePool, book: NodeBook, urls: Callable[[], It
                 await pool.ping(url)
         except (VStackError, trio.TooSlowError):
             book[url].probe_failed(trio.current_time())
+            await pool.discard(url)
             return
         now = trio.current_time()
         book[url].probed(now - start, now)

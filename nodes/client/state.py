@@ -28,14 +28,14 @@ class ClientService:
         self._playing: trio.CancelScope | None = None
         self.port = 0
 
-    async def play(self, video_id: str, speed: float) -> None:
+    async def play(self, video_id: str, speed: float, *, viewer: str | None = None) -> None:
         """Start playing ``video_id`` here (bytes discarded: a probe of what a viewer
         would see, shown by ``/api/status`` and the dashboard); stops the previous one.
 
         Raises:
             FetchFailed: no such video (404), or not playable (409).
         """
-        play = await self.client.playback(video_id, speed=speed)
+        play = await self.client.playback(video_id, speed=speed, viewer=viewer)
         self.stop()
         scope = self._playing = trio.CancelScope()
 

@@ -16,7 +16,8 @@ from protocol.http import DEFAULT_MAX_HEADER_BYTES, FileRange, Response, reason_
 
 from .zerocopy import sendfile
 
-__all__ = ["RECV_BYTES", "Body", "HeadTimeout", "HttpLimits", "ReadTimeout", "ServerConnection", "peer_of"]
+__all__ = ["RECV_BYTES", "AbortedAnswer", "Body", "HeadTimeout", "HttpLimits", "ReadTimeout",
+           "ServerConnection", "peer_of"]
 
 RECV_BYTES = 256 * 1024
 #: Pieces of an answer up to this size in all are sent as one (copied), larger ones alone.
@@ -61,6 +62,11 @@ class HttpLimits:
 
 class ReadTimeout(VStackError):
     """No byte, a body or an answer did not move in time: the connection closes."""
+
+
+class AbortedAnswer(ReadTimeout):
+    """A streamed answer whose producer failed midway: the connection is closed
+    without the final chunk, so the client knows the answer is incomplete."""
 
 
 class HeadTimeout(ReadTimeout):
@@ -198,28 +204,33 @@ class ServerConnection:
 
     async def _send_stream(self, resp: Response, extra: list[tuple[str, str]]) -> None:
         """A body produced while it is sent: chunked (or up to the close, for an
-        HTTP/1.0 client); each piece within the send deadline of its size."""
+        HTTP/1.0 client); each piece within the send deadline of its size. If the
+        producer fails, the answer is cut off (:class:`AbortedAnswer`)."""
         assert resp.stream is not None
         headers = [*resp.header_pairs(), *((k.encode(), v.encode()) for k, v in extra)]
         limits = self.limits
-        with trio.move_on_after(limits.send_timeout) as scope:
-            await self.stream.send_all(self.conn.send(h11.Response(
-                status_code=resp.status, headers=headers,
-                reason=reason_phrase(resp.status))) or b"")
-        if scope.cancelled_caught:
-            raise ReadTimeout("the client does not read its answer")
+
+        async def send(data: bytes) -> None:
+            with trio.move_on_after(limits.send_timeout + len(data) / limits.min_send_rate) \
+                    as scope:
+                await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                raise ReadTimeout("the client does not read its answer")
+
+        async def write(piece: bytes) -> None:
+            if piece and not self.head_request:
+                await send(self.conn.send(h11.Data(data=piece)) or b"")
+
+        await send(self.conn.send(h11.Response(status_code=resp.status, headers=headers,
+                                               reason=reason_phrase(resp.status))) or b"")
         if not self.head_request:
-            async for piece in resp.stream():
-                if not piece:
-                    continue
-                data = self.conn.send(h11.Data(data=piece)) or b""
-                with trio.move_on_after(limits.send_timeout + len(data) / limits.min_send_rate) \
-                        as scope:
-                    await self.stream.send_all(data)
-                if scope.cancelled_caught:
-                    raise ReadTimeout("the client does not read its answer")
-        with trio.move_on_after(limits.send_timeout):
-            await self.stream.send_all(self.conn.send(h11.EndOfMessage()) or b"")
+            try:
+                await resp.stream(write)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ReadTimeout):
+                raise  # the client left, or does not read
+            except Exception as exc:
+                raise AbortedAnswer(f"the answer failed midway: {exc}") from exc
+        await send(self.conn.send(h11.EndOfMessage()) or b"")
 
     async def _send_pieces(self, pieces: list[bytes | FileRange]) -> None:
         pending = b""  # small pieces go out together

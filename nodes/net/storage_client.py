@@ -223,6 +223,14 @@ class StoragePool:
             return False
         return res.status in (204, 404)
 
+    async def discard(self, node_url: str) -> None:
+        """Close the node's binary connection (one that hung, say): the next request
+        opens a new one."""
+        client = self._clients.pop(node_url, None)
+        if client is not None:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
