@@ -291,19 +291,22 @@ def uploader(port: int, host: str, metadata_url: str, temp_dir: Path, chunk_size
 @click.option("--popularity-window", envvar="POPULARITY_WINDOW_SEC", default=3600.0,
               type=click.FloatRange(1.0), help="Views are counted over this many recent "
               "seconds [env POPULARITY_WINDOW_SEC].")
+@click.option("--port", envvar="REDUNDANCY_PORT", default=8087, type=click.IntRange(0, 65535),
+              help="Port of its /health and /metrics [env REDUNDANCY_PORT].")
+@click.option("--host", envvar="HOST", default="127.0.0.1", help="Address to listen on [env HOST].")
 @click.option("--rate", envvar="REDUNDANCY_RATE_BYTES", default=64 * 1024 * 1024,
               type=click.IntRange(1), help="Bytes per second repair and migration may move "
               "[env REDUNDANCY_RATE_BYTES].")
 @security_options
 def redundancy(metadata_url: str, interval: float, repair_grace: float, orphan_grace: float,
                upload_expiry: float, popularity_threshold: int, popularity_window: float,
-               rate: int, **sec: Any) -> None:
+               port: int, host: str, rate: int, **sec: Any) -> None:
     """Run the redundancy manager: self-repair, migration between modes, garbage collection."""
     settings = RedundancySettings(
         metadata_urls=_split(metadata_url), interval=interval, repair_grace=repair_grace,
         orphan_grace=orphan_grace, upload_expiry=upload_expiry,
         popularity_threshold=popularity_threshold, popularity_window=popularity_window,
-        rate_bytes=rate, auth=_policy("127.0.0.1", sec))
+        rate_bytes=rate, metrics_port=port, host=host, auth=_policy(host, sec))
     run_services(settings)
 
 
@@ -405,7 +408,7 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
         click.echo(f"secrets (CLUSTER_SECRET, API_TOKEN) in {data_dir / 'secrets'}", err=True)
     auth = _policy(host, sec)
     busy = first_taken(host or "0.0.0.0", [8080, 8180, *range(8081, 8081 + node_count),
-                                           *range(8181, 8181 + node_count), 8084, 8085, 8086])
+                                           *range(8181, 8181 + node_count), 8084, 8085, 8086, 8087])
     if busy:
         raise click.ClickException(f"{busy}: stop it, or is a V-Stack cluster running already?")
     reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -425,7 +428,8 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
     ]
     services.append(UploaderSettings(temp_dir=data_dir / "uploads", metadata_urls=(meta_url,),
                                      port=8084, host=host, auth=auth))
-    services.append(RedundancySettings(metadata_urls=(meta_url,), auth=auth))
+    services.append(RedundancySettings(metadata_urls=(meta_url,), metrics_port=8087, host=host,
+                                       auth=auth))
     services.append(ClientSettings(metadata_urls=(meta_url,), port=8086, host=host, auth=auth))
     services.append(WebSettings(metadata_urls=(meta_url,), uploader_url=f"http://{reach}:8084",
                                 client_url=f"http://{reach}:8086", port=8085, host=host,

@@ -77,8 +77,10 @@ async def _run_until_signal(*services: Settings) -> None:
                            f"/hls/VIDEO_ID.m3u8)", err=True)
                 continue
             if isinstance(settings, RedundancySettings):
-                await nursery.start(serve_redundancy, settings)
-                click.echo(f"redundancy manager: a pass every {settings.interval:.0f} s", err=True)
+                mgr = await nursery.start(serve_redundancy, settings)
+                where = f", http://127.0.0.1:{mgr.port}/metrics" if mgr.port else ""
+                click.echo(f"redundancy manager: a pass every {settings.interval:.0f} s{where}",
+                           err=True)
                 continue
             if isinstance(settings, MetadataSettings):
                 meta: MetadataService = await nursery.start(serve_metadata, settings)

@@ -209,6 +209,8 @@ class RedundancySettings:
     popularity_threshold: int = 1000  # POPULARITY_THRESHOLD
     popularity_window: float = 3600.0  # POPULARITY_WINDOW_SEC: views counted over this window
     rate_bytes: int = 64 * 1024 * 1024  # REDUNDANCY_RATE_BYTES: bytes/s moved at most
+    metrics_port: int | None = None  # REDUNDANCY_PORT: /health and /metrics (None: none)
+    host: str = "127.0.0.1"
     auth: AuthPolicy = OPEN
 
     def __post_init__(self) -> None:

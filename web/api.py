@@ -30,6 +30,7 @@ from trio_websocket import WebSocketConnection
 from nodes.net import routing
 from nodes.net.http_client import StreamBody
 from nodes.net.http_server import Body, Handler
+from nodes.net.metrics import ServiceMetrics
 from nodes.net.routing import RouteTable
 from nodes.net.websocket import push_forever, websocket_response
 from protocol.api import CHUNK_ID_RE
@@ -254,4 +255,4 @@ ROUTES: RouteTable = (
 
 
 def build_router(svc: WebService) -> Router[Handler]:
-    return routing.build_router(ROUTES, svc, svc.settings.auth)
+    return routing.build_router(ROUTES, svc, svc.settings.auth, ServiceMetrics("web"))

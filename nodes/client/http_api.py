@@ -17,14 +17,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any, Final
 
+import trio
 from trio_websocket import WebSocketConnection
 
 from nodes.net import routing
 from nodes.net.http_server import Body, Handler
+from nodes.net.metrics import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    ServiceMetrics,
+    counter,
+    gauge,
+)
 from nodes.net.routing import RouteTable
 from nodes.net.websocket import push_forever, websocket_response
 from protocol.api import CHUNK_ID_RE
@@ -172,5 +181,39 @@ ROUTES: RouteTable = (
 )
 
 
+def client_metrics(svc: ClientService) -> ServiceMetrics:
+    m = ServiceMetrics("client")
+
+    def state() -> Iterable[Metric]:
+        client = svc.client
+        play = client.current
+        now = trio.current_time()
+        yield gauge("vstack_client_buffer_seconds", "Media seconds buffered ahead (the "
+                    "current playback)", play.buffer.level_sec(now) if play else 0.0)
+        yield counter("vstack_client_rebuffering_events", "Stalls of the current playback",
+                      play.buffer.rebuffering_events if play else 0)
+        for fetcher in (client.fetcher, client.naive_fetcher):
+            st = fetcher.stats
+            kind = "naive" if fetcher.naive else "smart"
+            for name, doc, value in (
+                    ("downloads", "Chunk downloads started", st.total_downloads),
+                    ("download_failures", "Downloads that failed", st.failed_downloads),
+                    ("failovers", "Downloads moved to the next copy", st.failover_count),
+                    ("hedges", "Hedged requests sent", st.hedges),
+                    ("fetched_bytes", "Verified bytes downloaded", st.bytes_fetched)):
+                family = CounterMetricFamily(f"vstack_client_{name}", doc, labels=["client"])
+                family.add_metric([kind], value)
+                yield family
+        scores = GaugeMetricFamily("vstack_client_node_score", "Expected MiB/s per node",
+                                   labels=["node"])
+        for url, score in client.book.scores(now).items():
+            scores.add_metric([url], score)
+        yield scores
+        yield gauge("vstack_client_hls_segments_served", "HLS segments served", svc.hls.served)
+
+    m.collect_with(state)
+    return m
+
+
 def build_router(svc: ClientService) -> Router[Handler]:
-    return routing.build_router(ROUTES, svc, svc.auth)
+    return routing.build_router(ROUTES, svc, svc.auth, client_metrics(svc))

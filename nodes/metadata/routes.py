@@ -23,6 +23,7 @@ from protocol.http import Router
 from vstack.auth import Access
 
 from . import api_chunks, api_nodes, api_redundancy, api_videos
+from .metrics import replica_metrics
 from .state import MetadataService
 
 __all__ = ["ROUTES", "build_router", "serve_api"]
@@ -61,7 +62,7 @@ ROUTES: Final[RouteTable] = [
 
 
 def build_router(svc: MetadataService) -> Router[Handler]:
-    return routing.build_router(ROUTES, svc, svc.settings.auth)
+    return routing.build_router(ROUTES, svc, svc.settings.auth, replica_metrics(svc))
 
 
 async def serve_api(svc: MetadataService, *,

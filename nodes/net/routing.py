@@ -9,16 +9,19 @@ without saying who may call it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeAlias
 
+from protocol.errors import ProtocolError
 from protocol.http import Request, Response, Router
 from vstack.auth import Access, AuthPolicy
 
 from .http_server import Body, Handler
+from .metrics import ServiceMetrics, metrics_response
 
-__all__ = ["Endpoint", "RouteTable", "build_router", "guarded"]
+__all__ = ["Endpoint", "RouteTable", "build_router", "guarded", "timed"]
 
 Endpoint: TypeAlias = Callable[[Any, Request, Body], Awaitable[Response]]
 RouteTable: TypeAlias = Sequence[tuple[str, str, Access, Endpoint]]
@@ -37,8 +40,38 @@ def guarded(policy: AuthPolicy, access: Access, handler: Handler) -> Handler:
     return checked
 
 
-def build_router(table: RouteTable, state: object, policy: AuthPolicy) -> Router[Handler]:
+def timed(metrics: ServiceMetrics, method: str, route: str, handler: Handler) -> Handler:
+    """``handler``, its requests counted and timed under the route's pattern."""
+
+    async def measured(request: Request, body: Body) -> Response:
+        start = time.perf_counter()
+        status, response = 500, None
+        try:
+            response = await handler(request, body)
+            status = response.status
+            return response
+        except ProtocolError as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.observe(method, route, status, time.perf_counter() - start,
+                            request.content_length or 0, response)
+
+    return measured
+
+
+def build_router(table: RouteTable, state: object, policy: AuthPolicy,
+                 metrics: ServiceMetrics | None = None) -> Router[Handler]:
+    """The routes of ``table``, each behind its access check; with ``metrics``, each
+    counted and timed, and ``GET /metrics`` (a READ) added."""
     router: Router[Handler] = Router()
     for method, path, access, endpoint in table:
-        router.add(method, path, guarded(policy, access, partial(endpoint, state)))
+        handler = guarded(policy, access, partial(endpoint, state))
+        router.add(method, path, handler if metrics is None else
+                   timed(metrics, method, path, handler))
+    if metrics is not None:
+        async def scrape(request: Request, body: Body) -> Response:
+            return metrics_response(metrics)
+
+        router.add("GET", "/metrics", guarded(policy, Access.READ, scrape))
     return router

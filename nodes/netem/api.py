@@ -16,6 +16,7 @@ from typing import Final
 
 from nodes.net import routing
 from nodes.net.http_server import Body, Handler
+from nodes.net.metrics import ServiceMetrics
 from nodes.net.routing import RouteTable
 from protocol.errors import ProtocolError
 from protocol.http import Request, Response, Router, json_response
@@ -69,4 +70,4 @@ ROUTES: Final[RouteTable] = [
 
 
 def build_router(em: Netem) -> Router[Handler]:
-    return routing.build_router(ROUTES, em, em.settings.auth)
+    return routing.build_router(ROUTES, em, em.settings.auth, ServiceMetrics("netem"))

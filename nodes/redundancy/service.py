@@ -31,7 +31,7 @@ from protocol.errors import VStackError
 from vstack.reconcile import plan_repairs, stored_mode, target_mode
 from vstack.settings import RedundancySettings
 
-from . import gc, migrate, repair
+from . import gc, http_api, migrate, repair
 from .state import Manager, RateLimiter, Snapshot
 
 __all__ = ["MIGRATIONS_PER_PASS", "REPAIRS_PER_PASS", "observe", "run_pass",
@@ -125,6 +125,9 @@ async def serve_redundancy(settings: RedundancySettings, *,
         nursery.start_soon(partial(run_forever, "redundancy pass", step, log=log,
                                    every=settings.interval, initial_delay=settings.interval,
                                    backoff=Backoff(initial=1.0, maximum=settings.interval)))
+        if settings.metrics_port is not None:
+            mgr.port = await nursery.start(partial(http_api.serve, mgr, settings.host,
+                                                   settings.metrics_port))
         log.info("redundancy manager running: a pass every %.0f s, repair grace %.0f s, orphan "
                  "grace %.0f s", settings.interval, settings.repair_grace, settings.orphan_grace)
         task_status.started(mgr)

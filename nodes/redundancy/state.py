@@ -118,6 +118,7 @@ class Manager:
     orphans: GraceTracker[tuple[str, str]] = field(init=False)
     stalled: GraceTracker[tuple[str, int]] = field(init=False)
     stats: Stats = field(default_factory=Stats)
+    port: int = 0  # the /health and /metrics port, once listening (0: none)
     #: Referenced copies their (healthy) node did not list, at the last two listings:
     #: missing in both counts as lost (a listing that paged past a moving row does not).
     missing: set[tuple[str, str]] = field(default_factory=set)

@@ -25,6 +25,7 @@ from protocol.http import FileRange, Request, Response, Router, json_response
 from vstack.auth import Access
 from vstack.store import Location
 
+from .metrics import node_metrics
 from .node import StorageNode, chunk_key
 
 __all__ = ["build_router", "serve"]
@@ -162,7 +163,7 @@ ROUTES: Final[RouteTable] = [
 
 
 def build_router(node: StorageNode) -> Router[Handler]:
-    return routing.build_router(ROUTES, node, node.settings.auth)
+    return routing.build_router(ROUTES, node, node.settings.auth, node_metrics(node))
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int]:

@@ -95,6 +95,8 @@ class StorageNode:
         self.index_save_failures = 0
         self.fsync_batches = 0
         self.fsync_writes = 0
+        #: Told each group commit's fsync time and size (the metrics' histograms).
+        self.on_commit: Callable[[float, int], object] = lambda seconds, writes: None
         #: Bytes of chunks read into memory to answer GETs, both protocols together.
         self.reads = ByteBudget(max(settings.max_buffered_bytes,
                                     4 * (settings.max_chunk_bytes + 64)))
@@ -189,12 +191,14 @@ class StorageNode:
                 continue
             error: OSError | None = None
             with trio.CancelScope(shield=True):
+                started = time.perf_counter()
                 try:
                     await trio.to_thread.run_sync(self.store.fsync_batch, batch)
                 except OSError as exc:
                     log.error("fsync failed: %s", exc)
                     error = exc
                 done = self.store.publish(batch, error)
+                self.on_commit(time.perf_counter() - started, len(done))
             self.fsync_batches += 1
             self.fsync_writes += len(done)
             self.changes += len(done)

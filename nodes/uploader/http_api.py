@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -24,6 +25,7 @@ import trio
 
 from nodes.net import routing
 from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
+from nodes.net.metrics import Metric, ServiceMetrics, gauge
 from nodes.net.routing import RouteTable
 from protocol.api import VideoCreate
 from protocol.errors import ProtocolError
@@ -110,7 +112,14 @@ ROUTES: Final[RouteTable] = [
 
 
 def build_router(up: Uploader) -> Router[Handler]:
-    return routing.build_router(ROUTES, up, up.settings.auth)
+    m = ServiceMetrics("uploader")
+
+    def state() -> Iterable[Metric]:
+        yield gauge("vstack_uploads_active", "Uploads being processed", up.queue.active)
+        yield gauge("vstack_uploads_queued", "Uploads waiting for a slot", up.queue.waiting)
+
+    m.collect_with(state)
+    return routing.build_router(ROUTES, up, up.settings.auth, m)
 
 
 async def serve(up: Uploader, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
