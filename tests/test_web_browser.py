@@ -21,6 +21,9 @@ from .conftest import ROOT
 from .webcluster import WebCluster, start_web_cluster
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
+#: A title that would become an element if the page put it in as HTML.
+TITLE = 'from the <b id="inj">browser</b>'
+
 #: What this machine's Chromium needs to run headless in a sandbox with no network.
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -46,15 +49,18 @@ def browse(c: WebCluster, clip: Path, victim: str, stop: Callable[[], Any],
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(c.url + "/")
-            page.wait_for_selector("#ws-status:text('live')", timeout=10_000)
+            page.wait_for_selector("#ws-status:text-is('live')", timeout=10_000)
             # Upload through the page, see it listed.
-            page.fill("#title-input", "from the browser")
+            page.fill("#title-input", TITLE)
             page.set_input_files("#upload-input", str(clip))
             page.click("#upload-button")
             page.wait_for_selector("#video-list li[data-video-id]", timeout=90_000)
             seen["video_id"] = page.get_attribute("#video-list li[data-video-id]",
                                                   "data-video-id")
             seen["upload_progress"] = page.eval_on_selector("#upload-progress", "e => e.value")
+            # The title is shown as text, never run as markup.
+            seen["injected"] = page.query_selector("#inj") is not None
+            seen["title_shown"] = page.inner_text("#video-list li[data-video-id]")
             # Play it in the page: its clock advances.
             page.click("#video-list li[data-video-id] button.play")
             wait_until(page, "() => document.querySelector('#player').currentTime > 1.0", 30)
@@ -66,6 +72,14 @@ def browse(c: WebCluster, clip: Path, victim: str, stop: Callable[[], Any],
             page.wait_for_selector(card + ".node-down", timeout=5_000)
             page.screenshot(path=str(SHOTS / "index-node-down.png"), full_page=True)
             trio.from_thread.run(restart)
+            page.wait_for_selector(card + ".node-up", timeout=5_000)
+            # The web service restarts: the page notices, and reconnects by itself.
+            assert c.stop_web is not None
+            assert c.start_web is not None
+            trio.from_thread.run(c.stop_web)
+            page.wait_for_selector("#ws-status:not(:text-is('live'))", timeout=10_000)
+            trio.from_thread.run(c.start_web)
+            page.wait_for_selector("#ws-status:text-is('live')", timeout=15_000)
             page.wait_for_selector(card + ".node-up", timeout=5_000)
             consensus(page, c, str(seen["video_id"]))
             efficiency(page, c)
@@ -113,6 +127,8 @@ async def test_upload_watch_and_see_the_cluster_live_in_a_real_browser(
     seen = await trio.to_thread.run_sync(browse, c, media["clip.mp4"], victim, c.stops[victim],
                                          restart)
     assert seen["errors"] == []
+    assert not seen["injected"]
+    assert TITLE in seen["title_shown"]
     assert seen["upload_progress"] == 100
     for name in ("index.png", "index-node-down.png", "consensus.png", "storage-efficiency.png"):
         assert (SHOTS / name).stat().st_size > 10_000, name

@@ -5,7 +5,7 @@ all on 127.0.0.1 with free ports."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class WebCluster:
     nodes: list[str]
     node_ports: list[int]
     stops: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    stop_web: Callable[[], Any] | None = None
+    start_web: Callable[[], Any] | None = None
 
     @property
     def url(self) -> str:
@@ -61,8 +63,16 @@ async def start_web_cluster(nursery: trio.Nursery, start_node: Callable[..., Any
                                  redundancy="replication")
     client = await nursery.start(serve_client, ClientSettings(metadata_urls=(meta,), port=0))
     client_url = f"http://127.0.0.1:{client.port}"
-    page, _ = await start_stoppable(nursery, serve_web, WebSettings(
-        metadata_urls=(meta,), uploader_url=f"http://127.0.0.1:{up.port}",
-        client_url=client_url, port=0, **web))
-    return WebCluster(meta=meta, uploader=f"http://127.0.0.1:{up.port}", client=client_url,
-                      web=page, nodes=urls, node_ports=ports, stops=stops)
+    settings = WebSettings(metadata_urls=(meta,), uploader_url=f"http://127.0.0.1:{up.port}",
+                           client_url=client_url, port=0, **web)
+    page, stop = await start_stoppable(nursery, serve_web, settings)
+    c = WebCluster(meta=meta, uploader=f"http://127.0.0.1:{up.port}", client=client_url,
+                   web=page, nodes=urls, node_ports=ports, stops=stops, stop_web=stop)
+
+    async def start_web() -> None:
+        """The web service again, on the same port (after ``stop_web``)."""
+        c.web, c.stop_web = await start_stoppable(nursery, serve_web,
+                                                  replace(settings, port=page.port))
+
+    c.start_web = start_web
+    return c

@@ -10,9 +10,16 @@ cd "$(dirname "$0")/.."
 bash tools/setup.sh
 DATA_DIR=${DATA_DIR:-./vstack-data}
 mkdir -p "$DATA_DIR"
+# Before starting: another cluster on these ports would answer the checks below.
+.venv/bin/python -c 'import sys
+from tools.ports import first_taken
+busy = first_taken("127.0.0.1", [8080, 8180, 8081, 8082, 8083, 8181, 8182, 8183, 8084, 8085, 8086, 8087])
+sys.exit(f"Error: {busy}: stop it, or is a V-Stack cluster running already?" if busy else 0)'
 .venv/bin/vstack-node all --data-dir "$DATA_DIR" &
 cluster=$!
-trap 'kill -INT "$cluster" 2>/dev/null; wait "$cluster"; exit 0' INT TERM
+stop_cluster() { kill -INT "$cluster" 2>/dev/null || true; wait "$cluster" 2>/dev/null || true; }
+trap stop_cluster EXIT  # whatever fails below, the cluster does not outlive this script
+trap 'exit 0' INT TERM
 CLUSTER_PID=$cluster .venv/bin/python - <<'PY'
 import json, os, sys, time, urllib.request
 

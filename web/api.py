@@ -46,12 +46,15 @@ __all__ = ["build_router"]
 log = logging.getLogger("vstack.web")
 
 STATIC_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\Z")
+#: What a multipart form adds around the file (the uploader allows as much).
+FORM_OVERHEAD: Final = 64 * 1024
 #: Chunks shown on the consensus page.
 CONSENSUS_CHUNKS: Final = 12
 PAGE_HEADERS: Final = [("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
                        ("Content-Security-Policy", "default-src 'self'; media-src 'self' blob: "
                         "http: https:; connect-src 'self' ws: wss: http: https:; "
-                        "style-src 'self' 'unsafe-inline'; img-src 'self' data:")]
+                        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"),
+                       ("X-Frame-Options", "DENY")]
 
 
 def _static(*parts: str) -> bytes:
@@ -103,7 +106,7 @@ async def websocket(svc: WebService, req: Request, body: Body) -> Response:
         if svc.snapshot.message["time"] is None:  # just started: wait for the first look
             with trio.move_on_after(3):
                 await svc.snapshot.changed.wait()
-        await push_forever(ws, lambda: svc.snapshot.message, interval=1.0)
+        await push_forever(ws, lambda: svc.snapshot.text, interval=1.0)
 
     return websocket_response(req, handler)
 
@@ -174,11 +177,11 @@ async def upload(svc: WebService, req: Request, body: Body) -> Response:
     if length is None:
         raise ProtocolError("Content-Length is required", 411)
     limit = svc.settings.max_upload_bytes
-    if length > limit:
+    if length > limit + FORM_OVERHEAD:
         raise ProtocolError(f"file larger than the limit of {limit} bytes", 413)
     res = await svc.http.request(
         "POST", f"{svc.settings.uploader_url.rstrip('/')}/upload",
-        body=StreamBody(chunks=body.chunks(limit), length=length),
+        body=StreamBody(chunks=body.chunks(limit + FORM_OVERHEAD), length=length),
         headers=[("Content-Type", ctype)], retry=False)
     try:
         answer = res.json()

@@ -11,16 +11,16 @@ never buffered for (a slow or stopped tab cannot hold the service's memory).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from protocol.errors import ProtocolError
-from protocol.http import Request, Response
+from protocol.http import Request, Response, json_bytes
 
 __all__ = ["push_forever", "websocket_response"]
 
@@ -37,11 +37,22 @@ WsHandler = Callable[[WebSocketConnection], Awaitable[None]]
 def websocket_response(request: Request, handler: WsHandler) -> Response:
     """Take the connection over and run ``handler`` on the accepted websocket.
 
+    Browsers apply no same-origin rule to websockets: a page of any site could
+    open one to this service and read what it pushes. So a handshake whose
+    ``Origin`` is not this service's own (scheme aside, its host and port as the
+    request's ``Host`` names them) is refused; tools that send no ``Origin``
+    are not browsers and pass.
+
     Raises:
-        ProtocolError: 400, the request is not a websocket handshake.
+        ProtocolError: 400, the request is not a websocket handshake; 403, it
+            comes from a page of another site.
     """
     if "websocket" not in (request.header("upgrade") or "").lower():
         raise ProtocolError("this URL is a websocket: connect with Upgrade: websocket", 400)
+    origin = request.header("origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != \
+            (request.header("host") or "").lower():
+        raise ProtocolError("a websocket from a page of another site is refused", 403)
 
     async def takeover(stream: trio.abc.Stream) -> None:
         async with trio.open_nursery() as nursery:
@@ -68,8 +79,9 @@ def websocket_response(request: Request, handler: WsHandler) -> Response:
 
 async def push_forever(ws: WebSocketConnection, message: Callable[[], Any], *,
                        interval: float, send_timeout: float = 5.0) -> None:
-    """Send ``json(message())`` now and every ``interval`` seconds until the browser
-    leaves, or is too slow to take one (then it is dropped)."""
+    """Send ``message()`` (a JSON text, or an object made JSON here, non-finite numbers
+    as null) now and every ``interval`` seconds until the browser leaves, or is too
+    slow to take one (then it is dropped)."""
 
     async def drain_incoming(done: trio.CancelScope) -> None:
         try:
@@ -81,7 +93,8 @@ async def push_forever(ws: WebSocketConnection, message: Callable[[], Any], *,
     async def send_loop(done: trio.CancelScope) -> None:
         try:
             while True:
-                data = json.dumps(message(), separators=(",", ":"), allow_nan=False)
+                made = message()
+                data = made if isinstance(made, str) else json_bytes(made).decode()
                 with trio.move_on_after(send_timeout) as scope:
                     await ws.send_message(data)
                 if scope.cancelled_caught:

@@ -512,11 +512,8 @@
     if (state.fallback && state.fallbackOk) setConn("polling", "polling");
     else setConn("offline", "connecting");
     ws.addEventListener("open", () => {
+      // Up only once a message arrives: a socket the server closes at once is not.
       if (state.ws !== ws) return;
-      state.wsAttempt = 0;
-      stopFallback();
-      VS.banner("");
-      setConn("live", "live");
       armStale(ws);
     });
     ws.addEventListener("message", (ev) => {
@@ -529,7 +526,12 @@
       if (msg.type && msg.type !== "dashboard") return;
       try {
         state.wsAttempt = 0;
-        if ($("#ws-status").textContent !== "live") setConn("live", "live");
+        state.wsDownSince = 0;
+        if ($("#ws-status").textContent !== "live") {
+          stopFallback();
+          VS.banner("");
+          setConn("live", "live");
+        }
         renderDashboard(msg);
       } catch (err) {
         console.error("dashboard render:", err);
@@ -547,7 +549,6 @@
 
   function armStale(ws) {
     clearTimeout(state.wsStaleTimer);
-    state.wsDownSince = 0;
     state.wsStaleTimer = setTimeout(() => {
       if (state.ws === ws) {
         console.warn("dashboard socket silent for " + WS_STALE_MS + " ms: reconnecting");
