@@ -13,6 +13,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from nodes.net.http_client import request
+from vstack.auth import AuthPolicy
 
 from .test_uploader import multipart
 from .webcluster import WebCluster, start_web_cluster
@@ -55,6 +56,7 @@ async def test_an_upload_through_the_page_is_stored_listed_and_served(
     assert [v["title"] for v in listed] == ["from the page"]
     config = (await request("GET", f"{c.url}/api/config")).json()
     assert config["hls_base"] == f"{c.client}/hls"
+    assert not config["uploads_need_token"]  # open on loopback
     playlist = await request("GET", f"{config['hls_base']}/{answer['video_id']}.m3u8")
     assert playlist.status == 200
     assert b"#EXT-X-ENDLIST" in playlist.body
@@ -155,3 +157,20 @@ async def test_a_websocket_route_refuses_plain_http(
     res = await request("GET", f"{c.url}/ws")
     assert res.status == 400
     assert "websocket" in res.json()["error"]
+
+
+async def test_where_uploads_need_a_token_the_page_is_told_and_the_token_opens_them(
+        media: dict[str, Path], nursery: trio.Nursery, start_node: Callable[..., Any],
+        start_metadata: Callable[..., Any], start_uploader: Callable[..., Any],
+        tmp_path: Path) -> None:
+    token = "t" * 24
+    c = await start_web_cluster(nursery, start_node, start_metadata, start_uploader, tmp_path,
+                                nodes=1, auth=AuthPolicy(api_token=token.encode()))
+    assert (await request("GET", f"{c.url}/api/config")).json()["uploads_need_token"]
+    status, answer = await upload_through_page(c, "clip.mp4", media["clip.mp4"].read_bytes())
+    assert status == 401
+    assert "token" in answer["error"]
+    body, ctype = multipart({"title": "with a token"}, ("clip.mp4", media["clip.mp4"].read_bytes()))
+    res = await request("POST", f"{c.url}/api/upload", body=body, headers=[
+        ("Content-Type", ctype), ("Authorization", f"Bearer {token}")])
+    assert res.status == 200, res.body

@@ -163,7 +163,10 @@ async def config(svc: WebService, req: Request, body: Body) -> Response:
     return json_response(200, {"metadata_url": svc.metadata.urls[0],
                                "uploader_url": cfg.uploader_url, "client_url": cfg.client_url,
                                "hls_base": cfg.hls_base, "storage_nodes": nodes,
-                               "max_upload_bytes": cfg.max_upload_bytes})
+                               "max_upload_bytes": cfg.max_upload_bytes,
+                               "uploads_need_token": not cfg.auth.allows(
+                                   Access.USER, None, req.peer, origin=req.header("origin"),
+                                   host=req.header("host"))})
 
 
 async def upload(svc: WebService, req: Request, body: Body) -> Response:

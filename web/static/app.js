@@ -53,6 +53,10 @@
         if (r.ok && r.data && typeof r.data === "object") {
           state.config = r.data;
           applyConfigHints();
+          if (r.data.uploads_need_token) {
+            $("#token-row").hidden = false;
+            $("#token-input").value = sessionStorage.getItem("vstack-token") || "";
+          }
           return state.config;
         }
         console.warn("config:", r.error);
@@ -156,6 +160,11 @@
       const xhr = new XMLHttpRequest();
       xhr.open("POST", "/api/upload");
       xhr.setRequestHeader("Accept", "application/json");
+      const token = ($("#token-input") && $("#token-input").value.trim()) || "";
+      if (token) {
+        sessionStorage.setItem("vstack-token", token);  // this tab only, not kept on disk
+        xhr.setRequestHeader("Authorization", "Bearer " + token);
+      }
       xhr.upload.addEventListener("progress", (ev) => {
         if (ev.lengthComputable && ev.total > 0) {
           const pct = (ev.loaded / ev.total) * 100;
