@@ -122,6 +122,7 @@ class _Round:
     chunk: Chunk
     holders: list[str]  # nodes that acknowledged a copy (the caller's list)
     tried: set[str]  # nodes not to try again for this chunk
+    banned: set[str] = field(default_factory=set)  # failed lately: tried only as a last resort
     errors: list[str] = field(default_factory=list)
 
     def failed(self, url: str, why: str, *, name: str | None = None) -> None:
@@ -167,8 +168,10 @@ class Placer:
         """
         banned = self.tracker.banned()
         alive = [n for n in self.nodes if n.url not in banned]
-        need = required_copies(self.replicas, len(alive))
-        state = _Round(chunk=chunk, holders=holders, tried=set(banned))
+        # Banned nodes failed a write lately, maybe for a moment: the copies they
+        # would hold are still asked for, and they are tried when no other node is left.
+        need = required_copies(self.replicas, max(len(alive), min(2, len(self.nodes))))
+        state = _Round(chunk=chunk, holders=holders, tried=set(), banned=banned)
         for _ in range(ROUNDS):
             await self._store_copies(state)
             if len(holders) < need:
@@ -184,9 +187,14 @@ class Placer:
     async def _store_copies(self, state: _Round) -> None:
         """Store copies until ``replicas`` nodes hold one or none is left to try."""
         while len(state.holders) < self.replicas:
+            exclude = state.tried | set(state.holders)
             picks = choose_nodes(self.nodes, self.replicas - len(state.holders),
-                                 load=self.tracker.load,
-                                 exclude=state.tried | set(state.holders), turn=state.chunk.seq)
+                                 load=self.tracker.load, exclude=exclude | state.banned,
+                                 turn=state.chunk.seq)
+            if not picks:  # the last resort: nodes that failed lately, not for this chunk
+                picks = choose_nodes(self.nodes, self.replicas - len(state.holders),
+                                     load=self.tracker.load, exclude=exclude,
+                                     turn=state.chunk.seq)
             if not picks:
                 return
             async with trio.open_nursery() as nursery:
@@ -226,15 +234,20 @@ class ShardPlacer(Placer):
     spread by :func:`vstack.placement.choose_shard_nodes` (distinct nodes when
     there are 5, else so that losing any one node leaves 3), stored in
     parallel, a failed shard moved to another node, and the shards committed
-    together with each one's SHA-256 (the metadata service checks them).
+    together with each one's SHA-256 (the metadata service checks them). When the
+    nodes that can take writes are too few to spread the shards so that losing
+    any one leaves 3, the chunk is stored as replicas instead (the upload does
+    not fail for a node that is down for a moment).
     """
 
     async def place(self, chunk: Chunk, holders: list[str]) -> None:
         shards = {s.index: s for s in await trio.to_thread.run_sync(erasure.encode, chunk.data)}
         stored: dict[int, Fragment] = {}
-        state = _Round(chunk=chunk, holders=holders, tried=set(self.tracker.banned()))
+        state = _Round(chunk=chunk, holders=holders, tried=set(), banned=self.tracker.banned())
         for _ in range(ROUNDS):
-            alive = [n for n in self.nodes if n.url not in state.tried]
+            alive = [n for n in self.nodes if n.url not in state.tried | state.banned]
+            if len(alive) < 3:  # too few: nodes that failed lately may take a shard again
+                alive = [n for n in self.nodes if n.url not in state.tried]
             missing = [i for i in shards if i not in stored]
             if not missing:
                 break
@@ -243,7 +256,14 @@ class ShardPlacer(Placer):
                     alive, missing, held={i: f.node_url for i, f in stored.items()},
                     turn=chunk.seq)
             except PlacementError as exc:
-                raise UploadFailed(f"chunk {chunk.seq}: {exc} ({state.reasons()})") from None
+                # Too few nodes to spread 5 shards safely right now (some down, some
+                # banned after a failure): store this chunk as replicas instead; the
+                # redundancy manager codes it later. Shards already stored are
+                # orphans its collector removes.
+                log.warning("chunk %s: %s; storing it as replicas instead (%s)", chunk.id, exc,
+                            state.reasons())
+                await super().place(chunk, holders)
+                return
             async with trio.open_nursery() as nursery:
                 for index, node in layout.items():
                     nursery.start_soon(self._put_shard, state, node, shards[index], stored)
