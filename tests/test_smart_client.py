@@ -292,10 +292,8 @@ async def test_the_dashboard_websocket_pushes_the_status(
         start_metadata: Callable[..., Any], tmp_path: Any) -> None:
     c = await cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
     vid = await c.pinned_video("replication", chunks=3, size=10_000)
-    settings = ClientSettings(metadata_urls=(c.meta,), port=0)
     async with open_smart_client((c.meta,), POLICY) as client, trio.open_nursery() as n:
-        svc = await n.start(lambda task_status: serve_client_http(
-            client, n, settings, port=0, task_status=task_status))
+        svc = await _service(n, c, client)
         res = await request("POST", f"http://127.0.0.1:{svc.port}/api/control",
                             json_body={"command": "play", "video_id": vid})
         assert res.status == 200, res.body
@@ -318,10 +316,8 @@ async def test_the_client_service_answers_as_the_contract_says(
         start_metadata: Callable[..., Any], tmp_path: Any) -> None:
     c = await cluster(nursery, start_node, start_metadata, tmp_path, nodes=3)
     vid = await c.pinned_video("erasure_coding", chunks=3, size=70_000)
-    settings = ClientSettings(metadata_urls=(c.meta,), port=0)
     async with open_smart_client((c.meta,), POLICY) as client, trio.open_nursery() as n:
-        svc = await n.start(lambda task_status: serve_client_http(
-            client, n, settings, port=0, task_status=task_status))
+        svc = await _service(n, c, client)
         base = f"http://127.0.0.1:{svc.port}"
         assert (await request("GET", f"{base}/health")).json() == {"status": "healthy"}
         streamed = await request("GET", f"{base}/api/stream/{vid}", max_bytes=10_000_000)
@@ -360,10 +356,8 @@ async def test_the_hls_playlist_lists_every_chunk_and_segments_are_the_chunks(
         start_metadata: Callable[..., Any], tmp_path: Any) -> None:
     c = await cluster(nursery, start_node, start_metadata, tmp_path, nodes=5)
     vid = await c.pinned_video("erasure_coding", chunks=4, size=90_000, duration=9.6)
-    settings = ClientSettings(metadata_urls=(c.meta,), port=0)
     async with open_smart_client((c.meta,), POLICY) as client, trio.open_nursery() as n:
-        svc = await n.start(lambda task_status: serve_client_http(
-            client, n, settings, port=0, task_status=task_status))
+        svc = await _service(n, c, client)
         base = f"http://127.0.0.1:{svc.port}/hls"
         res = await request("GET", f"{base}/{vid}.m3u8")
         assert res.status == 200
