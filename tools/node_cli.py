@@ -339,6 +339,9 @@ def client(port: int, host: str, metadata_url: str, hls_cache_bytes: int, **opts
               help="The uploader [env UPLOADER_SERVICE_URL].")
 @click.option("--client-url", envvar="CLIENT_DASHBOARD_URL", default="http://localhost:8086",
               help="The smart-client service [env CLIENT_DASHBOARD_URL].")
+@click.option("--redundancy-url", envvar="REDUNDANCY_URL", default="http://localhost:8087",
+              help="The redundancy manager's /health, for the repair figures "
+              "[env REDUNDANCY_URL].")
 @click.option("--hls-url", envvar="HLS_PUBLIC_URL", default=None,
               help="Where browsers reach the HLS gateway [env HLS_PUBLIC_URL; default: "
               "CLIENT_DASHBOARD_URL/hls].")
@@ -347,12 +350,13 @@ def client(port: int, host: str, metadata_url: str, hls_cache_bytes: int, **opts
               "[env MAX_UPLOAD_BYTES].")
 @security_options
 def web(port: int, host: str, metadata_url: str, uploader_url: str, client_url: str,
-        hls_url: str | None, max_upload_bytes: int, **sec: Any) -> None:
+        redundancy_url: str, hls_url: str | None, max_upload_bytes: int, **sec: Any) -> None:
     """Run the web page: upload, watch, and the cluster live."""
     try:
         settings = WebSettings(
             metadata_urls=_split(metadata_url), uploader_url=uploader_url.rstrip("/"),
-            client_url=client_url.rstrip("/"), hls_public_url=hls_url, port=port, host=host,
+            client_url=client_url.rstrip("/"), redundancy_url=redundancy_url.rstrip("/"),
+            hls_public_url=hls_url, port=port, host=host,
             max_upload_bytes=max_upload_bytes, auth=_policy(host, sec))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -432,7 +436,8 @@ def all_services(data_dir: Path, host: str, node_count: int, **sec: Any) -> None
                                        auth=auth))
     services.append(ClientSettings(metadata_urls=(meta_url,), port=8086, host=host, auth=auth))
     services.append(WebSettings(metadata_urls=(meta_url,), uploader_url=f"http://{reach}:8084",
-                                client_url=f"http://{reach}:8086", port=8085, host=host,
+                                client_url=f"http://{reach}:8086",
+                                redundancy_url=f"http://{reach}:8087", port=8085, host=host,
                                 auth=auth))
     click.echo(
         f"V-Stack local cluster: metadata service on 8080, {node_count} storage nodes on ports "

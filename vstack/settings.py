@@ -273,6 +273,7 @@ class WebSettings:
     metadata_urls: tuple[str, ...]
     uploader_url: str = "http://localhost:8084"  # UPLOADER_SERVICE_URL
     client_url: str = "http://localhost:8086"  # CLIENT_DASHBOARD_URL: the client service
+    redundancy_url: str = "http://localhost:8087"  # REDUNDANCY_URL: the manager's /health
     #: HLS_PUBLIC_URL: where browsers reach the client's HLS gateway (default: client_url/hls)
     hls_public_url: str | None = None
     port: int = 8085  # DEMO_PORT
@@ -285,7 +286,7 @@ class WebSettings:
             raise ValueError("METADATA_SERVICE_URL is required")
         if not 0 <= self.port < 65536:
             raise ValueError("port must be 0..65535")
-        for url in (self.uploader_url, self.client_url, self.hls_public_url):
+        for url in (self.uploader_url, self.client_url, self.redundancy_url, self.hls_public_url):
             if url is not None and not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
 

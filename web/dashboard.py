@@ -162,6 +162,7 @@ async def build(settings: WebSettings, http: HttpClient, metadata: MetadataClien
         nursery.start_soon(fetch, "videos", f"{meta}/videos?limit=100")
         nursery.start_soon(fetch, "nodes", f"{meta}/nodes/all")
         nursery.start_soon(fetch, "client_status", f"{settings.client_url}/api/status")
+        nursery.start_soon(fetch, "manager", f"{settings.redundancy_url}/health")
         for record in snapshot.nodes[:MAX_NODES]:  # the last listing: probed meanwhile
             nursery.start_soon(node, record)
     listed = _object(out.get("nodes")).get("nodes")
@@ -192,7 +193,8 @@ async def build(settings: WebSettings, http: HttpClient, metadata: MetadataClien
         "stats": {**{k: _number(v) for k, v in figures.items()},
                   "healthy_nodes": sum(1 for n in nodes if n["status"] == "healthy"),
                   "nodes_shown": len(nodes), "nodes_registered": len(snapshot.nodes),
-                  "repairs": None, "bytes_moved": None},
+                  "repairs": _number(_object(out.get("manager")).get("repairs")),
+                  "bytes_moved": _number(_object(out.get("manager")).get("bytes_moved"))},
         "videos": [v for v in map(_video, videos if isinstance(videos, list) else [])
                    if v is not None][:100],
     }
