@@ -21,7 +21,10 @@ would be, in the same run; the fault is applied once two chunks have played:
   (a 1 MiB chunk takes ~0.6 s instead of ~5 ms: over 100x slower);
 * ``one node failing 5%``: its proxy resets 5% of the data it forwards.
 
-Figures: startup latency (median of several startups); smooth playback, the
+Figures (the guide's list): startup latency (median of several startups);
+throughput to one viewer and to 4 concurrent viewers, unpaced; average
+buffer level and load distribution over the nodes (and probe latency per
+node) with no faults; smooth playback, the
 media time over media time plus stalls (100%: no rebuffering); the longest
 failover (from the start of a request that failed or was hedged to the
 answer that replaced it); the bytes hedges asked for, and the bytes
@@ -134,8 +137,17 @@ async def play_once(cluster: Cluster, vid: str, naive: bool,
     async with open_smart_client((cluster.meta,), POLICY, binary=False) as client:
         play = await client.playback(vid, speed=SPEED, naive=naive, count_view=False)
         error = None
+        levels: list[float] = []
+
+        async def sample_level() -> None:
+            while True:
+                if play.buffer.started:
+                    levels.append(play.buffer.level_sec(trio.current_time()))
+                await trio.sleep(0.05)
+
         with trio.move_on_after(120):  # bounded, whatever happens
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample_level)
                 if fault is not None:
                     nursery.start_soon(fault, play)
 
@@ -159,7 +171,35 @@ async def play_once(cluster: Cluster, vid: str, naive: bool,
                 "failovers": fetcher.stats.failover_count, "hedges": fetcher.stats.hedges,
                 "hedge_bytes": fetcher.stats.hedge_bytes,
                 "bytes_fetched": fetcher.stats.bytes_fetched,
-                "downloads": fetcher.stats.total_downloads}
+                "downloads": fetcher.stats.total_downloads,
+                "average_buffer_sec": statistics.mean(levels) if levels else 0.0,
+                "downloads_per_node": dict(fetcher.stats.downloads_per_node),
+                "node_latency_ms": {u: s.latency_ms_sum / s.measurements
+                                    for u, s in client.book.nodes.items() if s.measurements}}
+
+
+async def throughput(cluster: Cluster, vid: str, naive: bool, viewers: int) -> float:
+    """MB/s delivered to ``viewers`` viewers at once, each playing the video unpaced."""
+    async def one() -> None:
+        async with open_smart_client((cluster.meta,), POLICY, binary=False) as client:
+            play = await client.playback(vid, speed=0, naive=naive, count_view=False)
+            await play.run(_discard)
+
+    started = trio.current_time()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for _ in range(viewers):
+                nursery.start_soon(one)
+    return viewers * CHUNK * CHUNKS / (trio.current_time() - started) / 1e6
+
+
+async def _discard(data: bytes) -> None:
+    return None
+
+
+def _spread(per_node: dict[str, int]) -> float:
+    counts = [*per_node.values(), *[0] * (3 - len(per_node))]
+    return max(counts) / max(1, min(counts))
 
 
 def smooth(r: dict[str, Any]) -> float:
@@ -196,6 +236,12 @@ async def bench(report: Report, work: Path, startups: int) -> None:
                        naive_ms, higher_is_better=False,
                        extra={"target_ms": 300, "meets_target_ms": smart_ms <= 300,
                               "smart_ms": starts[False], "naive_ms": starts[True]}))
+        for viewers in (1, 4):
+            rate = {naive: await throughput(cluster, vid, naive, viewers)
+                    for naive in (False, True)}
+            what = "one viewer" if viewers == 1 else f"{viewers} concurrent viewers"
+            report.add(Row(f"throughput, {what} (MB/s)", rate[False], "MB/s",
+                           "--naive, same run (MB/s)", rate[True]))
         failover: dict[str, dict[bool, float]] = {}
         for name, settings in FAULTS.items():
             results = {}
@@ -215,6 +261,18 @@ async def bench(report: Report, work: Path, startups: int) -> None:
                                    round(100.0 * smart["hedge_bytes"] / size, 2),
                                "extra_bytes_delivered_percent":
                                    round(100.0 * (smart["bytes_fetched"] - size) / size, 2)}))
+            if not settings:  # the guide's no-fault figures
+                report.add(Row("average buffer level, no faults (s)",
+                               smart["average_buffer_sec"], "s", "--naive, same run (s)",
+                               naive_r["average_buffer_sec"], extra={
+                                   "target_sec": POLICY.target_sec,
+                                   "node_latency_ms": smart["node_latency_ms"]}))
+                spread = {n: _spread(r["downloads_per_node"]) for n, r in results.items()}
+                report.add(Row("load spread, no faults (busiest / idlest node)",
+                               spread[False], "x", "--naive, same run", spread[True],
+                               higher_is_better=False, extra={
+                                   "smart": smart["downloads_per_node"],
+                                   "naive": naive_r["downloads_per_node"]}))
         for name, limit in (("one node killed", 100), ("one node hangs", 1000)):
             ms = failover[name]
             report.add(Row(f"{name}: longest failover (ms)", max(ms[False], 0.001), "ms",

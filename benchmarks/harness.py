@@ -25,7 +25,8 @@ from tools.launch import ROOT, ServiceProcess, free_port, wait_port
 
 __all__ = ["RESULTS", "ROOT", "Report", "Row", "free_port", "percentile", "start_node", "wait_port"]
 
-RESULTS = ROOT / "benchmarks" / "results"
+#: Where results go (``VSTACK_BENCH_RESULTS`` moves them, e.g. for ``python -m benchmarks --out``).
+RESULTS = Path(os.environ.get("VSTACK_BENCH_RESULTS") or ROOT / "benchmarks" / "results")
 
 
 @dataclass

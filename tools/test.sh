@@ -3,7 +3,7 @@
 # every check: ruff, mypy, then the whole pytest suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup.sh test
+bash tools/setup.sh test,bench
 # The web page's tests drive a real browser: Debian's Chromium (Playwright drives it).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
