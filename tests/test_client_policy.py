@@ -237,3 +237,14 @@ def test_a_node_that_recovers_wins_traffic_back() -> None:
     # Its score stays ~20x lower forever: probes never lower the error rate, so power
     # of two choices over three replicas never puts it first again.
     assert scores["a"] > scores["b"] / 2, scores
+
+
+def test_a_node_not_yet_tried_gets_its_chance() -> None:
+    book = NodeBook(random.Random(3))
+    for url in ("a", "b", "c"):
+        book[url].probed(0.001, now=0.0)
+    book["a"].downloaded(2 * MIB, 0.01, now=0.1)  # 200 MiB/s, measured
+    book["b"].downloaded(2 * MIB, 0.01, now=0.1)
+    # c was never downloaded from: it is assumed as fast as the best, not the default.
+    first = Counter(book.rank(["a", "b", "c"], MIB, now=0.2)[0] for _ in range(300))
+    assert first["c"] > 50

@@ -34,6 +34,10 @@ ejected it is chosen only when no other node can serve. When the period is
 over, the next probe that succeeds brings it back (a probe that fails doubles
 the period again); a successful download does too.
 
+**Exploring.** A node not yet downloaded from is assumed as fast as the best
+node measured so far (not the pessimistic default): otherwise a node never
+tried would never win a choice, and never show what it is worth.
+
 **Choosing** (:meth:`NodeBook.rank`): among the nodes holding a copy, the
 *power of two choices*: two nodes drawn at random, the one with the lower
 expected time first, then the rest by expected time. Picking the best of two
@@ -95,6 +99,7 @@ class NodeStats:
     url: str
     latency: PeakEwma = field(default_factory=lambda: PeakEwma(DEFAULT_LATENCY_SEC))
     throughput: float = DEFAULT_THROUGHPUT  # bytes per second
+    throughput_measured: bool = False  # a real download set it (else the default)
     error_rate: float = 0.0
     in_flight: int = 0
     failures_in_a_row: int = 0
@@ -142,7 +147,10 @@ class NodeStats:
         if nbytes >= SMALL_BYTES and seconds > 0:
             rate = nbytes / seconds
             self.throughput_last = rate
-            self.throughput += ALPHA * (rate - self.throughput)
+            if self.throughput_measured:
+                self.throughput += ALPHA * (rate - self.throughput)
+            else:  # the first real figure replaces the default outright
+                self.throughput, self.throughput_measured = rate, True
             self.last_update = now
         else:
             self._latency_sample(seconds, now)
@@ -192,8 +200,13 @@ class NodeStats:
     def ejected(self, now: float) -> bool:
         return self.ejected_until is not None and now < self.ejected_until
 
-    def expected_seconds(self, nbytes: int) -> float:
-        base = self.latency.value * (self.in_flight + 1) + nbytes / max(self.throughput, 1.0)
+    def expected_seconds(self, nbytes: int, optimistic: float | None = None) -> float:
+        """``optimistic``: the throughput to assume for a node not yet downloaded from
+        (choosing, the best any node showed: an untried node gets its chance)."""
+        throughput = self.throughput
+        if optimistic is not None and not self.throughput_measured:
+            throughput = max(throughput, optimistic)
+        base = self.latency.value * (self.in_flight + 1) + nbytes / max(throughput, 1.0)
         return base / max(0.05, 1.0 - self.error_rate)
 
     def score(self, now: float) -> float:
@@ -251,6 +264,7 @@ class NodeBook:
     def rank(self, urls: Sequence[str], nbytes: int, now: float) -> list[str]:
         """``urls`` in the order to try them: power of two choices first, then by
         expected time; ejected nodes last (tried only when nothing else is left)."""
+        opt = self.optimistic()
         live = [u for u in dict.fromkeys(urls) if not self[u].ejected(now)]
         out = [u for u in dict.fromkeys(urls) if self[u].ejected(now)]
         out.sort(key=lambda u: self[u].ejected_until or 0.0)
@@ -258,18 +272,24 @@ class NodeBook:
             return out
         if len(live) >= 2:
             a, b = self._rng.sample(live, 2)
-            first = min((a, b), key=lambda u: self[u].expected_seconds(nbytes))
+            first = min((a, b), key=lambda u: self[u].expected_seconds(nbytes, opt))
         else:
             first = live[0]
         rest = sorted((u for u in live if u != first),
-                      key=lambda u: self[u].expected_seconds(nbytes))
+                      key=lambda u: self[u].expected_seconds(nbytes, opt))
         return [first, *rest, *out]
 
     def best(self, urls: Sequence[str], nbytes: int, now: float) -> list[str]:
         """``urls`` strictly by expected time (ejected last): for startup, where the
         single best node matters more than spreading load."""
+        opt = self.optimistic()
         return sorted(dict.fromkeys(urls),
-                      key=lambda u: (self[u].ejected(now), self[u].expected_seconds(nbytes)))
+                      key=lambda u: (self[u].ejected(now), self[u].expected_seconds(nbytes, opt)))
+
+    def optimistic(self) -> float | None:
+        """The best throughput any node showed (assumed of nodes not yet tried)."""
+        return max((s.throughput for s in self.nodes.values() if s.throughput_measured),
+                   default=None)
 
     def scores(self, now: float) -> dict[str, float]:
         return {url: round(s.score(now), 3) for url, s in sorted(self.nodes.items())}
