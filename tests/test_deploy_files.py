@@ -101,3 +101,19 @@ def test_compose_volumes_are_declared() -> None:
         for volume in service.get("volumes") or []:
             source = str(volume).split(":")[0]
             assert source in declared or source.startswith(("/", ".")), (name, volume)
+
+
+def test_three_metadata_replicas_that_name_each_other() -> None:
+    services = compose()["services"]
+    metas = {n: s for n, s in services.items() if s["command"] == ["metadata"]}
+    assert len(metas) == 3
+    assert sorted(s["environment"]["METADATA_ID"] for s in metas.values()) == ["0", "1", "2"]
+    peers = {s["environment"]["METADATA_PEERS"] for s in metas.values()}
+    assert len(peers) == 1  # the same list, in the same order, everywhere
+    [listed] = peers
+    named = [urlsplit(u).hostname for u in listed.split(",")]
+    by_id = {s["environment"]["METADATA_ID"]: n for n, s in metas.items()}
+    assert named == [by_id[str(i)] for i in range(3)]  # entry i is replica i
+    for name, service in services.items():
+        if name not in metas and "METADATA_SERVICE_URL" in (service.get("environment") or {}):
+            assert service["environment"]["METADATA_SERVICE_URL"] == listed, name

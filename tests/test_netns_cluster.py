@@ -25,6 +25,7 @@ import pytest
 from tools.netns import Network, netns_unavailable
 
 from .conftest import ROOT
+from .test_uploader import probe_file
 
 SECRET = "netns cluster secret, long enough"
 TOKEN = "netns api token, long enough too"
@@ -107,7 +108,7 @@ def test_a_cluster_across_hosts_survives_a_replica_and_a_node_cut_off(
             **ENV, "HOST": up, "PORT": "8084", "METADATA_SERVICE_URL": meta_urls,
             "TEMP_DIR": str(tmp_path / "uploads"), "CHUNK_DURATION": "1"},
             tmp_path / "up.log"))
-        m0 = f"http://{metas[0]}:8080"
+        m0, m2 = f"http://{metas[0]}:8080", f"http://{metas[2]}:8080"
         wait_for(lambda: len(get_json(net, "cl", f"{m0}/nodes/healthy")) == 5, 90,
                  "5 storage nodes registered")
 
@@ -125,19 +126,31 @@ def test_a_cluster_across_hosts_survives_a_replica_and_a_node_cut_off(
         urls = {u for ch in manifest["chunks"] for u in
                 (ch["replicas"] or [f["node_url"] for f in ch.get("fragments") or []])}
         assert urls <= {f"http://{a}:8081" for a in nodes}, urls
+        # A playback runs (real time) while a replica and a node are cut off.
+        out = tmp_path / "first.ts"
+        player = subprocess.Popen(
+            net.command("cl", [sys.executable, "-m", "tools.play_cli", first, "-o", str(out),
+                               "--json", "--metadata", meta_urls, "--transport", "http"]),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **ENV})
+        time.sleep(1.0)
         net.cut("m2")
         net.cut("s4")
+        with pytest.raises(AssertionError):  # really off the network
+            on(net, "cl", f"import urllib.request; urllib.request.urlopen({m2!r} + "
+                          "'/health', timeout=2)", timeout=30)
         second = put("during the cut")
-        out = tmp_path / "first.ts"
-        played = cli(net, "cl", "tools.play_cli", first, "-o", str(out), "--speed", "4",
-                     "--json", "--metadata", meta_urls, "--transport", "http")
-        assert played.returncode == 0, played.stderr
-        status = json.loads(played.stdout)
+        stdout, stderr = player.communicate(timeout=120)
+        assert player.returncode == 0, stderr
+        status = json.loads(stdout)
         assert status["buffer_stats"]["rebuffering_events"] == 0
         assert status["buffer_stats"]["total_chunks_played"] == len(manifest["chunks"])
+        assert abs(probe_file(out).duration - 5.0) < 0.2  # the whole clip, not the manifest
+        wait_for(lambda: f"http://{nodes[4]}:8081" not in
+                 {n["node_url"] for n in get_json(net, "cl", f"{m0}/nodes/healthy")}, 30,
+                 "the cut-off node seen down")
         net.heal("m2")
         net.heal("s4")
-        m2 = f"http://{metas[2]}:8080"
         for vid in (first, second):  # the cut-off replica catches up
             wait_for(lambda vid=vid: get_json(net, "cl", f"{m2}/manifest/{vid}")["chunks"] ==
                      get_json(net, "cl", f"{m0}/manifest/{vid}")["chunks"], 60,
@@ -148,6 +161,22 @@ def test_a_cluster_across_hosts_survives_a_replica_and_a_node_cut_off(
         again = cli(net, "cl", "tools.play_cli", second, "-o", str(tmp_path / "second.ts"),
                     "--speed", "0", "--json", "--metadata", m2)
         assert again.returncode == 0, again.stderr  # the acknowledged write, from replica 2
+        assert abs(probe_file(tmp_path / "second.ts").duration - 5.0) < 0.2
+        # The node serves again what it held before the cut.
+        s4 = f"http://{nodes[4]}:8081"
+        held = [(ch["chunk_id"], ch["checksum"]) for ch in manifest["chunks"]
+                if s4 in (ch["replicas"] or [])]
+        held += [(f["fragment_id"], f["checksum"]) for ch in manifest["chunks"]
+                 for f in ch.get("fragments") or [] if f["node_url"] == s4]
+        assert held  # 5 nodes: every chunk has a copy or a shard on each
+        for cid, sha in held:
+            got = on(net, "cl", f"""
+import hashlib, json, urllib.request
+req = urllib.request.Request("http://{nodes[4]}:8081/chunk/{cid}",
+                             headers={{"Authorization": "Bearer {TOKEN}"}})
+print(json.dumps(hashlib.sha256(urllib.request.urlopen(req, timeout=5).read()).hexdigest()))
+""")
+            assert got == sha.removeprefix("sha256:")
     finally:
         for p in procs:
             p.kill()

@@ -65,6 +65,9 @@ class Report:
     converged_after_sec: float | None = None
     unreadable: list[str] = field(default_factory=list)
     disagreements: list[str] = field(default_factory=list)
+    #: The clip's chunks' SHA-256, from an upload before any fault: every acknowledged
+    #: upload of the same clip must read back as exactly these.
+    reference: list[str] = field(default_factory=list)
 
     @property
     def invariants_hold(self) -> bool:
@@ -77,6 +80,7 @@ class Report:
                 "uploads_failed": self.uploads_failed, "playbacks": self.playbacks,
                 "playbacks_failed": self.playbacks_failed,
                 "rebuffering_events": self.rebuffering_events, "faults": dict(self.faults),
+                "reference_chunks": len(self.reference),
                 "converged_after_sec": self.converged_after_sec,
                 "unreadable": self.unreadable, "disagreements": self.disagreements,
                 "invariants_hold": self.invariants_hold}
@@ -192,9 +196,22 @@ def _flip(path: Path, offset: int) -> None:
 async def _restart_later(c: Cluster, p: ServiceProcess, delay: float) -> None:
     await trio.sleep(delay)
     try:
-        await trio.to_thread.run_sync(p.start, 30.0)
+        await _start(p)
     finally:
         c.restarting.discard(p)
+
+
+async def _start(p: ServiceProcess) -> None:
+    """Start ``p`` again; a few tries (its port may be taken for a moment by an
+    outgoing connection of this machine)."""
+    for attempt in range(5):
+        try:
+            await trio.to_thread.run_sync(p.start, 30.0)
+            return
+        except RuntimeError:
+            if attempt == 4:
+                raise
+            await trio.sleep(1)
 
 
 async def _set_faults(c: Cluster, proxy: int, faults: dict[str, Any]) -> None:
@@ -245,11 +262,35 @@ async def _playbacks(c: Cluster, until: float, rng: random.Random, report: Repor
             report.playbacks += 1
             try:
                 with trio.fail_after(60):
-                    play = await client.playback(vid, speed=8, count_view=False)
+                    play = await client.playback(vid, speed=4, count_view=False)
                     await play.run(_discard)
                 report.rebuffering_events += play.buffer.rebuffering_events
             except (VStackError, trio.TooSlowError) as exc:
                 report.playbacks_failed.append(f"{vid}: {exc}")
+
+
+async def _reference(c: Cluster, clip: Path) -> list[str]:
+    """The clip uploaded once with no fault; its chunks' SHA-256 as read back."""
+    async with HttpClient(max_idle_per_host=0) as http:
+        with trio.fail_after(60):
+            answer = await send_multipart(c.uploader_url, clip, "reference", http=http)
+            for _ in range(300):  # the uploader's status, polled
+                state = (await http.request("GET", f"{c.uploader_url}/upload/status/"
+                                            f"{answer['upload_session_id']}")).json()
+                if state["status"] in ("completed", "failed"):
+                    break
+                await trio.sleep(0.2)
+    if state["status"] != "completed":
+        raise RuntimeError(f"the reference upload failed: {state}")
+    got: list[str] = []
+
+    async def keep(data: bytes) -> None:
+        got.append(hashlib.sha256(data).hexdigest())
+
+    async with open_smart_client(tuple(c.meta), BufferPolicy(), binary=False) as client:
+        play = await client.playback(str(answer["video_id"]), speed=0, count_view=False)
+        await play.run(keep)
+    return got
 
 
 async def _discard(data: bytes) -> None:
@@ -263,7 +304,9 @@ async def _converged(c: Cluster, report: Report) -> bool:
     for vid in report.uploads_acknowledged:
         seen = set()
         for meta in c.meta:
-            res = await request("GET", f"{meta}/manifest/{vid}?consistency=linearizable")
+            # Each replica's own tables (a local read): a linearizable one would make
+            # the replica catch up first, and hide one that does not by itself.
+            res = await request("GET", f"{meta}/manifest/{vid}")
             if res.status != 200:
                 report.disagreements.append(f"{vid}: {meta} answered {res.status}")
                 continue
@@ -292,6 +335,9 @@ async def _converged(c: Cluster, report: Report) -> bool:
                 continue
             if got != [ch.checksum for ch in play.manifest.chunks]:
                 report.unreadable.append(f"{vid}: bytes that do not match their SHA-256")
+            elif got != report.reference:  # the same clip is cut into the same chunks
+                report.unreadable.append(f"{vid}: {len(got)} chunks, not the {len(report.reference)}"
+                                         " the clip is cut into, or other bytes")
     return not report.disagreements and not report.unreadable
 
 
@@ -311,6 +357,7 @@ async def run_round(seed: int, seconds: float, work: Path, *, converge: float = 
             await trio.sleep(0.2)
         else:
             raise RuntimeError("the storage nodes did not register within 60 s")
+        report.reference = await _reference(c, clip)
         until = trio.current_time() + seconds
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_uploads, c, clip, until, report)
@@ -319,7 +366,7 @@ async def run_round(seed: int, seconds: float, work: Path, *, converge: float = 
         last_fault = trio.current_time()  # restarts and clears are done: the nursery waited
         for p in c.everything():
             if not p.running:
-                await trio.to_thread.run_sync(p.start, 30.0)
+                await _start(p)
         with trio.move_on_after(converge):
             while True:
                 try:

@@ -190,8 +190,9 @@ def client_metrics(svc: ClientService) -> ServiceMetrics:
         now = trio.current_time()
         yield gauge("vstack_client_buffer_seconds", "Media seconds buffered ahead (the "
                     "current playback)", play.buffer.level_sec(now) if play else 0.0)
-        yield counter("vstack_client_rebuffering_events", "Stalls of the current playback",
-                      play.buffer.rebuffering_events if play else 0)
+        yield gauge("vstack_client_playback_rebuffering_events", "Stalls of the current "
+                    "playback (starts again at 0 with each playback)",
+                    play.buffer.rebuffering_events if play else 0)
         for fetcher in (client.fetcher, client.naive_fetcher):
             st = fetcher.stats
             kind = "naive" if fetcher.naive else "smart"
@@ -209,7 +210,8 @@ def client_metrics(svc: ClientService) -> ServiceMetrics:
         for url, score in client.book.scores(now).items():
             scores.add_metric([url], score)
         yield scores
-        yield gauge("vstack_client_hls_segments_served", "HLS segments served", svc.hls.served)
+        yield counter("vstack_client_hls_segments_served", "HLS segments served",
+                      svc.hls.served)
 
     m.collect_with(state)
     return m

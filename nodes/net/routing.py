@@ -14,10 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeAlias
 
+import h11
+
 from protocol.errors import ProtocolError
 from protocol.http import Request, Response, Router
 from vstack.auth import Access, AuthPolicy
 
+from .http_conn import ReadTimeout
 from .http_server import Body, Handler
 from .metrics import ServiceMetrics, metrics_response
 
@@ -45,17 +48,28 @@ def timed(metrics: ServiceMetrics, method: str, route: str, handler: Handler) ->
 
     async def measured(request: Request, body: Body) -> Response:
         start = time.perf_counter()
-        status, response = 500, None
-        try:
-            response = await handler(request, body)
-            status = response.status
-            return response
-        except ProtocolError as exc:
-            status = exc.status
-            raise
-        finally:
+
+        def record(status: int, response: Response | None = None) -> None:
             metrics.observe(method, route, status, time.perf_counter() - start,
                             request.content_length or 0, response)
+
+        try:
+            response = await handler(request, body)
+        except ProtocolError as exc:
+            record(exc.status)
+            raise
+        except ReadTimeout:
+            record(408)  # what the server answers for a body that did not come in time
+            raise
+        except h11.RemoteProtocolError as exc:
+            record(exc.error_status_hint)
+            raise
+        except Exception:
+            record(500)
+            raise
+        # (A request cancelled because the client left got no answer: not counted.)
+        record(response.status, response)
+        return response
 
     return measured
 
