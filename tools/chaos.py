@@ -30,6 +30,7 @@ import hashlib
 import json
 import random
 import signal
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -43,10 +44,12 @@ import trio
 from nodes.client.client import open_smart_client
 from nodes.client.fetcher import FetchFailed
 from nodes.net.http_client import HttpClient, request
+from nodes.uploader.ffmpeg import find_ffmpeg
 from protocol.errors import VStackError
 from tools.launch import ServiceProcess, free_port
 from tools.make_sample import make_sample
 from tools.put_cli import send_multipart
+from vstack.media import parse_probe, probe_command
 from vstack.playback import BufferPolicy
 
 __all__ = ["Report", "run_round"]
@@ -287,10 +290,34 @@ async def _reference(c: Cluster, clip: Path) -> list[str]:
     async def keep(data: bytes) -> None:
         got.append(hashlib.sha256(data).hexdigest())
 
+    parts: list[bytes] = []
+
+    async def keep_bytes(data: bytes) -> None:
+        parts.append(data)
+        await keep(data)
+
     async with open_smart_client(tuple(c.meta), BufferPolicy(), binary=False) as client:
         play = await client.playback(str(answer["video_id"]), speed=0, count_view=False)
-        await play.run(keep)
+        await play.run(keep_bytes)
+    # Independent of the system under test: FFmpeg must find the whole clip in what
+    # came back (a store that dropped a chunk would agree with itself, not with this).
+    whole, back = await trio.to_thread.run_sync(_durations, clip, b"".join(parts))
+    if abs(whole - back) > 0.2:
+        raise RuntimeError(f"the reference upload read back {back:.2f} s of a {whole:.2f} s clip")
     return got
+
+
+def _durations(clip: Path, stored: bytes) -> tuple[float, float]:
+    """Blocking: the clip's duration, and that of the bytes read back, by FFmpeg."""
+    ffmpeg = find_ffmpeg()
+    copy = clip.with_suffix(".readback.ts")
+    copy.write_bytes(stored)
+    out = []
+    for path in (clip, copy):
+        run = subprocess.run(probe_command(ffmpeg, path), capture_output=True, text=True,
+                             timeout=60)
+        out.append(parse_probe(run.stderr).duration)
+    return out[0], out[1]
 
 
 async def _discard(data: bytes) -> None:
