@@ -29,7 +29,7 @@ from .test_uploader import probe_file
 
 SECRET = "netns cluster secret, long enough"
 TOKEN = "netns api token, long enough too"
-ENV = {"CLUSTER_SECRET": SECRET, "API_TOKEN": TOKEN, "LOG_LEVEL": "WARNING"}
+ENV = {"CLUSTER_SECRET": SECRET, "API_TOKEN": TOKEN, "LOG_LEVEL": "INFO"}
 
 
 @pytest.fixture
@@ -97,6 +97,9 @@ def test_a_cluster_across_hosts_survives_a_replica_and_a_node_cut_off(
                 "METADATA_PEERS": meta_urls, "METADATA_PEER_PORT": "8180",
                 "METADATA_PEER_ADDRS": ",".join(f"{a}:8180" for a in metas),
                 "NODE_TIMEOUT": "3", "HEARTBEAT_INTERVAL": "0.5",
+                # A brand-new cluster: the replicas vote at once (joining a cluster with
+                # a past is tested in test_metadata_cluster.py).
+                "METADATA_BOOTSTRAP": "1",
                 "DATABASE_URL": str(tmp_path / f"m{i}" / "metadata.db")}, tmp_path / f"m{i}.log"))
         for i, addr in enumerate(nodes):
             procs.append(net.spawn(f"s{i}", "storage", {
@@ -109,7 +112,7 @@ def test_a_cluster_across_hosts_survives_a_replica_and_a_node_cut_off(
             "TEMP_DIR": str(tmp_path / "uploads"), "CHUNK_DURATION": "1"},
             tmp_path / "up.log"))
         m0, m2 = f"http://{metas[0]}:8080", f"http://{metas[2]}:8080"
-        wait_for(lambda: len(get_json(net, "cl", f"{m0}/nodes/healthy")) == 5, 90,
+        wait_for(lambda: len(get_json(net, "cl", f"{m0}/nodes/healthy")) == 5, 120,
                  "5 storage nodes registered")
 
         def put(title: str) -> str:
