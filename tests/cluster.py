@@ -105,18 +105,22 @@ class Cluster:
 async def start_cluster(nursery: trio.Nursery, start_node: Callable[..., Any],
                         start_metadata: Callable[..., Any], tmp_path: Any, nodes: int,
                         public_url: Callable[[int], str] | None = None,
-                        ports: Iterator[int] | None = None, **manager: Any) -> Cluster:
+                        ports: Iterator[int] | None = None, aliased: bool = False,
+                        **manager: Any) -> Cluster:
     """``ports``: the nodes' ports (default: free ones); ``public_url(port)``: the URL a
-    node registers (a proxy in front of it, say)."""
-    svc = await start_metadata(node_timeout=30, heartbeat_interval=5, popularity_threshold=10)
+    node registers (a proxy in front of it, say); ``aliased``: nodes register
+    127.0.0.1 URLs and NODE_ALIASES makes manifests show localhost ones
+    (docker-compose's layout, and the README's for the netem proxies)."""
+    chosen = [next(ports) if ports is not None else free_port() for _ in range(nodes)]
+    urls = [public_url(p) if public_url else f"http://127.0.0.1:{p}" for p in chosen]
+    aliases = tuple((u, f"http://localhost:{p}") for u, p in zip(urls, chosen, strict=True))
+    svc = await start_metadata(node_timeout=30, heartbeat_interval=5, popularity_threshold=10,
+                               **({"aliases": aliases} if aliased else {}))
     meta = f"http://127.0.0.1:{svc.port}"
-    urls, stops = [], {}
-    for i in range(nodes):
-        port = next(ports) if ports is not None else free_port()
-        url = public_url(port) if public_url else f"http://127.0.0.1:{port}"
+    stops = {}
+    for i, (port, url) in enumerate(zip(chosen, urls, strict=True)):
         _, stop = await start_node(data_dir=tmp_path / f"n{i}", port=port, node_id=f"n{i}",
                                    node_url=url, metadata_urls=(meta,), heartbeat_interval=5)
-        urls.append(url)
         stops[url] = stop
     settings = RedundancySettings(**{
         "metadata_urls": (meta,), "interval": 1e9, "repair_grace": 60, "orphan_grace": 120,

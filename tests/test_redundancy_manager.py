@@ -20,13 +20,11 @@ import pytest
 import trio
 import trio.testing
 
-from nodes.net.http_client import HttpClient, request
-from nodes.redundancy.service import run_pass, serve_redundancy
+from nodes.net.http_client import request
+from nodes.redundancy.service import run_pass
 from nodes.redundancy.state import Manager
 from protocol.api import chunk_id
-from tools.launch import free_port
 from vstack.reconcile import copies_of, plan_repairs
-from vstack.settings import RedundancySettings
 
 from .cluster import Cluster, start_cluster
 
@@ -237,23 +235,9 @@ async def test_nodes_known_by_other_names_keep_their_copies(
         start_metadata: Callable[..., Any], tmp_path: Any) -> None:
     """docker-compose's layout: nodes register one URL, NODE_ALIASES shows another in
     manifests. The collector must not take the registered names' copies as orphans."""
-    ports = [free_port() for _ in range(3)]
-    reg = [f"http://127.0.0.1:{p}" for p in ports]
-    svc = await start_metadata(node_timeout=30, heartbeat_interval=5,
-                               aliases=tuple((r, f"http://localhost:{p}")
-                                             for r, p in zip(reg, ports, strict=True)))
-    meta = f"http://127.0.0.1:{svc.port}"
-    stops = {}
-    for i, p in enumerate(ports):
-        _, stop = await start_node(data_dir=tmp_path / f"n{i}", port=p, node_id=f"n{i}",
-                                   node_url=reg[i], metadata_urls=(meta,), heartbeat_interval=5)
-        stops[reg[i]] = stop
-    mgr: Manager = await nursery.start(serve_redundancy, RedundancySettings(
-        metadata_urls=(meta,), interval=1e9, orphan_grace=120))
-    with trio.fail_after(60):
-        while len((await request("GET", f"{meta}/nodes/healthy")).json()) < 3:
-            await trio.sleep(1)
-    c = Cluster(meta=meta, nodes=reg, stops=stops, mgr=mgr, http=HttpClient(max_idle_per_host=0))
+    c = await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=3,
+                            aliased=True)
+    meta, mgr = c.meta, c.mgr
     vid = await c.put_video("replication", chunks=2)
     assert (await request("POST", f"{meta}/redundancy/override/{vid}?mode=replication")
             ).status == 200

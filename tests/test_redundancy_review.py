@@ -13,13 +13,11 @@ import pytest
 import trio
 import trio.testing
 
-from nodes.net.http_client import HttpClient, request
-from nodes.redundancy.service import run_pass, serve_redundancy
-from nodes.redundancy.state import Manager
+from nodes.net.http_client import request
+from nodes.redundancy.service import run_pass
 from protocol.api import Fragment, Manifest, ManifestChunk, chunk_id
 from tools.launch import free_port
 from vstack.reconcile import copies_of, plan_repairs
-from vstack.settings import RedundancySettings
 
 from .cluster import Cluster, start_cluster
 
@@ -58,27 +56,8 @@ async def test_a_node_back_after_its_copies_were_rebuilt_is_reconciled(
 async def aliased_cluster(nursery: trio.Nursery, start_node: Callable[..., Any],
                           start_metadata: Callable[..., Any], tmp_path: Any, n: int,
                           **manager: Any) -> Cluster:
-    """Nodes register 127.0.0.1 URLs; NODE_ALIASES makes manifests show localhost ones
-    (README: the netem proxies are set up this way)."""
-    ports = [free_port() for _ in range(n)]
-    reg = [f"http://127.0.0.1:{p}" for p in ports]
-    svc = await start_metadata(node_timeout=30, heartbeat_interval=5,
-                               aliases=tuple((r, f"http://localhost:{p}")
-                                             for r, p in zip(reg, ports, strict=True)))
-    meta = f"http://127.0.0.1:{svc.port}"
-    stops = {}
-    for i, p in enumerate(ports):
-        _, stop = await start_node(data_dir=tmp_path / f"n{i}", port=p, node_id=f"n{i}",
-                                   node_url=reg[i], metadata_urls=(meta,), heartbeat_interval=5)
-        stops[reg[i]] = stop
-    mgr: Manager = await nursery.start(serve_redundancy, RedundancySettings(**{
-        "metadata_urls": (meta,), "interval": 1e9, "repair_grace": 60, "orphan_grace": 120,
-        **manager}))
-    with trio.fail_after(60):
-        while len((await request("GET", f"{meta}/nodes/healthy")).json()) < n:
-            await trio.sleep(1)
-    return Cluster(meta=meta, nodes=reg, stops=stops, mgr=mgr,
-                   http=HttpClient(max_idle_per_host=0))
+    return await start_cluster(nursery, start_node, start_metadata, tmp_path, nodes=n,
+                               aliased=True, **manager)
 
 
 async def test_a_lost_node_known_by_an_alias_is_repaired(

@@ -28,9 +28,9 @@ from vstack.scoring import NodeBook
 
 from .chunks import ChunkFetcher
 from .fetcher import FetchFailed
-from .session import Playback, monitor_nodes
+from .session import Playback, monitor_nodes, probe_node
 
-__all__ = ["SmartClient", "open_smart_client"]
+__all__ = ["SmartClient", "node_urls", "open_smart_client"]
 
 log = logging.getLogger("vstack.client")
 
@@ -92,9 +92,9 @@ class SmartClient:
         opened = trio.current_time()
         manifest = await self.manifest(video_id, allow_incomplete=allow_incomplete)
         for chunk in manifest.chunks:
-            self.book.add(_urls(chunk))
+            self.book.add(node_urls(chunk))
         if not naive:
-            await self.probe_now(_urls(manifest.chunks[0]))
+            await self.probe_now(node_urls(manifest.chunks[0]))
         play = Playback(manifest, self.naive_fetcher if naive else self.fetcher, self.policy,
                         speed=speed, opened_at=opened,
                         refresh=lambda: self.metadata.manifest(video_id))
@@ -120,21 +120,10 @@ class SmartClient:
 
     async def probe_now(self, urls: list[str]) -> None:
         """Ping ``urls`` at once (at most :data:`STARTUP_PROBE_SEC`), for a first choice."""
-
-        async def one(url: str) -> None:
-            start = trio.current_time()
-            try:
-                await self.pool.ping(url)
-            except VStackError:
-                self.book[url].probe_failed(trio.current_time())
-                return
-            now = trio.current_time()
-            self.book[url].probed(now - start, now)
-
         with trio.move_on_after(STARTUP_PROBE_SEC):
             async with trio.open_nursery() as nursery:
                 for url in urls:
-                    nursery.start_soon(one, url)
+                    nursery.start_soon(probe_node, self.pool, self.book, url)
 
     async def count_view(self, video_id: str) -> None:
         """A playback counts one view (best effort: playback does not wait on it)."""
@@ -187,7 +176,8 @@ class SmartClient:
             await trio.sleep(1)
 
 
-def _urls(chunk: ManifestChunk) -> list[str]:
+def node_urls(chunk: ManifestChunk) -> list[str]:
+    """The nodes holding a copy or a shard of ``chunk``."""
     if chunk.fragments:
         return [f.node_url for f in chunk.fragments]
     return list(chunk.replicas)

@@ -22,7 +22,7 @@ import trio
 
 from protocol.api import Manifest
 
-from .client import SmartClient
+from .client import SmartClient, node_urls
 from .fetcher import FetchFailed
 
 __all__ = ["HlsGateway", "playlist"]
@@ -79,9 +79,7 @@ class HlsGateway:
         self._manifests[video_id] = (now, manifest)
         if len(self._manifests) > 256:
             self._manifests.pop(next(iter(self._manifests)))
-        self.client.book.add(u for c in manifest.chunks
-                             for u in ([f.node_url for f in c.fragments] if c.fragments
-                                       else c.replicas))
+        self.client.book.add(u for c in manifest.chunks for u in node_urls(c))
         return manifest
 
     async def segment(self, video_id: str, seq: int) -> bytes:

@@ -16,7 +16,9 @@ The prober (:func:`monitor_nodes`) measures every node of the cluster every
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,7 +35,7 @@ from vstack.scoring import NodeBook
 from .chunks import ChunkFetcher
 from .fetcher import FetchFailed
 
-__all__ = ["Playback", "PlaybackError", "monitor_nodes"]
+__all__ = ["Playback", "PlaybackError", "monitor_nodes", "probe_node"]
 
 log = logging.getLogger("vstack.client")
 
@@ -245,25 +247,30 @@ class Playback:
         }
 
 
+async def probe_node(pool: StoragePool, book: NodeBook, url: str, *,
+                     within: float = math.inf) -> None:
+    """One probe of ``url``: its round trip is a latency sample; a failure (or no answer
+    ``within`` seconds) counts against the node and drops its binary connection."""
+    start = trio.current_time()
+    try:
+        with trio.fail_after(within):
+            await pool.ping(url)
+    except (VStackError, trio.TooSlowError):
+        book[url].probe_failed(trio.current_time())
+        await pool.discard(url)
+        return
+    now = trio.current_time()
+    book[url].probed(now - start, now)
+
+
 async def monitor_nodes(pool: StoragePool, book: NodeBook, urls: Callable[[], Iterable[str]],
                         interval: float) -> None:
     """Probe every node in ``urls()`` every ``interval`` seconds, forever."""
 
-    async def probe(url: str) -> None:
-        start = trio.current_time()
-        try:
-            with trio.fail_after(max(0.5, min(2.0, interval))):
-                await pool.ping(url)
-        except (VStackError, trio.TooSlowError):
-            book[url].probe_failed(trio.current_time())
-            await pool.discard(url)
-            return
-        now = trio.current_time()
-        book[url].probed(now - start, now)
-
     async def step() -> None:
         async with trio.open_nursery() as nursery:
             for url in list(urls()):
-                nursery.start_soon(probe, url)
+                nursery.start_soon(functools.partial(probe_node, pool, book, url,
+                                                     within=max(0.5, min(2.0, interval))))
 
     await run_forever("node monitor", step, log=log, every=interval)
