@@ -107,6 +107,7 @@ class Opcode(enum.IntEnum):
     SLOT = 19  # the acceptor state of one key
     PENDING = 20  # keys of one video accepted here but not learned (for linearizable reads)
     FLOOR = 21  # the highest round the replica has seen or may use (for a replica that joins)
+    HEARD = 22  # how long ago the replica itself last heard from each storage node
 
 
 class NeedData:

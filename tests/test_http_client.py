@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+
 import h11
+import pytest
 import trio
 import trio.testing
 
 from nodes.net.http_client import HttpClient
 from nodes.net.http_server import Body, HttpLimits, serve_http
+from protocol.errors import PeerUnreachable
 from protocol.http import Request, Response, Router, json_response
 
 
@@ -63,3 +67,29 @@ async def test_bytes_sent_on_an_idle_connection_are_not_taken_for_the_next_answe
             assert (res.status, res.body) == (200, b"ok")
             await trio.sleep(1)
     assert connections == 2
+
+
+async def test_a_host_that_drops_our_syns_is_given_up_after_the_connect_timeout(
+        clock: trio.testing.MockClock) -> None:
+    """A host whose link is down never refuses: connecting fails after
+    ``connect_timeout``, not after the kernel's minutes of SYN retries."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: once the queue is full, SYNs are dropped
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        async with HttpClient(connect_timeout=5) as client:
+            start = trio.current_time()
+            with trio.fail_after(60), pytest.raises(PeerUnreachable, match="within 5 s"):
+                await client.request("GET", f"http://127.0.0.1:{port}/health")
+            assert 5 <= trio.current_time() - start < 6
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()

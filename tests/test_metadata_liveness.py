@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 import trio.testing
 
 from nodes.net.http_client import request
+from tools.launch import free_port
 
 
 async def test_silent_nodes_drop_out_and_return_without_flapping(
@@ -51,3 +53,48 @@ async def test_silent_nodes_drop_out_and_return_without_flapping(
     state = svc.replica.acceptor.slots["node/flaky"]
     assert state.value is not None
     assert state.value["v"] >= 3  # registered, declared down, back up
+
+
+async def test_a_replica_that_cannot_hear_a_node_does_not_vote_it_down(
+    start_metadata: Callable[..., Any], clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A node heard by replicas 0 and 1 only stays healthy everywhere (no flapping);
+    once nobody hears it, every replica lists it down."""
+    ports, peer_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    svcs = [await start_metadata(
+        port=ports[i], peer_port=peer_ports[i], replica_id=i, bootstrap=True,
+        peers=tuple(f"http://127.0.0.1:{p}" for p in ports),
+        peer_addresses=tuple(f"127.0.0.1:{p}" for p in peer_ports),
+        database=tmp_path / f"m{i}" / "metadata.db", heartbeat_interval=10, node_timeout=30)
+        for i in range(3)]
+
+    async def call(i: int, method: str, path: str, body: Any = None) -> Any:
+        res = await request(method, f"http://127.0.0.1:{ports[i]}{path}", json_body=body)
+        assert res.status == 200, res.body
+        return res.json()
+
+    await call(0, "POST", "/nodes/register", {"node_url": "http://n:8081", "node_id": "n"})
+    with trio.fail_after(30):
+        while not all(svc.reader.node("n") for svc in svcs):
+            await trio.sleep(0.5)
+    start = trio.current_time()
+    listed: list[tuple[float, list[bool]]] = []
+    for tick in range(24):
+        now = trio.current_time() - start
+        if now < 120:  # replica 2 never hears it (its link to the node is broken)
+            for i in (0, 1):
+                await call(i, "POST", "/nodes/n/heartbeat",
+                           {"disk_usage_percent": 1, "chunk_count": 0})
+        listed.append((now, [any(n["node_id"] == "n" for n in await call(i, "GET",
+                                                                         "/nodes/healthy"))
+                             for i in range(3)]))
+        if 110 <= now < 120:  # no verdict was decided while it was heard: registered only
+            for svc in svcs:
+                value = svc.replica.acceptor.slots["node/n"].value
+                assert value is not None
+                assert value["v"] == 1, value
+        await trio.sleep_until(start + 10 * (tick + 1))
+    assert all(all(up) for t, up in listed if t < 120), listed
+    # Silent for everyone from t=120: down on every replica by t=120+30+a period.
+    assert not any(any(up) for t, up in listed if t >= 170), listed
+    assert all(svc.reader.node("n")["status"] == "down" for svc in svcs)

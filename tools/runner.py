@@ -57,39 +57,47 @@ def run_services(*services: Settings) -> None:
         raise
 
 
+def _url(settings: Settings, port: int) -> str:
+    """Where the service can be reached: its bind address (loopback for a wildcard)."""
+    host = str(getattr(settings, "host", "") or "")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 async def _run_until_signal(*services: Settings) -> None:
     async with trio.open_nursery() as nursery:
         for settings in services:
             if isinstance(settings, UploaderSettings):
                 up: Uploader = await nursery.start(serve_uploader, settings)
-                click.echo(f"uploader: http://127.0.0.1:{up.port} (temp {settings.temp_dir})",
+                click.echo(f"uploader: {_url(settings, up.port)} (temp {settings.temp_dir})",
                            err=True)
                 continue
             if isinstance(settings, WebSettings):
                 from web.service import serve_web
 
                 web = await nursery.start(serve_web, settings)
-                click.echo(f"web page: http://127.0.0.1:{web.port}/", err=True)
+                click.echo(f"web page: {_url(settings, web.port)}/", err=True)
                 continue
             if isinstance(settings, ClientSettings):
                 client: ClientService = await nursery.start(serve_client, settings)
-                click.echo(f"smart client: http://127.0.0.1:{client.port} (dashboard; HLS at "
+                click.echo(f"smart client: {_url(settings, client.port)} (dashboard; HLS at "
                            f"/hls/VIDEO_ID.m3u8)", err=True)
                 continue
             if isinstance(settings, RedundancySettings):
                 mgr = await nursery.start(serve_redundancy, settings)
-                where = f", http://127.0.0.1:{mgr.port}/metrics" if mgr.port else ""
+                where = f", {_url(settings, mgr.port)}/metrics" if mgr.port else ""
                 click.echo(f"redundancy manager: a pass every {settings.interval:.0f} s{where}",
                            err=True)
                 continue
             if isinstance(settings, MetadataSettings):
                 meta: MetadataService = await nursery.start(serve_metadata, settings)
-                click.echo(f"metadata replica {settings.replica_id}: http://127.0.0.1:{meta.port}"
+                click.echo(f"metadata replica {settings.replica_id}: {_url(settings, meta.port)}"
                            f" (database {settings.database})", err=True)
                 continue
             node: StorageNode = await nursery.start(serve_storage_node, settings)
             click.echo(
-                f"storage node {node.node_id}: http://127.0.0.1:{node.ports.http} "
+                f"storage node {node.node_id}: {_url(settings, node.ports.http)} "
                 f"(binary {node.ports.binary}), data in {settings.data_dir}",
                 err=True,
             )

@@ -4,10 +4,11 @@
   ``healthy`` at its URL on every replica;
 * heartbeats (``POST /nodes/{id}/heartbeat``) are local to each replica
   (every node heartbeats every replica) and refresh its vital signs;
-* the **monitor** declares a node silent for ``node_timeout`` seconds
-  ``down`` by a Paxos decision, and ``healthy`` again by another when it is
+* the **monitor** declares a node ``down`` by a Paxos decision once a
+  majority of replicas agree that none of them heard from it for
+  ``node_timeout`` seconds, and ``healthy`` again by another when it is
   heard from, so every replica agrees on the verdict and a node that keeps
-  heartbeating is never dropped (``/nodes/healthy`` does not flap);
+  heartbeating any replica is never dropped (``/nodes/healthy`` does not flap);
 * the **prober** reads ``/health`` of every node in ``STORAGE_NODES``, which
   counts as a heartbeat (and registers a node that never registered).
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from nodes.net.errors import deadline
 from protocol.errors import ProtocolError, VStackError
 from protocol.node_api import Heartbeat, NodeRegistration, node_key_digest
@@ -27,7 +30,7 @@ from vstack.registers import node_key, register_node, set_liveness
 
 from .state import MetadataService
 
-__all__ = ["heartbeat", "monitor_step", "probe_step", "register"]
+__all__ = ["ask_peers", "heartbeat", "monitor_step", "probe_step", "register"]
 
 log = logging.getLogger("vstack.metadata.liveness")
 
@@ -76,10 +79,53 @@ async def _set_verdict(svc: MetadataService, node_id: str, status: str) -> None:
 
 
 async def monitor_step(svc: MetadataService) -> None:
-    """Declare down every healthy node this replica has not heard from in time."""
-    for row in svc.reader.node_rows():
-        if row["status"] == "healthy" and not svc.is_live(row["node_id"]):
-            await _set_verdict(svc, row["node_id"], "down")
+    """Declare down every healthy node that no replica has heard from in time.
+
+    Before it proposes a verdict the replica asks its peers what they heard
+    (``HEARD``): a node is down only when a majority of replicas answered and
+    none of them heard it within ``node_timeout``. A replica cut off from its
+    peers proposes nothing (it could not decide anyway), and one that comes
+    back before the nodes resume heartbeating it does not vote them down.
+    """
+    suspects = [row["node_id"] for row in svc.reader.node_rows()
+                if row["status"] == "healthy" and not svc.is_live(row["node_id"])]
+    if not suspects:
+        return
+    if svc.settings.replicas > 1:
+        answered = await ask_peers(svc)
+        if answered < svc.settings.replicas // 2 + 1:
+            log.debug("no verdict on %s: only %d replicas answered what they heard",
+                      ", ".join(suspects), answered)
+            return
+    for node_id in suspects:
+        if not svc.is_live(node_id):
+            await _set_verdict(svc, node_id, "down")
+
+
+#: Seconds a peer replica has to say what it heard.
+HEARD_SECONDS = 2.0
+
+
+async def ask_peers(svc: MetadataService) -> int:
+    """Learn what every peer heard lately; the number of replicas (this one too) that said."""
+    answered = 1
+
+    async def ask(peer: int) -> None:
+        nonlocal answered
+        try:
+            with deadline(min(HEARD_SECONDS, svc.settings.node_timeout / 2),
+                          f"HEARD of replica {peer}"):
+                ages = await svc.transport.heard(peer)
+        except VStackError as exc:
+            log.debug("replica %d did not say what it heard: %s", peer, exc)
+            return
+        svc.note_heard(ages)
+        answered += 1
+
+    async with trio.open_nursery() as nursery:
+        for peer in svc.transport.peers:
+            nursery.start_soon(ask, peer)
+    return answered
 
 
 async def probe_step(svc: MetadataService) -> None:

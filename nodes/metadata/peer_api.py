@@ -140,6 +140,8 @@ async def _dispatch(svc: MetadataService, req: Frame) -> bytes:
     if req.opcode is Opcode.FLOOR:
         round_, slots = svc.replica.highest_round()
         return _json({"round": round_, "slots": slots})
+    if req.opcode is Opcode.HEARD:
+        return _json({"ages": svc.heard_ages()})
     if req.opcode is Opcode.PING:
         return b""
     raise ProtocolError(f"{req.opcode.name} is not served on the peer port", 400)

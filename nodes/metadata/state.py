@@ -9,6 +9,7 @@ Paxos decision through :meth:`MetadataService.decide`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,6 +47,8 @@ class MetadataService:
                                     run_blocking=self.run_db, bootstrap=settings.bootstrap)
         self.started = trio.current_time()
         self.last_seen: dict[str, float] = {}  # node_id -> trio time of last heartbeat
+        # node_id -> trio time a peer replica last heard from it (as it told us)
+        self.heard_by_peers: dict[str, float] = {}
         self.port = 0
         self.peer_port = 0  # the replica-to-replica listener (0 with a single replica)
         self._db_limiter = trio.CapacityLimiter(1)
@@ -81,8 +84,29 @@ class MetadataService:
     # -- storage-node liveness, as this replica sees it ------------------------------------
 
     def is_live(self, node_id: str) -> bool:
-        last = self.last_seen.get(node_id, self.started)
+        """Heard from within ``node_timeout``, here or (as lately told) by a peer replica.
+
+        Every node heartbeats every replica, yet a replica may not hear a node
+        that the others hear: it was cut off and the node is still backing off
+        from it, or only its link to that node is broken. Its own silence alone
+        must not make the node down (nor flap it down and up).
+        """
+        last = max(self.last_seen.get(node_id, self.started),
+                   self.heard_by_peers.get(node_id, -math.inf))
         return self.now() - last <= self.settings.node_timeout
+
+    def heard_ages(self) -> dict[str, float]:
+        """Seconds since this replica itself last heard from each node (peers ask)."""
+        now = self.now()
+        return {node_id: round(now - t, 3) for node_id, t in self.last_seen.items()}
+
+    def note_heard(self, ages: dict[str, float]) -> None:
+        """What a peer replica said it heard (``heard_ages``), in this replica's time."""
+        now = self.now()
+        for node_id, age in ages.items():
+            if node_id in self.last_seen or self.reader.node(node_id) is not None:
+                self.heard_by_peers[node_id] = max(self.heard_by_peers.get(node_id, -math.inf),
+                                                   now - age)
 
     def effective_status(self, row: dict[str, Any]) -> str:
         """The agreed verdict, or ``down`` if this replica has not heard from it lately."""

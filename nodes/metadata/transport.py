@@ -171,9 +171,31 @@ class FrameTransport:
         answer = await self._request(peer, Opcode.PENDING, request)
         return decode_answer(lambda d: [str(k) for k in d], _json(answer), "PENDING")
 
+    async def heard(self, peer: int) -> dict[str, float]:
+        """Seconds since the peer itself last heard from each storage node."""
+        answer = await self._request(peer, Opcode.HEARD, b"")
+        return decode_answer(_ages, _json(answer), "HEARD")
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
+
+
+#: The most nodes a HEARD answer may name (far beyond any cluster's size).
+MAX_HEARD_NODES = 100_000
+
+
+def _ages(data: Any) -> dict[str, float]:
+    ages = data["ages"]
+    if not isinstance(ages, dict) or len(ages) > MAX_HEARD_NODES:
+        raise ValueError("ages must be an object of at most 100000 nodes")
+    out: dict[str, float] = {}
+    for node_id, age in ages.items():
+        if (isinstance(age, bool) or not isinstance(age, int | float)
+                or not 0 <= age < 1e9 or len(node_id) > 256):
+            raise ValueError("an age is a finite number of seconds, a node id at most 256 chars")
+        out[node_id] = float(age)
+    return out
 
 
 def _round(value: Any) -> int:

@@ -18,8 +18,9 @@ and the metadata service to storage nodes, ``vstack-put`` to the uploader.
   :class:`~protocol.errors.TransportError` subclasses and
   :class:`~protocol.errors.RemoteProtocolError`, never ``OSError`` or trio's
   resource errors.
-* **Bounds.** Answer bodies are capped (``max_bytes``); timeouts belong to
-  the caller (``with deadline(...)``).
+* **Bounds.** Answer bodies are capped (``max_bytes``); connecting gives up
+  after ``connect_timeout`` (a host whose link is down never refuses: its
+  SYNs are dropped); other timeouts belong to the caller (``with deadline(...)``).
 
 A request body is bytes, a JSON value, or an async iterable of bytes with
 its length (``vstack-put`` streams a file that way, never holding it whole).
@@ -38,7 +39,13 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from protocol.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError, VStackError
+from protocol.errors import (
+    ConnectionLost,
+    LocalProtocolError,
+    PeerUnreachable,
+    RemoteProtocolError,
+    VStackError,
+)
 
 from .errors import map_io_errors
 
@@ -47,6 +54,8 @@ __all__ = ["HttpClient", "HttpResult", "StreamBody", "request"]
 MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _RECV: Final = 256 * 1024
+#: Seconds to open a connection: generous for a cluster's own network.
+CONNECT_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,9 +130,11 @@ class HttpClient:
     call :meth:`aclose`."""
 
     def __init__(self, *, max_bytes: int = MAX_RESPONSE_BYTES, max_idle_per_host: int = 8,
-                 max_per_host: int = 64, headers: Sequence[tuple[str, str]] = ()) -> None:
+                 max_per_host: int = 64, headers: Sequence[tuple[str, str]] = (),
+                 connect_timeout: float = CONNECT_SECONDS) -> None:
         """``headers`` go with every request (a service's ``Authorization``)."""
         self.headers = list(headers)
+        self.connect_timeout = connect_timeout
         self.max_bytes = max_bytes
         self.max_idle_per_host = max_idle_per_host
         self.max_per_host = max_per_host
@@ -210,8 +221,12 @@ class HttpClient:
     async def _connect(self, host: str, port: int) -> _Conn:
         peer = f"{host}:{port}"
         with map_io_errors(peer, connecting=True):
-            stream = await trio.open_tcp_stream(host, port)
-        return _Conn(stream, peer)
+            with trio.move_on_after(self.connect_timeout):
+                return _Conn(await trio.open_tcp_stream(host, port), peer)
+        # A host whose link is down drops our SYNs: no refusal ever comes, and the
+        # kernel would go on retrying for minutes.
+        raise PeerUnreachable(f"{peer} unreachable: no answer to connecting within "
+                              f"{self.connect_timeout:g} s")
 
     async def _release(self, key: tuple[str, int], conn: _Conn) -> None:
         if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:

@@ -71,9 +71,13 @@ class StoragePool:
                     self._clients[node_url] = client
                     return client
                 await client.aclose()  # broken (the node went away): its socket too
+            # A node that does not answer its health check is unreachable: that is
+            # the caller's error, not a reason to try HTTP (a cut link would cost
+            # the caller a second wait).
+            with deadline(5, f"connecting to {node_url}"):
+                info = await self.health(node_url)
             try:
                 with deadline(5, f"connecting to {node_url}"):
-                    info = await self.health(node_url)
                     host = urlsplit(node_url).hostname or "127.0.0.1"
                     with map_io_errors(f"{host}:{info.binary_port}", connecting=True):
                         stream = await trio.open_tcp_stream(host, info.binary_port)

@@ -40,6 +40,10 @@ log = logging.getLogger("vstack.storage.registrar")
 
 #: Seconds a replica has to answer one registration or heartbeat.
 CALL_TIMEOUT = 5.0
+#: The longest pause between tries to reach a replica that did not answer: a
+#: heartbeat is small, and a replica back on the network should hear from its
+#: nodes again within seconds (its peers vouch for them meanwhile).
+HEARTBEAT_BACKOFF_MAX = 5.0
 #: Seconds after start before the first registration (the listeners are up by then).
 FIRST_DELAY = 0.5
 
@@ -63,7 +67,8 @@ class Registrar:
         await run_forever(f"registration with {self.base}", self.step, log=log,
                           every=self.node.settings.heartbeat_interval,
                           initial_delay=FIRST_DELAY,
-                          backoff=Backoff(initial=1.0, maximum=60.0))
+                          backoff=Backoff(initial=1.0, maximum=max(
+                              HEARTBEAT_BACKOFF_MAX, self.node.settings.heartbeat_interval)))
 
     async def step(self) -> float | None:
         """Register if we are not registered, then heartbeat."""

@@ -49,14 +49,25 @@ from vstack.placement import (
 
 from .errors import UploadFailed
 
-__all__ = ["BAN_SECONDS", "Chunk", "NodeTracker", "Placer", "ShardPlacer", "healthy_nodes"]
+__all__ = ["BAN_SECONDS", "Chunk", "NodeTracker", "Placer", "ShardPlacer", "healthy_nodes",
+           "put_seconds"]
 
 log = logging.getLogger("vstack.uploader")
 
 #: How long a node that failed a write is not chosen again.
 BAN_SECONDS: Final = 30.0
-#: How long one node may take to store one chunk.
-PUT_SECONDS: Final = 60.0
+#: How long one node may take to store one small chunk (connect, send, fsync, answer).
+PUT_SECONDS: Final = 10.0
+#: The slowest a node may take the bytes of a large one (bytes per second): past
+#: that it is treated as failed and another node takes the copy, so a node that
+#: went silent (a cut link drops packets: no reset ever comes) costs an upload
+#: seconds, not a minute per copy.
+PUT_MIN_RATE: Final = 1 << 20
+
+
+def put_seconds(size: int) -> float:
+    """The deadline for storing ``size`` bytes on one node."""
+    return PUT_SECONDS + size / PUT_MIN_RATE
 #: Store-and-commit rounds per chunk before the upload gives up.
 ROUNDS: Final = 3
 
@@ -207,7 +218,7 @@ class Placer:
         chunk = state.chunk
         with self.tracker.writing(node.url):
             try:
-                with deadline(PUT_SECONDS, f"storing {chunk.id} on {node.node_id}"):
+                with deadline(put_seconds(len(chunk.data)), f"storing {chunk.id} on {node.node_id}"):
                     await self.pool.put(node.url, chunk.id, chunk.data, chunk.sha256)
             except VStackError as exc:
                 self.tracker.ban(node.url)
@@ -283,7 +294,7 @@ class ShardPlacer(Placer):
         sid = shard_id(state.chunk.id, shard.index)
         with self.tracker.writing(node.url):
             try:
-                with deadline(PUT_SECONDS, f"storing {sid} on {node.node_id}"):
+                with deadline(put_seconds(len(shard.data)), f"storing {sid} on {node.node_id}"):
                     await self.pool.put(node.url, sid, bytes(shard.data), shard.sha256)
             except VStackError as exc:
                 self.tracker.ban(node.url)
