@@ -200,16 +200,28 @@ class StatusChange:
     """``PATCH /video/{id}/status``."""
 
     status: str
+    #: The video's length, once it is known (an upload cut while it arrived was
+    #: created with an estimate); optional, so existing clients send only ``status``.
+    duration_sec: int | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> StatusChange:
-        status = json_object(data).get("status")
+        obj = json_object(data)
+        status = obj.get("status")
         if status not in VIDEO_STATUSES:
             raise ProtocolError(f"Invalid status. Must be one of: {', '.join(VIDEO_STATUSES)}", 400)
-        return cls(status=status)
+        duration = None
+        if obj.get("duration_sec") is not None:
+            v = Validator({"duration_sec": obj["duration_sec"]})
+            duration = v.integer("duration_sec", gt=0, le=int(MAX_SECONDS))
+            v.done()
+        return cls(status=status, duration_sec=duration)
 
     def to_json(self) -> dict[str, Any]:
-        return {"status": self.status}
+        out: dict[str, Any] = {"status": self.status}
+        if self.duration_sec is not None:
+            out["duration_sec"] = self.duration_sec
+        return out
 
 
 # -- chunks -----------------------------------------------------------------------------

@@ -316,3 +316,27 @@ async def test_a_manifest_read_names_its_consistency(start_metadata: Callable[..
     assert (await api("GET", f"/manifest/{vid}?consistency=linearizable")).status == 200
     assert (await api("GET", f"/manifest/{vid}?consistency=local")).status == 200
     assert (await api("GET", f"/manifest/{vid}?consistency=eventual")).status == 400
+
+
+async def test_activation_may_set_the_length_found_by_cutting(
+        start_metadata: Callable[..., Any]) -> None:
+    """``PATCH /video/{id}/status`` takes an optional ``duration_sec`` (a video cut as it
+    arrived was created with an estimate); a bad one changes nothing."""
+    svc = await start_metadata()
+    base = f"http://127.0.0.1:{svc.port}"
+    vid = (await request("POST", f"{base}/video",
+                         json_body={"title": "t", "duration_sec": 30})).json()["video_id"]
+    for bad in ("abc", 0, -5, 1.5, 10**12, True):
+        res = await request("PATCH", f"{base}/video/{vid}/status",
+                            json_body={"status": "active", "duration_sec": bad})
+        assert res.status in (400, 422), (bad, res.status)
+    video = (await request("GET", f"{base}/manifest/{vid}")).json()
+    assert (video["status"], video["duration_sec"]) == ("uploading", 30)
+    res = await request("PATCH", f"{base}/video/{vid}/status",
+                        json_body={"status": "active", "duration_sec": 25})
+    assert res.status == 200
+    video = (await request("GET", f"{base}/manifest/{vid}")).json()
+    assert (video["status"], video["duration_sec"]) == ("active", 25)
+    res = await request("PATCH", f"{base}/video/{vid}/status", json_body={"status": "active"})
+    assert res.status == 200  # existing clients send the status alone: the length stays
+    assert (await request("GET", f"{base}/manifest/{vid}")).json()["duration_sec"] == 25

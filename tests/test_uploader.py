@@ -319,8 +319,8 @@ async def test_a_lost_answer_to_activation_completes_the_upload_and_keeps_the_vi
     c = await cluster(start_node, start_metadata, start_uploader, tmp_path)
     real = c.uploader.metadata.set_status
 
-    async def answer_lost(video_id: str, status: str) -> None:
-        await real(video_id, status)
+    async def answer_lost(video_id: str, status: str, **kwargs: Any) -> None:
+        await real(video_id, status, **kwargs)
         raise ConnectionLost("metadata service closed the connection")
 
     c.uploader.metadata.set_status = answer_lost

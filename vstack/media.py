@@ -37,6 +37,8 @@ __all__ = [
     "plan_segments",
     "probe_command",
     "segment_command",
+    "stream_container",
+    "whole_seconds",
 ]
 
 #: FFmpeg demuxer names we accept, and what a person would call them.
@@ -50,6 +52,9 @@ ACCEPTED_FORMATS: Final = {
 #: manifest naming other files (``/etc/passwd``, an internal URL) opens nothing.
 INPUT_GUARD: Final = ("-protocol_whitelist", "file",
                       "-format_whitelist", "mov,matroska,avi,flv,mpegts")
+#: The same guard for an upload FFmpeg reads on its standard input as it arrives.
+PIPE_GUARD: Final = ("-protocol_whitelist", "pipe",
+                     "-format_whitelist", "mov,matroska,flv,mpegts")
 TS_VIDEO: Final = frozenset({"h264", "hevc", "mpeg2video"})
 TS_AUDIO: Final = frozenset({"aac", "mp3", "ac3", "eac3", "mp2"})
 
@@ -84,6 +89,9 @@ class ProbeResult:
     duration: float
     bitrate_kbps: int | None
     streams: tuple[Stream, ...]
+    #: The duration is FFmpeg's guess from the bytes it read (no header gave it):
+    #: read on a file still arriving, it is the length of what has arrived.
+    estimated: bool = False
 
     @property
     def video(self) -> Stream:
@@ -145,7 +153,8 @@ def parse_probe(stderr: str) -> ProbeResult:
     bm = _BITRATE.search(stderr)
     ordered = tuple(video[:1]) + tuple(s for s in streams if s.kind == "audio")
     return ProbeResult(formats=formats, duration=duration,
-                       bitrate_kbps=int(bm.group(1)) if bm else None, streams=ordered)
+                       bitrate_kbps=int(bm.group(1)) if bm else None, streams=ordered,
+                       estimated="mpegts" in formats or "Estimating duration from" in stderr)
 
 
 def _last_error(stderr: str) -> str:
@@ -184,10 +193,15 @@ def plan_segments(probe: ProbeResult, file_size: int, *, chunk_size: int, chunk_
                        transcode_audio=ta, reason=reason)
 
 
-def segment_command(ffmpeg: str, src: Path, out_dir: Path, plan: SegmentPlan,
+def segment_command(ffmpeg: str, src: Path | None, out_dir: Path, plan: SegmentPlan,
                     probe: ProbeResult) -> list[str]:
-    """FFmpeg arguments that write ``seg%05d.ts`` and ``segments.csv`` into ``out_dir``."""
-    cmd = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", *INPUT_GUARD, "-i", str(src),
+    """FFmpeg arguments that write ``seg%05d.ts`` and ``segments.csv`` into ``out_dir``.
+
+    ``src`` ``None``: the video arrives on FFmpeg's standard input.
+    """
+    source = ["-nostdin", *INPUT_GUARD, "-i", str(src)] if src is not None else [
+        *PIPE_GUARD, "-i", "pipe:0"]
+    cmd = [ffmpeg, "-hide_banner", "-v", "error", "-y", *source,
            "-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn"]
     if plan.transcode_video:
         t = plan.segment_time
@@ -233,3 +247,50 @@ class ChunkingReport:
 
 
 __all__ += ["ChunkingReport"]
+
+
+def whole_seconds(duration: float) -> int:
+    """A video's length in whole seconds, as records keep it: rounded, at least 1
+    (25.02 s is 25, not 26)."""
+    return max(1, int(duration + 0.5))
+
+
+#: Containers FFmpeg can cut while their bytes arrive, by :func:`stream_container`'s name.
+STREAMABLE: Final = ("mpegts", "matroska", "flv", "mp4")
+
+
+def stream_container(head: bytes) -> str | None:
+    """Whether a file that begins with ``head`` can be cut as it arrives, and as what.
+
+    MPEG-TS, Matroska/WebM and FLV are written to be read front to back. An
+    MP4/MOV can be if its index (``moov``) comes before its media (``mdat``):
+    "fast start" files and fragmented MP4. Anything else (an MP4 with its
+    index at the end, AVI, an unknown head) is ``None``: received whole first.
+    """
+    if len(head) >= 377 and head[0] == head[188] == head[376] == 0x47:
+        return "mpegts"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:3] == b"FLV":
+        return "flv"
+    pos = 0
+    seen_ftyp = False
+    while pos + 8 <= len(head):
+        size = int.from_bytes(head[pos:pos + 4], "big")
+        kind = head[pos + 4:pos + 8]
+        if pos == 0 and kind != b"ftyp":
+            return None
+        if kind == b"ftyp":
+            seen_ftyp = True
+        elif kind in (b"moov", b"moof"):
+            return "mp4" if seen_ftyp else None
+        elif kind == b"mdat":
+            return None  # media before the index: FFmpeg would have to seek to the end
+        if size == 1:  # a 64-bit size follows the type
+            if pos + 16 > len(head):
+                return None
+            size = int.from_bytes(head[pos + 8:pos + 16], "big")
+        if size < 8:  # 0 (to the end of the file) or malformed
+            return None
+        pos += size
+    return None

@@ -146,11 +146,15 @@ def _existing_video(cur: Value | None) -> Value:
     return cur
 
 
-def set_video_status(status: str) -> Change:
-    """Move a video to ``status``; 404 if it does not exist (or was deleted)."""
+def set_video_status(status: str, duration_sec: int | None = None) -> Change:
+    """Move a video to ``status`` (and set its length, if given); 404 if it does not
+    exist (or was deleted)."""
 
     def change(cur: Value | None) -> Value:
-        return {**_existing_video(cur), "status": status}
+        video = {**_existing_video(cur), "status": status}
+        if duration_sec is not None:
+            video["duration_sec"] = duration_sec
+        return video
 
     return change
 

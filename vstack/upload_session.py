@@ -63,6 +63,10 @@ class Session:
     format: str | None = None
     transcoded: bool | None = None
     redundancy_mode: str | None = None  # how its chunks are stored: replication | erasure_coding
+    streamed: bool | None = None  # cut while the upload was still arriving
+    ready_chunks: int = 0  # chunks from the first on, every one committed (playable)
+    ready_sec: float = 0.0  # the seconds of video those chunks hold
+    first_chunk_after_sec: float | None = None  # from the upload's start to chunk 0 committed
 
     def advance(self, status: str, progress: int | None = None) -> None:
         if status not in STAGES:

@@ -81,8 +81,9 @@ def _idempotency_key(req: Request) -> str | None:
 
 async def set_status(svc: MetadataService, req: Request, body: Body) -> Response:
     video_id = req.params["video_id"]
-    status = StatusChange.from_json(await read_json(body)).status
-    await svc.decide(video_key(video_id), set_video_status(status))
+    change = StatusChange.from_json(await read_json(body))
+    status = change.status
+    await svc.decide(video_key(video_id), set_video_status(status, change.duration_sec))
     log.info("video %s is now %s", video_id, status)
     return ok({"status": "success", "message": f"Video status updated to {status}",
                "video_id": video_id})

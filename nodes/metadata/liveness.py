@@ -87,16 +87,19 @@ async def monitor_step(svc: MetadataService) -> None:
     peers proposes nothing (it could not decide anyway), and one that comes
     back before the nodes resume heartbeating it does not vote them down.
     """
+    answered = 1
+    if svc.settings.replicas > 1:
+        # Every step, not only when a node looks silent: /nodes/healthy shows what
+        # peers heard too, and must not drop a node between two asks.
+        answered = await ask_peers(svc)
     suspects = [row["node_id"] for row in svc.reader.node_rows()
                 if row["status"] == "healthy" and not svc.is_live(row["node_id"])]
     if not suspects:
         return
-    if svc.settings.replicas > 1:
-        answered = await ask_peers(svc)
-        if answered < svc.settings.replicas // 2 + 1:
-            log.debug("no verdict on %s: only %d replicas answered what they heard",
-                      ", ".join(suspects), answered)
-            return
+    if answered < svc.settings.replicas // 2 + 1:
+        log.debug("no verdict on %s: only %d replicas answered what they heard",
+                  ", ".join(suspects), answered)
+        return
     for node_id in suspects:
         if not svc.is_live(node_id):
             await _set_verdict(svc, node_id, "down")

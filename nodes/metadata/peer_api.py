@@ -141,7 +141,10 @@ async def _dispatch(svc: MetadataService, req: Frame) -> bytes:
         round_, slots = svc.replica.highest_round()
         return _json({"round": round_, "slots": slots})
     if req.opcode is Opcode.HEARD:
-        return _json({"ages": svc.heard_ages()})
+        nonce = bytes(req.payload)
+        if len(nonce) > 64 or not nonce.isalnum():
+            raise ValueError("a HEARD request carries a nonce of at most 64 letters and digits")
+        return _json({"nonce": nonce.decode(), "ages": svc.heard_ages()})
     if req.opcode is Opcode.PING:
         return b""
     raise ProtocolError(f"{req.opcode.name} is not served on the peer port", 400)

@@ -103,8 +103,9 @@ class MetadataService:
     def note_heard(self, ages: dict[str, float]) -> None:
         """What a peer replica said it heard (``heard_ages``), in this replica's time."""
         now = self.now()
+        known = {str(r["node_id"]) for r in self.reader.node_rows()}
         for node_id, age in ages.items():
-            if node_id in self.last_seen or self.reader.node(node_id) is not None:
+            if node_id in known:  # a peer cannot make this replica keep unknown names
                 self.heard_by_peers[node_id] = max(self.heard_by_peers.get(node_id, -math.inf),
                                                    now - age)
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Any
 
 import trio
 
-from nodes.net.errors import map_io_errors
+from nodes.net.connect import open_tcp
 from nodes.net.frame_client import FrameClient
 from protocol.api import decode_answer
 from protocol.consensus import (
@@ -79,8 +80,7 @@ class FrameTransport:
             if client is not None and client.usable:
                 return client
             host, port = self.peers[peer]
-            with map_io_errors(f"replica {peer} at {host}:{port}", connecting=True):
-                stream = await trio.open_tcp_stream(host, port)
+            stream = await open_tcp(host, port, what=f"replica {peer} at {host}:{port}")
             client = FrameClient(stream, max_payload=MAX_PEER_PAYLOAD, peer=f"replica {peer}")
             assert self._nursery is not None, "FrameTransport.run is not running"
             self._nursery.start_soon(client.run_reader)
@@ -172,9 +172,17 @@ class FrameTransport:
         return decode_answer(lambda d: [str(k) for k in d], _json(answer), "PENDING")
 
     async def heard(self, peer: int) -> dict[str, float]:
-        """Seconds since the peer itself last heard from each storage node."""
-        answer = await self._request(peer, Opcode.HEARD, b"")
-        return decode_answer(_ages, _json(answer), "HEARD")
+        """Seconds since the peer itself last heard from each storage node.
+
+        The request carries a fresh nonce that the (signed) answer must echo:
+        an old answer replayed on a new connection cannot vouch for a node.
+        """
+        nonce = secrets.token_hex(16)
+        answer = _json(await self._request(peer, Opcode.HEARD, nonce.encode()))
+        if not isinstance(answer, dict) or answer.get("nonce") != nonce:
+            raise RemoteProtocolError(f"replica {peer}: HEARD answer is not for this request",
+                                      502)
+        return decode_answer(_ages, answer, "HEARD")
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -182,13 +190,13 @@ class FrameTransport:
 
 
 #: The most nodes a HEARD answer may name (far beyond any cluster's size).
-MAX_HEARD_NODES = 100_000
+MAX_HEARD_NODES = 10_000
 
 
 def _ages(data: Any) -> dict[str, float]:
     ages = data["ages"]
     if not isinstance(ages, dict) or len(ages) > MAX_HEARD_NODES:
-        raise ValueError("ages must be an object of at most 100000 nodes")
+        raise ValueError(f"ages must be an object of at most {MAX_HEARD_NODES} nodes")
     out: dict[str, float] = {}
     for node_id, age in ages.items():
         if (isinstance(age, bool) or not isinstance(age, int | float)

@@ -31,6 +31,7 @@ from protocol.frames import (
     encode_range,
 )
 
+from .connect import open_tcp
 from .errors import map_io_errors
 from .zerocopy import receive_frame_bytes
 
@@ -195,8 +196,7 @@ class FrameClient:
 async def open_frame_client(
     host: str, port: int, *, max_payload: int = DEFAULT_MAX_PAYLOAD
 ) -> AsyncIterator[FrameClient]:
-    with map_io_errors(f"{host}:{port}", connecting=True):
-        stream = await trio.open_tcp_stream(host, port)
+    stream = await open_tcp(host, port)
     client = FrameClient(stream, max_payload=max_payload, peer=f"{host}:{port}")
     try:
         async with stream, trio.open_nursery() as nursery:

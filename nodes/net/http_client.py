@@ -42,11 +42,11 @@ import trio
 from protocol.errors import (
     ConnectionLost,
     LocalProtocolError,
-    PeerUnreachable,
     RemoteProtocolError,
     VStackError,
 )
 
+from .connect import CONNECT_SECONDS, open_tcp
 from .errors import map_io_errors
 
 __all__ = ["HttpClient", "HttpResult", "StreamBody", "request"]
@@ -54,8 +54,6 @@ __all__ = ["HttpClient", "HttpResult", "StreamBody", "request"]
 MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _RECV: Final = 256 * 1024
-#: Seconds to open a connection: generous for a cluster's own network.
-CONNECT_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,14 +217,7 @@ class HttpClient:
         return None
 
     async def _connect(self, host: str, port: int) -> _Conn:
-        peer = f"{host}:{port}"
-        with map_io_errors(peer, connecting=True):
-            with trio.move_on_after(self.connect_timeout):
-                return _Conn(await trio.open_tcp_stream(host, port), peer)
-        # A host whose link is down drops our SYNs: no refusal ever comes, and the
-        # kernel would go on retrying for minutes.
-        raise PeerUnreachable(f"{peer} unreachable: no answer to connecting within "
-                              f"{self.connect_timeout:g} s")
+        return _Conn(await open_tcp(host, port, seconds=self.connect_timeout), f"{host}:{port}")
 
     async def _release(self, key: tuple[str, int], conn: _Conn) -> None:
         if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:

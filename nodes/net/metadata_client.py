@@ -110,8 +110,10 @@ class MetadataClient:
                                retry=idempotency_key is not None)
         return decode_answer(VideoCreated.from_json, data, "POST /video")
 
-    async def set_status(self, video_id: str, status: str) -> None:
-        await self.json("PATCH", f"/video/{video_id}/status", StatusChange(status=status).to_json())
+    async def set_status(self, video_id: str, status: str, *,
+                         duration_sec: int | None = None) -> None:
+        await self.json("PATCH", f"/video/{video_id}/status",
+                        StatusChange(status=status, duration_sec=duration_sec).to_json())
 
     async def delete_video(self, video_id: str) -> bool:
         """``True`` if it was deleted, ``False`` if there was no such video."""

@@ -25,7 +25,8 @@ from protocol.api import decode_answer
 from protocol.errors import ProtocolError, RemoteProtocolError, TransportError, VStackError
 from protocol.node_api import NodeHealth
 
-from .errors import deadline, map_io_errors
+from .connect import open_tcp
+from .errors import deadline
 from .frame_client import FrameClient
 from .http_client import HttpClient
 
@@ -79,8 +80,7 @@ class StoragePool:
             try:
                 with deadline(5, f"connecting to {node_url}"):
                     host = urlsplit(node_url).hostname or "127.0.0.1"
-                    with map_io_errors(f"{host}:{info.binary_port}", connecting=True):
-                        stream = await trio.open_tcp_stream(host, info.binary_port)
+                    stream = await open_tcp(host, info.binary_port)
             except VStackError as exc:
                 log.debug("no binary connection to %s: %s", node_url, exc)
                 return None
@@ -117,8 +117,12 @@ class StoragePool:
                                 res.status)
 
     async def holds(self, node_url: str, chunk_id: str, sha256_hex: str) -> bool:
-        """Does the node hold the chunk with this SHA-256 (a binary HEAD, else HTTP)?"""
-        client = await self._client(node_url)
+        """Does the node hold the chunk with this SHA-256 (a binary HEAD, else HTTP)?
+        ``False`` if the node cannot be reached."""
+        try:
+            client = await self._client(node_url)
+        except VStackError:
+            return False
         if client is not None:
             try:
                 info = await client.head(chunk_id)
@@ -194,8 +198,13 @@ class StoragePool:
         return decode_answer(parse, res.json(), f"{node_url}/chunks")
 
     async def delete_many(self, node_url: str, chunk_ids: list[str]) -> int:
-        """Best effort, pipelined on one binary connection; returns how many existed."""
-        client = await self._client(node_url)
+        """Best effort, pipelined on one binary connection; returns how many existed
+        (0 if the node cannot be reached: never raises)."""
+        try:
+            client = await self._client(node_url)
+        except VStackError as exc:
+            log.warning("could not delete %d chunks from %s: %s", len(chunk_ids), node_url, exc)
+            return 0
         if client is None:
             for chunk_id in chunk_ids:
                 await self.delete(node_url, chunk_id)

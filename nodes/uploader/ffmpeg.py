@@ -6,6 +6,11 @@ The commands and the parsing of FFmpeg's output are sans-IO, in
 a CSV once it is complete, so :func:`cut_streaming` hands chunk N to the
 caller while FFmpeg still cuts N+1 (FFmpeg's progress is only visible in its
 files, so they are looked at every 50 ms).
+
+An upload can also be cut *while it arrives*: FFmpeg reads it on its
+standard input, fed from the file the receiver is writing as it grows
+(:class:`~nodes.uploader.receiver.Arrival`), and the feeding ends when the
+upload does. An upload cut off midway stops FFmpeg and fails the cut.
 """
 
 from __future__ import annotations
@@ -30,11 +35,16 @@ from vstack.media import (
 )
 
 from .errors import ChunkingFailed, Oversize
+from .receiver import Arrival
 
 __all__ = ["ChunkingFailed", "Oversize", "ProbeError", "cut_streaming", "find_ffmpeg", "probe"]
 
 PROBE_SECONDS = 60.0
 POLL_SECONDS = 0.05
+#: Bytes of the arriving file read for FFmpeg at a time.
+FEED_BYTES = 1 << 20
+#: FFmpeg's error output kept (its last bytes), whatever it writes.
+STDERR_BYTES = 64 * 1024
 
 
 def find_ffmpeg(configured: str | None = None) -> str:
@@ -75,28 +85,96 @@ async def probe(ffmpeg: str, path: Path) -> ProbeResult:
     return parse_probe(result.stderr.decode("utf-8", "replace"))
 
 
+async def _run_fed(cmd: list[str], src: Path, arrival: Arrival) -> subprocess.CompletedProcess[bytes]:
+    """Run FFmpeg on ``src`` as it arrives: its bytes are fed to FFmpeg's standard input.
+
+    Raises:
+        ChunkingFailed: the upload was cut off (FFmpeg is stopped), or FFmpeg
+            could not be started.
+    """
+    try:
+        proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE,
+                                                stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise ChunkingFailed(f"FFmpeg ({cmd[0]}) could not be started: {exc}") from None
+    assert proc.stdin is not None
+    assert proc.stderr is not None
+    err = bytearray()
+    stopped: str | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            async def drain() -> None:
+                assert proc.stderr is not None
+                async for piece in proc.stderr:
+                    err.extend(piece)
+                    del err[:-STDERR_BYTES]
+
+            nursery.start_soon(drain)
+            try:
+                stopped = await _feed(proc.stdin, src, arrival)
+            except trio.BrokenResourceError:
+                pass  # FFmpeg stopped reading (it failed): its exit code says why
+            finally:
+                with trio.CancelScope(shield=True):
+                    await proc.stdin.aclose()
+            if stopped is not None:
+                proc.kill()
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+    if stopped is not None:
+        raise ChunkingFailed(stopped)
+    code = proc.returncode if proc.returncode is not None else -9
+    return subprocess.CompletedProcess(cmd, code, b"", bytes(err))
+
+
+async def _feed(stdin: trio.abc.SendStream, src: Path, arrival: Arrival) -> str | None:
+    """Send ``src`` to ``stdin`` as it grows, to the end of the upload; why it
+    stopped short, if it did."""
+    offset = 0
+    async with await trio.open_file(src, "rb") as f:
+        while True:
+            await arrival.wait_past(offset)
+            if arrival.error is not None:
+                return f"the upload was cut off before its end ({arrival.error})"
+            if offset >= arrival.written:
+                return None  # ended, and all of it sent
+            data = await f.read(min(FEED_BYTES, arrival.written - offset))
+            if not data:
+                return "the upload's file is shorter than what was received"
+            await stdin.send_all(data)
+            offset += len(data)
+
+
 async def cut_streaming(ffmpeg: str, src: Path, out_dir: Path, info: ProbeResult,
                         plan: SegmentPlan, send: trio.MemorySendChannel[Segment], *,
-                        max_segment_bytes: int) -> ChunkingReport:
+                        max_segment_bytes: int, arrival: Arrival | None = None) -> ChunkingReport:
     """Cut ``src`` into MPEG-TS segments, sending each one as soon as FFmpeg closes it.
 
+    With ``arrival``, ``src`` is still arriving: FFmpeg reads it as it grows.
     ``send`` is closed on return. Errors are raised bare, never inside an
     exception group.
 
     Raises:
         Oversize: a segment exceeds ``max_segment_bytes`` (FFmpeg is stopped).
-        ChunkingFailed: FFmpeg failed, found no frames, or the file is truncated.
+        ChunkingFailed: FFmpeg failed, found no frames, the file is truncated,
+            or the upload was cut off.
     """
     async with send:
         await trio.to_thread.run_sync(_clear, out_dir)
-        cmd = segment_command(ffmpeg, src, out_dir, plan, info)
+        cmd = segment_command(ffmpeg, src if arrival is None else None, out_dir, plan, info)
         done = trio.Event()
         outcome: list[subprocess.CompletedProcess[bytes] | ChunkingFailed] = []
         sent: list[Segment] = []
 
         async def run() -> None:
             try:
-                outcome.append(await _run(cmd))
+                outcome.append(await _run(cmd) if arrival is None
+                               else await _run_fed(cmd, src, arrival))
             except ChunkingFailed as exc:
                 outcome.append(exc)
             done.set()
@@ -109,7 +187,9 @@ async def cut_streaming(ffmpeg: str, src: Path, out_dir: Path, info: ProbeResult
             raise Oversize(too_big, max_segment_bytes)
         if isinstance(outcome[0], ChunkingFailed):
             raise outcome[0]
-        return _report(outcome[0], sent, info, plan)
+        # A video cut as it arrived was planned from its first bytes: its length
+        # is known only now, so there is nothing to compare the cut with.
+        return _report(outcome[0], sent, info, plan, whole=arrival is None)
 
 
 async def _forward(out_dir: Path, done: trio.Event, send: trio.MemorySendChannel[Segment],
@@ -130,7 +210,7 @@ async def _forward(out_dir: Path, done: trio.Event, send: trio.MemorySendChannel
 
 
 def _report(result: subprocess.CompletedProcess[bytes], sent: list[Segment], info: ProbeResult,
-            plan: SegmentPlan) -> ChunkingReport:
+            plan: SegmentPlan, *, whole: bool = True) -> ChunkingReport:
     """Check FFmpeg's outcome once it exited.
 
     Raises:
@@ -143,7 +223,7 @@ def _report(result: subprocess.CompletedProcess[bytes], sent: list[Segment], inf
     if not sent:
         raise ChunkingFailed("the video has no frames FFmpeg could read")
     covered = sent[-1].end - sent[0].start
-    if covered < info.duration * 0.9 - 0.5:
+    if whole and covered < info.duration * 0.9 - 0.5:
         raise ChunkingFailed(
             f"the file is truncated or damaged: only {covered:.1f} s of its "
             f"{info.duration:.1f} s could be read")

@@ -14,8 +14,9 @@ Handlers are module-level functions over the shared
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,17 +29,17 @@ from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
 from nodes.net.metrics import Metric, ServiceMetrics, gauge
 from nodes.net.routing import RouteTable
 from protocol.api import VideoCreate
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, VStackError
 from protocol.http import Request, Response, Router, json_response
 from protocol.multipart import parse_boundary
 from vstack.auth import Access
-from vstack.media import ProbeError, ProbeResult
+from vstack.media import ProbeError, ProbeResult, stream_container, whole_seconds
 from vstack.upload_session import Session
 
 from .errors import ChunkingFailed
 from .ffmpeg import probe
 from .job import UploadJob
-from .receiver import Received, receive_upload
+from .receiver import Arrival, receive_upload
 from .state import Uploader
 
 __all__ = ["build_router", "health", "serve", "upload", "upload_status"]
@@ -58,7 +59,13 @@ async def upload_status(up: Uploader, req: Request, body: Body) -> Response:
 
 
 async def upload(up: Uploader, req: Request, body: Body) -> Response:
-    """Receive, probe and register an upload; queue its processing."""
+    """Receive, probe and register an upload; queue its processing.
+
+    A video in a container that can be read front to back (MPEG-TS,
+    Matroska/WebM, FLV, MP4 with its index first), whose form sends the title
+    first, is registered and cut while it still arrives (:func:`_start_early`);
+    any other once it has arrived whole.
+    """
     limit = up.settings.max_upload_bytes
     boundary = parse_boundary(req.header("content-type"))
     length = req.content_length
@@ -66,32 +73,132 @@ async def upload(up: Uploader, req: Request, body: Body) -> Response:
         raise ProtocolError(f"upload larger than the limit of {limit} bytes", 413)
     session_id = str(uuid.uuid4())
     path = up.upload_path(session_id)
+    started = time.monotonic()
+    arrival = Arrival(expected=None if length is None else max(1, length - FORM_SLACK))
+    early: list[UploadJob] = []
     try:
-        form = await receive_upload(body, boundary, path, limit=limit)
-        info = await _probe(up, path)
-        created = await up.metadata.create_video(
-            VideoCreate(title=form.title, duration_sec=max(1, math.ceil(info.duration))),
-            idempotency_key=f"upload-{session_id}")
-        job = UploadJob(up, _session(session_id, created.video_id, form, info), info)
-        await job.submit()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_start_early, up, session_id, path, arrival, early, started)
+                form = await receive_upload(body, boundary, path, limit=limit, arrival=arrival)
+                arrival.ended()
+        except BaseException as exc:
+            arrival.failed(_why(exc))  # a job cutting it as it arrived fails, and cleans up
+            raise _single(exc) from None
+        if early:
+            job = early[0]
+            job.session.size_bytes = form.size
+        else:
+            info = await _probe(up, path)
+            key = f"upload-{session_id}" if arrival.early_key is None else f"upload-{session_id}-2"
+            created = await up.metadata.create_video(
+                VideoCreate(title=form.title, duration_sec=whole_seconds(info.duration)),
+                idempotency_key=key)
+            job = UploadJob(up, _session(session_id, created.video_id, form.title, form.filename,
+                                         form.size, info), info, started=started)
+            await job.submit()
     except BaseException:
-        with trio.move_on_after(5) as scope:
-            scope.shield = True
-            await trio.Path(path).unlink(missing_ok=True)
+        if not early:  # a job that started owns the file
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                await trio.Path(path).unlink(missing_ok=True)
         raise
     s = job.session
-    log.info("upload %s received: %r, %d bytes, %s, %.1f s -> video %s", session_id, s.title,
-             s.size_bytes, info.format_label, info.duration, s.video_id)
+    log.info("upload %s received: %r, %d bytes, %s, %.1f s -> video %s%s", session_id, s.title,
+             s.size_bytes, s.format, s.duration_sec or 0.0, s.video_id,
+             " (cut while it arrived)" if early else "")
     return json_response(200, {
         "video_id": s.video_id, "upload_session_id": session_id, "title": s.title,
         "status": "processing", "message": "Video upload received and processing started",
         "status_url": f"/upload/status/{session_id}", "queue_position": s.queue_position})
 
 
-def _session(session_id: str, video_id: str, form: Received, info: ProbeResult) -> Session:
-    return Session(session_id=session_id, video_id=video_id, title=form.title,
-                   filename=form.filename, size_bytes=form.size,
-                   duration_sec=round(info.duration, 3), format=info.format_label)
+#: What the form around the video may add to the request's length (an estimate:
+#: the video's size is known exactly only once it has arrived).
+FORM_SLACK: Final = 1024
+#: Bytes of an upload read before deciding to cut it as it arrives (FFmpeg needs
+#: its headers; a smaller video is received whole, which is as quick).
+EARLY_BYTES: Final = 512 * 1024
+#: Seconds to register a video and queue its processing, once begun.
+SUBMIT_SECONDS: Final = 30.0
+
+
+async def _start_early(up: Uploader, session_id: str, path: Path, arrival: Arrival,
+                       early: list[UploadJob], started: float) -> None:
+    """Register the video and start cutting it while it arrives, if it can be.
+
+    Never raises: anything that stops it leaves the upload to the whole-file path.
+    """
+    await arrival.wait_past(EARLY_BYTES - 1)
+    if arrival.settled or arrival.title is None or arrival.filename is None:
+        return
+    async with await trio.open_file(path, "rb") as f:
+        head = await f.read(64 * 1024)
+    kind = stream_container(head)
+    if kind is None:
+        log.debug("upload %s: not a container that can be cut as it arrives", session_id)
+        return
+    probed = arrival.written
+    try:
+        info = await probe(up.ffmpeg, path)
+    except VStackError as exc:
+        log.debug("upload %s: its first %d bytes could not be read (%s)", session_id, probed, exc)
+        return
+    if arrival.settled:
+        return
+    # FFmpeg read the length from a header (MP4, most Matroska and FLV), or guessed
+    # it from what had arrived: then it is scaled to the whole (an estimate until cut).
+    duration, size = info.duration, arrival.expected or probed
+    if info.estimated and arrival.expected:
+        duration = info.duration * arrival.expected / probed
+    elif info.estimated:
+        size = probed
+    info = dataclasses.replace(info, duration=duration)
+    title, filename = arrival.title, arrival.filename
+    arrival.early_key = f"upload-{session_id}"
+    with trio.CancelScope(shield=True) as scope:  # a video registered is a job queued
+        scope.deadline = trio.current_time() + SUBMIT_SECONDS
+        try:
+            created = await up.metadata.create_video(
+                VideoCreate(title=title, duration_sec=whole_seconds(duration)),
+                idempotency_key=arrival.early_key)
+            job = UploadJob(up, _session(session_id, created.video_id, title, filename,
+                                         size, info), info, arrival=arrival, plan_size=size,
+                            started=started)
+            job.session.streamed = True
+            await job.submit()
+        except (VStackError, OSError) as exc:
+            log.warning("upload %s: could not start cutting it as it arrives (%s); it will be "
+                        "processed once received", session_id, exc)
+            return
+    if scope.cancelled_caught:
+        return
+    early.append(job)
+    log.info("upload %s: cutting %s as it arrives (%d bytes in, ~%.1f s)", session_id,
+             kind, probed, duration)
+
+
+def _why(exc: BaseException) -> str:
+    leaf = _single(exc)
+    if isinstance(leaf, ProtocolError):
+        return leaf.msg
+    if isinstance(leaf, trio.Cancelled):
+        return "the upload was cancelled"
+    return type(leaf).__name__
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside (nested) groups of one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _session(session_id: str, video_id: str, title: str, filename: str, size: int,
+             info: ProbeResult) -> Session:
+    return Session(session_id=session_id, video_id=video_id, title=title, filename=filename,
+                   size_bytes=size, duration_sec=round(info.duration, 3),
+                   format=info.format_label)
 
 
 async def _probe(up: Uploader, path: Path) -> ProbeResult:

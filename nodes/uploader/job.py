@@ -35,7 +35,14 @@ from typing import Final
 import trio
 
 from protocol.errors import VStackError
-from vstack.media import ChunkingReport, ProbeResult, Segment, SegmentPlan, plan_segments
+from vstack.media import (
+    ChunkingReport,
+    ProbeResult,
+    Segment,
+    SegmentPlan,
+    plan_segments,
+    whole_seconds,
+)
 from vstack.redundancy import ERASURE_CODING, REPLICATION
 from vstack.settings import UploaderSettings
 from vstack.upload_session import Session
@@ -44,6 +51,7 @@ from .cleanup import delete_copies, remove_files, remove_upload, settle_later
 from .errors import ChunkingFailed, OutcomeUnknown, Oversize, UploadFailed
 from .ffmpeg import cut_streaming
 from .placer import Chunk, Placer, ShardPlacer, healthy_nodes
+from .receiver import Arrival
 from .state import Uploader
 
 __all__ = ["UploadJob"]
@@ -61,10 +69,18 @@ ACTIVATE_CHECK_SECONDS: Final = 15.0
 class UploadJob:
     """One upload: its session, files, plan and chunk bookkeeping, and its pipeline."""
 
-    def __init__(self, up: Uploader, session: Session, info: ProbeResult) -> None:
+    def __init__(self, up: Uploader, session: Session, info: ProbeResult, *,
+                 arrival: Arrival | None = None, plan_size: int | None = None,
+                 started: float | None = None) -> None:
+        """``arrival``: the upload is still arriving (cut it as it does), planned as
+        ``plan_size`` bytes; ``started``: when it began (``time.monotonic()``)."""
         self.up = up
         self.session = session
         self.info = info
+        self.arrival = arrival
+        self.plan_size = plan_size
+        self.started = time.monotonic() if started is None else started
+        self.durations: dict[int, float] = {}  # seq -> seconds, of committed chunks
         self.source: Path = up.upload_path(session.session_id)
         self.work: Path = up.work_dir(session.session_id)
         self.plan: SegmentPlan | None = None
@@ -145,7 +161,7 @@ class UploadJob:
     async def _chunk(self, placer: Placer) -> ChunkingReport:
         """Cut and store, copying the video if it can be, re-encoding it otherwise."""
         cfg = self.settings
-        size = (await trio.Path(self.source).stat()).st_size
+        size = self.plan_size or (await trio.Path(self.source).stat()).st_size
         for force in (False, True):
             self.plan = plan = plan_segments(self.info, size, chunk_size=cfg.chunk_size,
                                              chunk_duration=cfg.chunk_duration,
@@ -182,7 +198,8 @@ class UploadJob:
         assert self.plan is not None
         self.report = await cut_streaming(self.up.ffmpeg, self.source, self.work, self.info,
                                           self.plan, send,
-                                          max_segment_bytes=self.settings.max_segment_bytes)
+                                          max_segment_bytes=self.settings.max_segment_bytes,
+                                          arrival=self.arrival)
 
     async def _store_all(self, nursery: trio.Nursery, recv: trio.MemoryReceiveChannel[Segment],
                          placer: Placer) -> None:
@@ -210,11 +227,17 @@ class UploadJob:
         finally:
             in_flight.release()
         self.committed.add(seq)
+        self.durations[seq] = chunk.duration
         self._progress()
 
     def _progress(self) -> None:
         assert self.plan is not None
         s = self.session
+        while s.ready_chunks in self.committed:  # playable: every chunk from the first on
+            s.ready_sec = round(s.ready_sec + self.durations[s.ready_chunks], 3)
+            s.ready_chunks += 1
+        if s.ready_chunks and s.first_chunk_after_sec is None:
+            s.first_chunk_after_sec = round(time.monotonic() - self.started, 3)
         expected = max(1, math.ceil(self.info.duration / self.plan.segment_time))
         s.chunks_done = len(self.committed)
         s.progress = max(s.progress, min(89, 50 + int(40 * len(self.committed) / expected)))
@@ -224,7 +247,9 @@ class UploadJob:
         await delete_copies(self.up.pool, self.video_id, self.stored)
         self.stored.clear()
         self.committed.clear()
-        self.session.chunks_done = 0
+        self.durations.clear()
+        self.session.chunks_done = self.session.ready_chunks = 0
+        self.session.ready_sec = 0.0
 
     async def _activate(self, count: int) -> None:
         """Check the manifest lists every chunk with a copy; make the video ``active``."""
@@ -234,8 +259,12 @@ class UploadJob:
         if manifest.total_chunks != count or any(
                 not (c.replicas or c.fragments) for c in manifest.chunks):
             raise UploadFailed("the manifest does not list every chunk; upload again")
+        assert self.report is not None
+        segs = self.report.segments
+        length = whole_seconds(segs[-1].end - segs[0].start) if segs else None
         try:
-            await self.up.metadata.set_status(self.video_id, "active")
+            # The length FFmpeg cut: a video cut as it arrived was created with an estimate.
+            await self.up.metadata.set_status(self.video_id, "active", duration_sec=length)
         except VStackError:
             # The change may have been made and only its answer lost: ask before
             # failing, since failing deletes the video.

@@ -58,16 +58,17 @@ log = logging.getLogger("vstack.uploader")
 BAN_SECONDS: Final = 30.0
 #: How long one node may take to store one small chunk (connect, send, fsync, answer).
 PUT_SECONDS: Final = 10.0
-#: The slowest a node may take the bytes of a large one (bytes per second): past
-#: that it is treated as failed and another node takes the copy, so a node that
-#: went silent (a cut link drops packets: no reset ever comes) costs an upload
-#: seconds, not a minute per copy.
-PUT_MIN_RATE: Final = 1 << 20
+#: The slowest a node may take the bytes of large ones (bytes per second, for
+#: all the writes in flight to it): past that it is treated as failed and another
+#: node takes the copy, so a node that went silent (a cut link drops packets: no
+#: reset ever comes) costs an upload seconds, not a minute per copy.
+PUT_MIN_RATE: Final = 256 * 1024
 
 
-def put_seconds(size: int) -> float:
-    """The deadline for storing ``size`` bytes on one node."""
-    return PUT_SECONDS + size / PUT_MIN_RATE
+def put_seconds(size: int, in_flight: int = 1) -> float:
+    """The deadline for storing ``size`` bytes on one node that is taking
+    ``in_flight`` writes of about that size at once (this one included)."""
+    return PUT_SECONDS + size * max(1, in_flight) / PUT_MIN_RATE
 #: Store-and-commit rounds per chunk before the upload gives up.
 ROUNDS: Final = 3
 
@@ -218,7 +219,8 @@ class Placer:
         chunk = state.chunk
         with self.tracker.writing(node.url):
             try:
-                with deadline(put_seconds(len(chunk.data)), f"storing {chunk.id} on {node.node_id}"):
+                with deadline(put_seconds(len(chunk.data), self.tracker.load.get(node.url, 1)),
+                              f"storing {chunk.id} on {node.node_id}"):
                     await self.pool.put(node.url, chunk.id, chunk.data, chunk.sha256)
             except VStackError as exc:
                 self.tracker.ban(node.url)
@@ -294,7 +296,8 @@ class ShardPlacer(Placer):
         sid = shard_id(state.chunk.id, shard.index)
         with self.tracker.writing(node.url):
             try:
-                with deadline(put_seconds(len(shard.data)), f"storing {sid} on {node.node_id}"):
+                with deadline(put_seconds(len(shard.data), self.tracker.load.get(node.url, 1)),
+                              f"storing {sid} on {node.node_id}"):
                     await self.pool.put(node.url, sid, bytes(shard.data), shard.sha256)
             except VStackError as exc:
                 self.tracker.ban(node.url)

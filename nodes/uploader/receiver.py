@@ -25,11 +25,15 @@ from protocol.errors import ProtocolError
 from protocol.multipart import Done, MultipartParser, PartData, PartEnd, PartStart
 from protocol.validate import ValidationError
 
-__all__ = ["MAX_TITLE", "WRITE_BATCH", "Received", "receive_upload"]
+__all__ = ["MAX_TITLE", "WRITE_BATCH", "Arrival", "Received", "receive_upload"]
 
 MAX_TITLE: Final = 255
-#: Bytes of video gathered before one write to disk.
-WRITE_BATCH: Final = 1 << 20
+#: Bytes of video gathered before one write to disk (and made visible to a reader
+#: of the arriving file: FFmpeg cutting it as it arrives).
+WRITE_BATCH: Final = 256 * 1024
+#: Seconds a slow upload's bytes may wait in memory before a reader of the
+#: arriving file sees them.
+FLUSH_SECONDS: Final = 0.2
 #: What the multipart framing may add to the video's own bytes.
 FORM_OVERHEAD: Final = 64 * 1024
 
@@ -43,8 +47,58 @@ class Received:
     size: int
 
 
-async def receive_upload(body: Body, boundary: bytes, path: Path, *, limit: int) -> Received:
+class Arrival:
+    """How far an upload's video has arrived on disk, for a reader that follows it.
+
+    The receiver calls :meth:`wrote` after each write, then :meth:`ended` or
+    :meth:`failed`; a reader waits with :meth:`wait_past` and reads up to
+    :attr:`written`. ``title`` is the form's title once its part ended (a
+    form that sends it before the video can be processed as it arrives).
+    """
+
+    def __init__(self, expected: int | None = None) -> None:
+        self.expected = expected  # the video's size, if the request said (about)
+        self.written = 0
+        self.title: str | None = None
+        self.filename: str | None = None
+        self.early_key: str | None = None  # the idempotency key of a video registered early
+        self.done = False
+        self.error: str | None = None
+        self._changed = trio.Event()
+
+    def wrote(self, n: int) -> None:
+        self.written += n
+        self._notify()
+
+    def ended(self) -> None:
+        self.done = True
+        self._notify()
+
+    def failed(self, why: str) -> None:
+        if not self.done:
+            self.error = why
+            self._notify()
+
+    @property
+    def settled(self) -> bool:
+        return self.done or self.error is not None
+
+    async def wait_past(self, offset: int) -> None:
+        """Return once more than ``offset`` bytes are written, or the upload settled."""
+        while self.written <= offset and not self.settled:
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+async def receive_upload(body: Body, boundary: bytes, path: Path, *, limit: int,
+                         arrival: Arrival | None = None) -> Received:
     """Stream the form's video part to ``path``; returns the form's fields.
+
+    ``arrival`` (if given) learns of every write and of the title; this function
+    does not end or fail it (its caller does, knowing what the upload became).
 
     Raises:
         ProtocolError: 413 past ``limit`` bytes of video, 400 for a malformed
@@ -55,6 +109,16 @@ async def receive_upload(body: Body, boundary: bytes, path: Path, *, limit: int)
     form = _Form(limit)
     pending: list[bytes] = []
     pending_bytes = 0
+
+    async def flush() -> None:
+        nonlocal pending, pending_bytes
+        await f.write(b"".join(pending))
+        await f.flush()
+        if arrival is not None:
+            arrival.wrote(pending_bytes)
+        pending, pending_bytes = [], 0
+
+    flushed = trio.current_time()
     async with await trio.open_file(path, "wb") as f:
         async for piece in body.chunks(limit + FORM_OVERHEAD):
             for event in parser.feed(piece):
@@ -64,12 +128,18 @@ async def receive_upload(body: Body, boundary: bytes, path: Path, *, limit: int)
                 if data:
                     pending.append(data)
                     pending_bytes += len(data)
-                if pending_bytes >= WRITE_BATCH:
-                    await f.write(b"".join(pending))
-                    pending, pending_bytes = [], 0
+                if arrival is not None and arrival.title is None and form.title_ok():
+                    arrival.title = form.title
+                if arrival is not None and data:
+                    arrival.filename = form.filename
+            if pending_bytes >= WRITE_BATCH or (
+                    arrival is not None and pending
+                    and trio.current_time() - flushed >= FLUSH_SECONDS):
+                await flush()
+                flushed = trio.current_time()
         parser.close()
         if pending:
-            await f.write(b"".join(pending))
+            await flush()
     return form.result()
 
 
@@ -113,6 +183,10 @@ class _Form:
             if not part.filename:
                 raise ProtocolError("No filename provided", 400)
             self.filename = part.filename
+
+    def title_ok(self) -> bool:
+        """The title part has ended with a title :meth:`result` would take."""
+        return bool(self.title) and len(self.title or "") <= MAX_TITLE
 
     def result(self) -> Received:
         """The form, once the body ended.
