@@ -17,8 +17,13 @@ __all__ = ["main", "make_sample"]
 
 
 def make_sample(out: Path, *, seconds: float, size: str = "1280x720", rate: int = 25,
-                bitrate: str | None = None, preset: str = "veryfast") -> Path:
+                bitrate: str | None = None, preset: str = "veryfast",
+                faststart: bool = True) -> Path:
+    """An H.264/AAC test video; ``faststart``: its index first, as web video is
+    published (an uploader can cut such a file while it arrives)."""
     video = ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-g", str(2 * rate)]
+    if faststart:
+        video += ["-movflags", "+faststart"]
     if bitrate:
         video += ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate]
     subprocess.run(

@@ -15,6 +15,7 @@ upload does. An upload cut off midway stops FFmpeg and fails the cut.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from pathlib import Path
@@ -100,6 +101,8 @@ async def _run_fed(cmd: list[str], src: Path, arrival: Arrival) -> subprocess.Co
         raise ChunkingFailed(f"FFmpeg ({cmd[0]}) could not be started: {exc}") from None
     assert proc.stdin is not None
     assert proc.stderr is not None
+    if isinstance(proc.stdin, trio.lowlevel.FdStream):
+        _widen_pipe(proc.stdin.fileno())
     err = bytearray()
     stopped: str | None = None
     try:
@@ -130,6 +133,14 @@ async def _run_fed(cmd: list[str], src: Path, arrival: Arrival) -> subprocess.Co
         raise ChunkingFailed(stopped)
     code = proc.returncode if proc.returncode is not None else -9
     return subprocess.CompletedProcess(cmd, code, b"", bytes(err))
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe to FFmpeg (Linux), not 64 KiB: a sixteenth of the wake-ups."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), FEED_BYTES)
+    except OSError:
+        pass  # over /proc/sys/fs/pipe-max-size, or not Linux: the default works
 
 
 async def _feed(stdin: trio.abc.SendStream, src: Path, arrival: Arrival) -> str | None:
