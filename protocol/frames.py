@@ -242,6 +242,7 @@ class FrameConnection:
         self._key: bytes | None = None
         self._large: bytearray | None = None  # the payload being assembled in place
         self._fill = 0
+        self._reserved = False  # the payload being received was admitted (reserve_payload)
         self._error: RemoteProtocolError | None = None
         self.their_eof = False
 
@@ -286,15 +287,28 @@ class FrameConnection:
 
     def _grow(self) -> None:
         """Double the payload buffer (at most to the payload's length): memory
-        follows the bytes received, never the length a header promised."""
+        follows the bytes received, never the length a header promised. Once a
+        quarter of a payload :meth:`reserve_payload` admitted has arrived, the
+        buffer takes its whole size at once (no more copies)."""
+        assert self._large is not None
+        size = max(LARGE_PAYLOAD, 2 * len(self._large))
+        if self._reserved and self._fill * 4 >= self._payload_length:
+            size = self._payload_length
+        self._grow_to(min(self._payload_length, size))
+
+    def _grow_to(self, size: int) -> None:
         assert self._large is not None
         old = self._large
-        size = min(self._payload_length, max(LARGE_PAYLOAD, 2 * len(old)))
-        try:
-            old.extend(bytes(size - len(old)))
-        except BufferError:  # a window onto it is still held: move to a new buffer
-            self._large = bytearray(size)
-            self._large[: len(old)] = old
+        self._large = bytearray(size)
+        self._large[: self._fill] = memoryview(old)[: self._fill]
+
+    def reserve_payload(self) -> None:
+        """Say the payload being received was admitted (its length is charged to
+        a budget): once a quarter of it has arrived, its buffer grows to its
+        whole size in one step rather than doubling on (each doubling copies
+        what arrived and zero-fills as much again). Memory still follows the
+        bytes that came: at most four times them."""
+        self._reserved = True
 
     def payload_received(self, n: int) -> None:
         """``n`` bytes were written into :meth:`payload_window`."""
@@ -378,6 +392,7 @@ class FrameConnection:
             if self._fill < payload_len:
                 return self._need_data()
             payload, self._large, self._fill = self._large, None, 0
+            self._reserved = False
         else:
             if avail < payload_len:
                 return self._need_data()

@@ -82,6 +82,75 @@ async def test_sigkill_during_puts_loses_no_acknowledged_chunk(
 
 
 @pytest.mark.slow
+async def test_sigkill_during_pipelined_puts_keeps_every_acknowledged_chunk_whole(
+    node_process: Callable[..., Any],
+) -> None:
+    """Many PUTs in flight on each connection (the node hashes each chunk while
+    another thread writes it, and writes its header last): after a SIGKILL,
+    every acknowledged chunk reads back with its bytes and its SHA-256."""
+    proc = node_process(MAX_SUPERBLOCK_SIZE=str(16 * 1024 * 1024))
+    await trio.to_thread.run_sync(proc.start)
+    acked: dict[str, bytes] = {}
+    attempted: dict[str, bytes] = {}
+    enough = trio.Event()
+
+    async def put(client: Any, cid: str, limit: trio.Semaphore) -> None:
+        data = blob(cid, 1_500_000 + 4096 * len(attempted) % 65536)
+        attempted[cid] = data
+        try:
+            status, info = await client.put(cid, data)
+        except (trio.BrokenResourceError, OSError, ProtocolError):
+            return  # the node died under us
+        finally:
+            limit.release()
+        assert status == 201
+        assert info.sha256 == hashlib.sha256(data).digest()  # the node's own hash
+        acked[cid] = data
+        if len(acked) >= 40:
+            enough.set()
+
+    async def connection(c: int) -> None:
+        try:
+            async with open_frame_client("127.0.0.1", proc.binary_port) as client, \
+                    trio.open_nursery() as nursery:
+                limit = trio.Semaphore(8)  # 8 PUTs in flight on this one connection
+                for i in range(10_000):
+                    await limit.acquire()
+                    nursery.start_soon(put, client, f"p{c}-chunk-{i:05d}", limit)
+        except (trio.BrokenResourceError, OSError, ProtocolError):
+            return
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for c in range(2):
+                nursery.start_soon(connection, c)
+            await enough.wait()
+            proc.proc.send_signal(signal.SIGKILL)
+            nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(lambda: proc.proc.wait(10))
+    assert len(acked) >= 40
+    assert set(attempted) - set(acked), "the kill must land while writes are in flight"
+
+    await trio.to_thread.run_sync(proc.start)
+    async with open_frame_client("127.0.0.1", proc.binary_port) as client:
+        for cid, data in sorted(acked.items()):
+            assert await client.get(cid) == data, cid
+            assert (await client.head(cid)).sha256 == hashlib.sha256(data).digest(), cid
+        statuses: list[int] = []
+        for cid in sorted(set(attempted) - set(acked)):
+            try:
+                got = await client.get(cid)
+            except ProtocolError as exc:
+                statuses.append(exc.status)
+                continue
+            assert got == attempted[cid]  # whole, never partial
+        assert set(statuses) <= {404}  # absent, never damaged
+    health = (await request("GET", f"http://127.0.0.1:{proc.port}/health")).json()
+    assert health["quarantined"] == []
+    await trio.to_thread.run_sync(lambda: proc.kill(signal.SIGTERM))
+
+
+@pytest.mark.slow
 async def test_clean_restart_uses_the_checkpoint(node_process: Callable[..., Any]) -> None:
     proc = node_process()
     await trio.to_thread.run_sync(proc.start)

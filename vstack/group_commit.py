@@ -53,6 +53,9 @@ __all__ = [
     "collect_batch",
     "fsync_batch",
     "make_write",
+    "seal",
+    "write_data",
+    "write_header",
     "write_record",
 ]
 
@@ -126,6 +129,16 @@ def make_write(kind: WriteKind, key: bytes, *, sb_id: int, offset: int, seq: int
                         sha=sha, source=source, target_row_seq=target_row_seq)
 
 
+def seal(pw: PendingWrite, sha: bytes) -> None:
+    """Give a reserved write its SHA-256, computed while its data was being written
+    (:func:`write_data`); its header is encoded again, to be written by
+    :func:`write_header`. The write is not ``written`` until both are done."""
+    pw.sha = sha
+    pw.header = encode_header(RecordHeader(
+        key=pw.key, seq=pw.seq, sb_id=pw.sb, offset=pw.offset, size=pw.size, crc=pw.crc,
+        sha256=sha, tombstone=False, target_sb=0))
+
+
 def write_record(fd: int, pw: PendingWrite) -> None:
     """Blocking: put the record's header, data and padding in place (no fsync)."""
     pad = pw.length - HEADER_SIZE - pw.size
@@ -134,7 +147,26 @@ def write_record(fd: int, pw: PendingWrite) -> None:
         bufs.append(pw.data)
     if pad:
         bufs.append(_PAD[:pad])
-    pos, total = pw.offset, pw.length
+    _pwrite_all(fd, bufs, pw.offset, pw.length)
+
+
+def write_data(fd: int, pw: PendingWrite) -> None:
+    """Blocking: the record's data and padding only (its header: :func:`write_header`)."""
+    pad = pw.length - HEADER_SIZE - pw.size
+    bufs: list[bytes | bytearray | memoryview] = [pw.data] if pw.size else []
+    if pad:
+        bufs.append(_PAD[:pad])
+    _pwrite_all(fd, bufs, pw.offset + HEADER_SIZE, pw.length - HEADER_SIZE)
+    fsio.start_writeback(fd, pw.offset + HEADER_SIZE, pw.length - HEADER_SIZE)
+
+
+def write_header(fd: int, pw: PendingWrite) -> None:
+    """Blocking: the record's header only."""
+    _pwrite_all(fd, [pw.header], pw.offset, HEADER_SIZE)
+
+
+def _pwrite_all(fd: int, bufs: list[bytes | bytearray | memoryview], pos: int,
+                total: int) -> None:
     while total:
         n = fsio.fs.pwritev(fd, bufs, pos)
         if n <= 0:

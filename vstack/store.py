@@ -297,6 +297,15 @@ class SuperblockStore:
         """Blocking: put the record's bytes in place (no fsync)."""
         group_commit.write_record(self._files[pw.sb].fd, pw)
 
+    def write_data(self, pw: PendingWrite) -> None:
+        """Blocking: the record's data (a put reserved before its SHA-256 was known)."""
+        group_commit.write_data(self._files[pw.sb].fd, pw)
+
+    def write_sealed_header(self, pw: PendingWrite, sha: bytes) -> None:
+        """Blocking: seal the put with its SHA-256 and write its header."""
+        group_commit.seal(pw, sha)
+        group_commit.write_header(self._files[pw.sb].fd, pw)
+
     def mark_written(self, pw: PendingWrite, error: BaseException | None = None) -> None:
         pw.state = "failed" if error is not None else "written"
         pw.error = error

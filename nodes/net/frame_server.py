@@ -330,6 +330,7 @@ class _Connection:
                     size = header.payload_length
                     await self._admit(header)  # before anything is reserved or read for it
                     await self.budget.acquire(size)  # before a byte of its payload is read
+                    conn.reserve_payload()  # charged: one buffer of its size, never copied
                     charge, reserved = size, True
                     deadline = trio.current_time() + limits.header_timeout + (
                         size / limits.min_payload_rate)

@@ -120,6 +120,12 @@ class StorageNode:
             raise ProtocolError("Empty chunk data", 400)
         if len(data) > self.settings.max_chunk_bytes:
             raise ProtocolError(f"Chunk larger than {self.settings.max_chunk_bytes} bytes", 413)
+        if checksum is None and crc is not None:
+            fresh = self.store.lookup(key)
+            if fresh is None or fresh.quarantined:
+                loc = await self._put_hashing_while_writing(key, data, crc)
+                if loc is not None:
+                    return 201, loc
         sha, crc = await trio.to_thread.run_sync(_digests, data, crc)
         if checksum is not None and parse_sha256(checksum) != sha.hex():
             raise ProtocolError("Checksum mismatch", 400)
@@ -135,6 +141,45 @@ class StorageNode:
             loc = self.store.lookup(key)
             assert loc is not None
             return 201, loc
+
+    async def _put_hashing_while_writing(self, key: bytes, data: bytes | bytearray,
+                                         crc: int) -> Location | None:
+        """A new chunk whose CRC32C the transport checked: its SHA-256 is computed
+        in one thread while another writes its bytes (and starts their writeback),
+        and its header, which holds the SHA-256, is written last. ``None``: another
+        write of the key was in flight (it has finished: look again).
+
+        Safe like any write: it counts as written only once data and header are
+        both in place, and is acknowledged only after the group commit's fsync.
+        """
+        self._check_space(len(data))
+        try:
+            pw = self.store.reserve_put(key, data, sha=bytes(32), crc=crc)
+        except Busy as busy:
+            await busy.pending.waiter.wait()
+            return None
+        pw.waiter = trio.Event()
+
+        def seal() -> None:
+            self.store.write_sealed_header(pw, hashlib.sha256(data).digest())
+
+        with trio.CancelScope(shield=True):  # reserved: it must be written (see commit)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.to_thread.run_sync, self.store.write_data, pw)
+                    nursery.start_soon(trio.to_thread.run_sync, seal)
+                self.store.mark_written(pw)
+            except* OSError as group:
+                log.error("write of %s failed: %s", key.decode(errors="replace"),
+                          group.exceptions[0])
+                self.store.mark_written(pw, group.exceptions[0])
+            self._dirty.set()
+        await pw.waiter.wait()
+        if pw.error is not None:
+            raise _write_error(pw.error)
+        loc = self.store.lookup(key)
+        assert loc is not None
+        return loc
 
     async def delete(self, chunk_id: str) -> None:
         """Append a tombstone for ``chunk_id``; 404 if it is not stored."""
