@@ -34,7 +34,7 @@ async def test_sigkill_during_puts_loses_no_acknowledged_chunk(
     async def writer(w: int) -> None:
         try:
             async with open_frame_client("127.0.0.1", proc.binary_port) as client:
-                for i in range(10_000):
+                for i in range(150):  # bounded: at most 6 x 150 x ~0.7 MB, if never killed
                     cid = f"w{w}-chunk-{i:05d}"
                     attempted.add(cid)
                     status, _ = await client.put(cid, blob(cid, 700_000 + 1000 * w))
@@ -95,7 +95,7 @@ async def test_sigkill_during_pipelined_puts_keeps_every_acknowledged_chunk_whol
     enough = trio.Event()
 
     async def put(client: Any, cid: str, limit: trio.Semaphore) -> None:
-        data = blob(cid, 1_500_000 + 4096 * len(attempted) % 65536)
+        data = blob(cid, 1_000_000 + 4096 * len(attempted) % 65536)
         attempted[cid] = data
         try:
             status, info = await client.put(cid, data)
@@ -114,7 +114,7 @@ async def test_sigkill_during_pipelined_puts_keeps_every_acknowledged_chunk_whol
             async with open_frame_client("127.0.0.1", proc.binary_port) as client, \
                     trio.open_nursery() as nursery:
                 limit = trio.Semaphore(8)  # 8 PUTs in flight on this one connection
-                for i in range(10_000):
+                for i in range(150):  # bounded: at most 2 x 150 x ~1 MB, if never killed
                     await limit.acquire()
                     nursery.start_soon(put, client, f"p{c}-chunk-{i:05d}", limit)
         except (trio.BrokenResourceError, OSError, ProtocolError):

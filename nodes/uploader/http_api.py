@@ -132,6 +132,11 @@ async def _start_early(up: Uploader, session_id: str, path: Path, arrival: Arriv
     await arrival.wait_past(EARLY_BYTES - 1)
     if arrival.settled or arrival.title is None or arrival.filename is None:
         return
+    if not up.queue.free:
+        # Cutting as it arrives holds a processing slot for as long as the upload
+        # takes: only a slot nobody waits for, never one a queued upload needs.
+        log.debug("upload %s: no free processing slot; received whole first", session_id)
+        return
     async with await trio.open_file(path, "rb") as f:
         head = await f.read(64 * 1024)
     kind = stream_container(head)

@@ -44,6 +44,11 @@ class UploadQueue:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def free(self) -> bool:
+        """A slot is free now, and nobody waits for one."""
+        return self._slots.value > 0 and not self._waiting
+
     def enter(self, session: Session) -> None:
         self._waiting.append(session)
         self._renumber()
