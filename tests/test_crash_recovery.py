@@ -90,13 +90,14 @@ async def test_sigkill_during_pipelined_puts_keeps_every_acknowledged_chunk_whol
     every acknowledged chunk reads back with its bytes and its SHA-256."""
     proc = node_process(MAX_SUPERBLOCK_SIZE=str(16 * 1024 * 1024))
     await trio.to_thread.run_sync(proc.start)
-    acked: dict[str, bytes] = {}
-    attempted: dict[str, bytes] = {}
+    acked: dict[str, int] = {}  # chunk id -> size (its bytes are blob(id, size))
+    attempted: dict[str, int] = {}
     enough = trio.Event()
 
     async def put(client: Any, cid: str, limit: trio.Semaphore) -> None:
-        data = blob(cid, 1_000_000 + 4096 * len(attempted) % 65536)
-        attempted[cid] = data
+        size = 1_000_000 + 4096 * len(attempted) % 65536
+        data = blob(cid, size)
+        attempted[cid] = size
         try:
             status, info = await client.put(cid, data)
         except (trio.BrokenResourceError, OSError, ProtocolError):
@@ -105,7 +106,7 @@ async def test_sigkill_during_pipelined_puts_keeps_every_acknowledged_chunk_whol
             limit.release()
         assert status == 201
         assert info.sha256 == hashlib.sha256(data).digest()  # the node's own hash
-        acked[cid] = data
+        acked[cid] = size
         if len(acked) >= 40:
             enough.set()
 
@@ -133,7 +134,8 @@ async def test_sigkill_during_pipelined_puts_keeps_every_acknowledged_chunk_whol
 
     await trio.to_thread.run_sync(proc.start)
     async with open_frame_client("127.0.0.1", proc.binary_port) as client:
-        for cid, data in sorted(acked.items()):
+        for cid, size in sorted(acked.items()):
+            data = blob(cid, size)
             assert await client.get(cid) == data, cid
             assert (await client.head(cid)).sha256 == hashlib.sha256(data).digest(), cid
         statuses: list[int] = []
@@ -143,7 +145,7 @@ async def test_sigkill_during_pipelined_puts_keeps_every_acknowledged_chunk_whol
             except ProtocolError as exc:
                 statuses.append(exc.status)
                 continue
-            assert got == attempted[cid]  # whole, never partial
+            assert got == blob(cid, attempted[cid])  # whole, never partial
         assert set(statuses) <= {404}  # absent, never damaged
     health = (await request("GET", f"http://127.0.0.1:{proc.port}/health")).json()
     assert health["quarantined"] == []

@@ -20,10 +20,19 @@ import pytest
 import trio
 
 from nodes.net.http_client import request
+from protocol.errors import ConnectionLost
 from vstack.media import stream_container, whole_seconds
 
 from .conftest import ffmpeg_exe
-from .test_uploader import Cluster, cluster, decodes_cleanly, download, probe_file, wait_done
+from .test_uploader import (
+    Cluster,
+    cluster,
+    decodes_cleanly,
+    download,
+    probe_file,
+    upload,
+    wait_done,
+)
 
 SECONDS = 12
 LAVFI = ["-f", "lavfi", "-i",  # noise: the bit rate asked for is the bit rate made
@@ -213,3 +222,91 @@ def test_whole_seconds_rounds_to_the_nearest_second() -> None:
 ])
 def test_stream_container_reads_only_the_head(head: bytes, kind: str | None) -> None:
     assert stream_container(head) == kind
+
+
+async def _send_all_slowly(c: Cluster, name: str, data: bytes) -> dict[str, Any]:
+    """The whole form, sent slowly (cut as it arrives if it can be); the final status."""
+    head, _, tail = _form(name, data)
+    stream = await _send_head(c, len(head) + len(data) + len(tail))
+    await stream.send_all(head)
+    await _send_slowly(stream, data + tail)
+    answer = b""
+    with trio.fail_after(60):
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            piece = await stream.receive_some(65536)
+            assert piece, answer
+            answer += piece
+    await stream.aclose()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    return await wait_done(c, json.loads(answer.split(b"\r\n\r\n", 1)[1])["upload_session_id"])
+
+
+@pytest.mark.slow
+async def test_a_truncated_video_fails_however_fast_it_arrives(
+    sources: dict[str, Path], start_node: Callable[..., Any],
+    start_metadata: Callable[..., Any], start_uploader: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """A Matroska file cut to two thirds (its header says 12 s) is refused when cut
+    as it arrives, as it is when received whole: never a shorter video, completed."""
+    c = await cluster(start_node, start_metadata, start_uploader, tmp_path, chunk_duration=2.0,
+                      redundancy="replication")
+    data = sources["clip.mkv"].read_bytes()
+    state = await _send_all_slowly(c, "clip.mkv", data[: len(data) * 2 // 3])
+    assert state.get("streamed") is True
+    assert state["status"] == "failed", state
+    assert "truncated" in state["error"]
+    with trio.fail_after(10):  # and its video is withdrawn
+        while await _video_titled(c, "slow clip.mkv") is not None:
+            await trio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_a_lost_answer_to_the_early_registration_leaves_one_video(
+    sources: dict[str, Path], start_node: Callable[..., Any],
+    start_metadata: Callable[..., Any], start_uploader: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """The video is registered early, but the answer is lost: the upload goes on
+    received whole, and the early video is withdrawn, not left beside the real one."""
+    c = await cluster(start_node, start_metadata, start_uploader, tmp_path, chunk_duration=2.0,
+                      redundancy="replication")
+    real = c.uploader.metadata.create_video
+    calls = 0
+
+    async def first_answer_lost(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        created = await real(*args, **kwargs)
+        if calls == 1:
+            raise ConnectionLost("metadata service closed the connection")
+        return created
+
+    c.uploader.metadata.create_video = first_answer_lost
+    state = await _send_all_slowly(c, "clip.ts", sources["clip.ts"].read_bytes())
+    assert calls == 2
+    assert state["status"] == "completed", state
+    assert not state.get("streamed")
+    videos = (await request("GET", f"{c.meta_url}/videos")).json()
+    assert [(v["video_id"], v["status"]) for v in videos if v["title"] == "slow clip.ts"] == [
+        (state["video_id"], "active")]
+
+
+@pytest.mark.slow
+async def test_a_slow_upload_cut_as_it_arrives_never_holds_up_the_others(
+    sources: dict[str, Path], start_node: Callable[..., Any],
+    start_metadata: Callable[..., Any], start_uploader: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """One processing slot: an upload cut as it arrives and held mid-way keeps its own
+    slot, and an upload received meanwhile is processed at once, not queued behind it."""
+    c = await cluster(start_node, start_metadata, start_uploader, tmp_path, chunk_duration=2.0,
+                      redundancy="replication", max_concurrent_uploads=1)
+    head, data, tail = _form("clip.ts", sources["clip.ts"].read_bytes())
+    stream = await _send_head(c, len(head) + len(data) + len(tail))
+    await stream.send_all(head)
+    await _send_slowly(stream, data[: len(data) // 2])
+    with trio.fail_after(20):  # being cut as it arrives
+        while await _video_titled(c, "slow clip.ts") is None:
+            await trio.sleep(0.2)
+    other = (await upload(c, sources["clip.avi"], title="received meanwhile")).json()
+    state = await wait_done(c, other["upload_session_id"], seconds=60)
+    assert state["status"] == "completed", state
+    await stream.aclose()

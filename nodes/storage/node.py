@@ -144,13 +144,15 @@ class StorageNode:
 
     async def _put_hashing_while_writing(self, key: bytes, data: bytes | bytearray,
                                          crc: int) -> Location | None:
-        """A new chunk whose CRC32C the transport checked: its SHA-256 is computed
-        in one thread while another writes its bytes (and starts their writeback),
-        and its header, which holds the SHA-256, is written last. ``None``: another
-        write of the key was in flight (it has finished: look again).
+        """A new chunk whose CRC32C the transport checked: one thread writes its
+        bytes (and starts their writeback) while another computes its SHA-256 and
+        then writes its header, which holds the SHA-256. ``None``: another write
+        of the key was in flight (it has finished: look again).
 
         Safe like any write: it counts as written only once data and header are
         both in place, and is acknowledged only after the group commit's fsync.
+        A crash between the two leaves a record whose header or CRC32C does not
+        check: recovery skips it, and it was never acknowledged.
         """
         self._check_space(len(data))
         try:
@@ -169,10 +171,16 @@ class StorageNode:
                     nursery.start_soon(trio.to_thread.run_sync, self.store.write_data, pw)
                     nursery.start_soon(trio.to_thread.run_sync, seal)
                 self.store.mark_written(pw)
-            except* OSError as group:
-                log.error("write of %s failed: %s", key.decode(errors="replace"),
-                          group.exceptions[0])
-                self.store.mark_written(pw, group.exceptions[0])
+            except BaseException as group:
+                # Failed, whatever the error: never left reserved, or every write
+                # behind it in its superblock would wait forever.
+                first = group.exceptions[0] if isinstance(group, BaseExceptionGroup) else group
+                log.error("write of %s failed: %r", key.decode(errors="replace"), first)
+                self.store.mark_written(pw, first if isinstance(first, OSError)
+                                        else OSError(f"write failed: {first!r}"))
+                if not isinstance(first, OSError):
+                    self._dirty.set()
+                    raise
             self._dirty.set()
         await pw.waiter.wait()
         if pw.error is not None:

@@ -197,9 +197,10 @@ async def cut_streaming(ffmpeg: str, src: Path, out_dir: Path, info: ProbeResult
             raise Oversize(too_big, max_segment_bytes)
         if isinstance(outcome[0], ChunkingFailed):
             raise outcome[0]
-        # A video cut as it arrived was planned from its first bytes: its length
-        # is known only now, so there is nothing to compare the cut with.
-        return _report(outcome[0], sent, info, plan, whole=arrival is None)
+        # A video cut as it arrived whose length FFmpeg guessed from its first bytes
+        # has nothing to compare the cut with; one whose header gave it does.
+        return _report(outcome[0], sent, info, plan,
+                       whole=arrival is None or not info.estimated)
 
 
 async def _forward(out_dir: Path, done: trio.Event, send: trio.MemorySendChannel[Segment],

@@ -34,6 +34,7 @@ from protocol.http import Request, Response, Router, json_response
 from protocol.multipart import parse_boundary
 from vstack.auth import Access
 from vstack.media import ProbeError, ProbeResult, stream_container, whole_seconds
+from vstack.registers import idempotent_video_id
 from vstack.upload_session import Session
 
 from .errors import ChunkingFailed
@@ -90,7 +91,13 @@ async def upload(up: Uploader, req: Request, body: Body) -> Response:
             job.session.size_bytes = form.size
         else:
             info = await _probe(up, path)
-            key = f"upload-{session_id}" if arrival.early_key is None else f"upload-{session_id}-2"
+            key = f"upload-{session_id}"
+            if arrival.early_key is not None:
+                # The early start tried to register the video and gave up: its answer
+                # may have been lost after the video was made. That video goes (it is
+                # named by its key), and this upload registers one of its own.
+                await _forget_early_video(up, arrival.early_key)
+                key = f"upload-{session_id}-2"
             created = await up.metadata.create_video(
                 VideoCreate(title=form.title, duration_sec=whole_seconds(info.duration)),
                 idempotency_key=key)
@@ -132,10 +139,11 @@ async def _start_early(up: Uploader, session_id: str, path: Path, arrival: Arriv
     await arrival.wait_past(EARLY_BYTES - 1)
     if arrival.settled or arrival.title is None or arrival.filename is None:
         return
-    if not up.queue.free:
-        # Cutting as it arrives holds a processing slot for as long as the upload
-        # takes: only a slot nobody waits for, never one a queued upload needs.
-        log.debug("upload %s: no free processing slot; received whole first", session_id)
+    if not up.live.free:
+        # Cutting as it arrives holds a slot for as long as the upload takes (its
+        # own kind: never one a received upload waits for); none free, none taken.
+        log.debug("upload %s: no free slot to cut it as it arrives; received whole first",
+                  session_id)
         return
     async with await trio.open_file(path, "rb") as f:
         head = await f.read(64 * 1024)
@@ -181,6 +189,20 @@ async def _start_early(up: Uploader, session_id: str, path: Path, arrival: Arriv
     early.append(job)
     log.info("upload %s: cutting %s as it arrives (%d bytes in, ~%.1f s)", session_id,
              kind, probed, duration)
+
+
+async def _forget_early_video(up: Uploader, key: str) -> None:
+    """Delete the video an abandoned early start may have registered under ``key``.
+
+    Raises:
+        ProtocolError: 503 if the metadata service cannot say (nothing registered).
+    """
+    video_id = idempotent_video_id(key)
+    try:
+        await up.metadata.delete_video(video_id)
+    except VStackError as exc:
+        raise ProtocolError(f"could not withdraw video {video_id} registered while the "
+                            f"upload arrived ({exc}); upload again", 503) from None
 
 
 def _why(exc: BaseException) -> str:

@@ -52,7 +52,7 @@ from .errors import ChunkingFailed, OutcomeUnknown, Oversize, UploadFailed
 from .ffmpeg import cut_streaming
 from .placer import Chunk, Placer, ShardPlacer, healthy_nodes
 from .receiver import Arrival
-from .state import Uploader
+from .state import Uploader, UploadQueue
 
 __all__ = ["UploadJob"]
 
@@ -93,6 +93,11 @@ class UploadJob:
         return self.up.settings
 
     @property
+    def queue(self) -> UploadQueue:
+        """Where it waits for a processing slot: cut as it arrives, it has its own."""
+        return self.up.live if self.arrival is not None else self.up.queue
+
+    @property
     def video_id(self) -> str:
         return self.session.video_id
 
@@ -104,12 +109,12 @@ class UploadJob:
         """
         up, s = self.up, self.session
         up.sessions[s.session_id] = s
-        up.queue.enter(s)
+        self.queue.enter(s)
         try:
             await up.save(s)
         except BaseException:
             del up.sessions[s.session_id]
-            up.queue.leave(s)
+            self.queue.leave(s)
             with trio.move_on_after(CLEANUP_SECONDS) as scope:
                 scope.shield = True
                 await remove_upload(up, s.video_id, {})
@@ -119,7 +124,7 @@ class UploadJob:
     async def run(self) -> None:
         """Process the upload; a failure fails the session, never the service."""
         try:
-            async with self.up.queue.slot(self.session):
+            async with self.queue.slot(self.session):
                 await self._pipeline()
         except OutcomeUnknown as exc:
             # Neither failed nor completed: settled by the video's state once the

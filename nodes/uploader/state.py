@@ -95,6 +95,10 @@ class Uploader:
         self.store = store
         self.sessions: dict[str, Session] = {s.session_id: s for s in sessions}
         self.queue = UploadQueue(settings.max_concurrent_uploads)
+        # Uploads cut while they arrive hold slots of their own, for as long as
+        # the upload takes: a slow client can never hold one that a received
+        # upload waits for (one that finds none free is received whole first).
+        self.live = UploadQueue(settings.max_concurrent_uploads)
         self.nodes = NodeTracker()
         self.port = 0
 
