@@ -7,8 +7,9 @@ The source is FFmpeg's testsrc2 at 1280x720, ~7.6 Mbit/s, a keyframe every
 first (cut while it arrives) and the same streams with the index last
 (received whole, then cut). Measured: the time from the first byte sent to
 ``POST /upload`` to the session's ``completed``, on the embedded cluster
-(``vstack-node all``: metadata, 3 storage nodes, uploader), and the time to
-the first playable chunk. Reference, in the same run: FFmpeg alone
+(``vstack-node all``: metadata, 3 storage nodes, uploader, in one process;
+then the same services each in a process of its own, as docker-compose runs
+them), and the time to the first playable chunk. Reference, in the same run: FFmpeg alone
 segmenting the file with ``-c copy`` (same segment length), plus writing the
 file's bytes three times (the redundancy factor) as 2 MiB appends with
 fdatasync.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ import trio
 
 from nodes.net.http_client import request
 from nodes.uploader.ffmpeg import find_ffmpeg
+from tools.launch import ServiceProcess, free_port
 from tools.make_sample import make_sample
 from tools.put_cli import send_multipart
 from vstack.media import ProbeResult, parse_probe, plan_segments, probe_command
@@ -77,13 +80,44 @@ def write_three_times(path: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-async def ingest(path: Path) -> tuple[float, dict[str, object]]:
+def separate_cluster(work: Path) -> tuple[list[ServiceProcess], str]:
+    """Metadata, 3 storage nodes and the uploader, each its own process (as
+    docker-compose runs them); the uploader's URL."""
+    meta_port, up_port = free_port(), free_port()
+    meta = f"http://127.0.0.1:{meta_port}"
+    quiet = {"LOG_LEVEL": "WARNING"}
+    children = [ServiceProcess("metadata", {
+        **quiet, "PORT": str(meta_port), "DATABASE_URL": str(work / "meta.db"),
+        "METADATA_BOOTSTRAP": "1"}, ports=(meta_port,))]
+    for i in range(3):
+        port, binary = free_port(), free_port()
+        children.append(ServiceProcess("storage", {
+            **quiet, "PORT": str(port), "BINARY_PORT": str(binary), "NODE_ID": f"n{i}",
+            "NODE_URL": f"http://127.0.0.1:{port}", "DATA_DIR": str(work / f"n{i}"),
+            "METADATA_SERVICE_URL": meta},
+            ports=(port, binary)))
+    children.append(ServiceProcess("uploader", {
+        **quiet, "PORT": str(up_port), "METADATA_SERVICE_URL": meta,
+        "TEMP_DIR": str(work / "uploads")}, ports=(up_port,)))
+    return children, f"http://127.0.0.1:{up_port}"
+
+
+async def registered(meta_port: str, nodes: int) -> None:
+    """Wait (up to 30 s) until the metadata service lists ``nodes`` healthy nodes."""
+    with trio.fail_after(30):
+        while len((await request("GET", f"http://127.0.0.1:{meta_port}/nodes/healthy")
+                   ).json()) < nodes:
+            await trio.sleep(0.2)
+
+
+async def ingest(path: Path, url: str = "http://localhost:8084"
+                 ) -> tuple[float, dict[str, object]]:
     t0 = time.perf_counter()
-    answer = await send_multipart("http://localhost:8084", path, "ingest benchmark", lambda n: None)
+    answer = await send_multipart(url, path, "ingest benchmark", lambda n: None)
     received = time.perf_counter() - t0
     session = answer["upload_session_id"]
     while True:
-        state = (await request("GET", f"http://localhost:8084/upload/status/{session}")).json()
+        state = (await request("GET", f"{url}/upload/status/{session}")).json()
         if state["status"] in ("completed", "failed"):
             break
         await trio.sleep(0.05)
@@ -123,6 +157,19 @@ def main() -> None:
         finally:
             cluster.terminate()
             cluster.wait(30)
+        children, url = separate_cluster(work / "separate")
+        try:
+            for child in children:
+                child.start(timeout=30)
+            trio.run(registered, children[0].env["PORT"], 3)
+            elapsed, state = trio.run(ingest, sources[0], url)
+            if state["status"] != "completed":
+                raise SystemExit(f"ingest failed: {json.dumps(state)}")
+            states.append(("index first, one process per service", elapsed, state))
+        finally:
+            for child in children:
+                if child.running:
+                    child.kill(signal.SIGTERM)
     for label, elapsed, state in states:
         report.add(Row(f"ingest {seconds // 60} min 720p ({size / 1e6:.0f} MB), {label} (s)",
                        elapsed, "s", "ffmpeg -c copy alone + 3x append+fsync",
