@@ -130,6 +130,11 @@ async def _upload_held(c: Cluster, name: str, path: Path, tmp_path: Path
                 break
             await trio.sleep(0.2)
     await _send_slowly(stream, data[cut:] + tail)
+    return seen, await wait_done(c, await _session_of(stream))
+
+
+async def _session_of(stream: trio.SocketStream) -> str:
+    """The upload's answer (200, JSON): its session id; the connection is closed."""
     answer = b""
     with trio.fail_after(60):
         while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
@@ -138,8 +143,7 @@ async def _upload_held(c: Cluster, name: str, path: Path, tmp_path: Path
             answer += piece
     await stream.aclose()
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
-    session = json.loads(answer.split(b"\r\n\r\n", 1)[1])["upload_session_id"]
-    return seen, await wait_done(c, session)
+    return str(json.loads(answer.split(b"\r\n\r\n", 1)[1])["upload_session_id"])
 
 
 @pytest.mark.slow
@@ -230,15 +234,7 @@ async def _send_all_slowly(c: Cluster, name: str, data: bytes) -> dict[str, Any]
     stream = await _send_head(c, len(head) + len(data) + len(tail))
     await stream.send_all(head)
     await _send_slowly(stream, data + tail)
-    answer = b""
-    with trio.fail_after(60):
-        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
-            piece = await stream.receive_some(65536)
-            assert piece, answer
-            answer += piece
-    await stream.aclose()
-    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
-    return await wait_done(c, json.loads(answer.split(b"\r\n\r\n", 1)[1])["upload_session_id"])
+    return await wait_done(c, await _session_of(stream))
 
 
 @pytest.mark.slow
