@@ -13,6 +13,7 @@ from nodes.client.service import serve_client
 from nodes.client.state import ClientService
 from nodes.metadata.service import serve_metadata
 from nodes.metadata.state import MetadataService
+from nodes.net.errors import single_error
 from nodes.redundancy.service import serve_redundancy
 from nodes.storage.node import StorageNode
 from nodes.storage.service import serve_storage_node
@@ -35,20 +36,13 @@ Settings = (StorageSettings | MetadataSettings | UploaderSettings | RedundancySe
             | ClientSettings | WebSettings)
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The one error inside nested single-error exception groups (else ``exc``)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def run_services(*services: Settings) -> None:
     """Run the services until a signal; a failure to start (a port taken, the metadata
     service unreachable) is one line on stderr and exit status 1, not a traceback."""
     try:
         trio.run(_run_until_signal, *services)
     except BaseException as exc:
-        leaf = _leaf(exc)
+        leaf = single_error(exc)
         if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
             raise click.ClickException(f"a port is already in use ({leaf.strerror}): is "
                                        "another V-Stack (or another program) running?") from None

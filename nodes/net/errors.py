@@ -37,7 +37,7 @@ from protocol.errors import (
     RemoteProtocolError,
 )
 
-__all__ = ["deadline", "map_io_errors"]
+__all__ = ["deadline", "map_io_errors", "single_error"]
 
 
 @contextmanager
@@ -71,3 +71,11 @@ def deadline(seconds: float, what: str) -> Iterator[None]:
             yield
     except trio.TooSlowError:
         raise PeerTimeout(f"{what}: no answer within {seconds:g} s") from None
+
+
+def single_error(exc: BaseException) -> BaseException:
+    """The one error inside nested exception groups of one (else ``exc`` itself):
+    what a nursery that failed for one reason raised, as a caller reports it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

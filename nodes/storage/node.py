@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,36 +155,18 @@ class StorageNode:
         check: recovery skips it, and it was never acknowledged.
         """
         self._check_space(len(data))
-        try:
-            pw = self.store.reserve_put(key, data, sha=bytes(32), crc=crc)
-        except Busy as busy:
-            await busy.pending.waiter.wait()
+
+        async def write(pw: PendingWrite) -> None:
+            def seal() -> None:
+                self.store.write_sealed_header(pw, hashlib.sha256(data).digest())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, self.store.write_data, pw)
+                nursery.start_soon(trio.to_thread.run_sync, seal)
+
+        reserve = functools.partial(self.store.reserve_put, key, data, sha=bytes(32), crc=crc)
+        if not await self._write(reserve, write):
             return None
-        pw.waiter = trio.Event()
-
-        def seal() -> None:
-            self.store.write_sealed_header(pw, hashlib.sha256(data).digest())
-
-        with trio.CancelScope(shield=True):  # reserved: it must be written (see commit)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio.to_thread.run_sync, self.store.write_data, pw)
-                    nursery.start_soon(trio.to_thread.run_sync, seal)
-                self.store.mark_written(pw)
-            except BaseException as group:
-                # Failed, whatever the error: never left reserved, or every write
-                # behind it in its superblock would wait forever.
-                first = group.exceptions[0] if isinstance(group, BaseExceptionGroup) else group
-                log.error("write of %s failed: %r", key.decode(errors="replace"), first)
-                self.store.mark_written(pw, first if isinstance(first, OSError)
-                                        else OSError(f"write failed: {first!r}"))
-                if not isinstance(first, OSError):
-                    self._dirty.set()
-                    raise
-            self._dirty.set()
-        await pw.waiter.wait()
-        if pw.error is not None:
-            raise _write_error(pw.error)
         loc = self.store.lookup(key)
         assert loc is not None
         return loc
@@ -199,7 +181,8 @@ class StorageNode:
             if await self._write(functools.partial(self.store.reserve_delete, loc)):
                 return
 
-    async def _write(self, reserve: Callable[[], PendingWrite]) -> bool:
+    async def _write(self, reserve: Callable[[], PendingWrite],
+                     write: Callable[[PendingWrite], Awaitable[None]] | None = None) -> bool:
         """Reserve and commit one record; ``False`` if another write of the
         same chunk was in flight (it has finished now: look again).
 
@@ -211,26 +194,39 @@ class StorageNode:
         except Busy as busy:
             await busy.pending.waiter.wait()
             return False
-        await self.commit(pw)
+        await self.commit(pw, write)
         if pw.error is not None:
             raise _write_error(pw.error)
         return True
 
-    async def commit(self, pw: PendingWrite) -> None:
+    async def commit(self, pw: PendingWrite,
+                     write: Callable[[PendingWrite], Awaitable[None]] | None = None) -> None:
         """Write a reserved record and wait until it is durable and published.
 
-        The write itself is shielded: once reserved, a record must be written,
-        or every write behind it in its superblock would wait forever. The
-        wait for the fsync is not: a cancelled PUT was never acknowledged.
+        ``write`` puts the record's bytes in place (default: the whole record,
+        from a worker thread). It is shielded: once reserved, a record must be
+        written or marked failed, whatever the error, or every write behind it
+        in its superblock would wait forever. The wait for the fsync is not: a
+        cancelled PUT was never acknowledged.
         """
         pw.waiter = trio.Event()
         with trio.CancelScope(shield=True):
             try:
-                await trio.to_thread.run_sync(self.store.write, pw)
+                if write is None:
+                    await trio.to_thread.run_sync(self.store.write, pw)
+                else:
+                    await write(pw)
                 self.store.mark_written(pw)
-            except OSError as exc:
-                log.error("write of %s failed: %s", pw.key.decode(errors="replace"), exc)
-                self.store.mark_written(pw, exc)
+            except BaseException as exc:
+                first = exc
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                log.error("write of %s failed: %r", pw.key.decode(errors="replace"), first)
+                self.store.mark_written(pw, first if isinstance(first, OSError)
+                                        else OSError(f"write failed: {first!r}"))
+                self._dirty.set()
+                if not isinstance(first, OSError):
+                    raise
             self._dirty.set()
         await pw.waiter.wait()
 

@@ -25,6 +25,7 @@ from typing import Final
 import trio
 
 from nodes.net import routing
+from nodes.net.errors import single_error
 from nodes.net.http_server import Body, Handler, HttpLimits, serve_http
 from nodes.net.metrics import Metric, ServiceMetrics, gauge
 from nodes.net.routing import RouteTable
@@ -85,7 +86,7 @@ async def upload(up: Uploader, req: Request, body: Body) -> Response:
                 arrival.ended()
         except BaseException as exc:
             arrival.failed(_why(exc))  # a job cutting it as it arrived fails, and cleans up
-            raise _single(exc) from None
+            raise single_error(exc) from None
         if early:
             job = early[0]
             job.session.size_bytes = form.size
@@ -206,19 +207,12 @@ async def _forget_early_video(up: Uploader, key: str) -> None:
 
 
 def _why(exc: BaseException) -> str:
-    leaf = _single(exc)
+    leaf = single_error(exc)
     if isinstance(leaf, ProtocolError):
         return leaf.msg
     if isinstance(leaf, trio.Cancelled):
         return "the upload was cancelled"
     return type(leaf).__name__
-
-
-def _single(exc: BaseException) -> BaseException:
-    """The one error inside (nested) groups of one."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _session(session_id: str, video_id: str, title: str, filename: str, size: int,
