@@ -29,6 +29,7 @@ secret (:mod:`protocol.consensus`).
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import ipaddress
 import re
@@ -57,6 +58,7 @@ class AuthError(ProtocolError):
         super().__init__(msg, 401)
 
 
+@functools.lru_cache(maxsize=4096)  # asked per request, of a connection's peer
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address or ``localhost``) is on the loopback interface.
 

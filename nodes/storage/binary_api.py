@@ -54,6 +54,7 @@ from protocol.frames import (
 )
 from protocol.http import json_bytes
 from vstack.auth import Access
+from vstack.location import Location
 
 from .node import StorageNode
 
@@ -123,7 +124,7 @@ async def handle(node: StorageNode, reads: ByteBudget, session: FrameSession, re
         in_memory = min(loc.size, reads.capacity) if partial_read or not loc.verified else 0
         await reads.acquire(in_memory)
         try:
-            await _get(node, session, req, chunk_id, start, length or None, partial_read)
+            await _get(node, session, req, chunk_id, start, length or None, partial_read, loc)
         finally:
             reads.release(in_memory)
 
@@ -147,8 +148,8 @@ async def _authenticate(node: StorageNode, session: FrameSession, req: Frame) ->
 
 
 async def _get(node: StorageNode, session: FrameSession, req: Frame, chunk_id: str,
-               start: int, length: int | None, partial_read: bool) -> None:
-    read = await node.open_read(chunk_id, start, length, want_bytes=partial_read)
+               start: int, length: int | None, partial_read: bool, loc: Location) -> None:
+    read = await node.open_read(chunk_id, start, length, want_bytes=partial_read, loc=loc)
     try:
         status = 206 if partial_read else 200
         conn = session.conn

@@ -274,7 +274,7 @@ class StorageNode:
         return loc
 
     async def open_read(self, chunk_id: str, start: int = 0, length: int | None = None,
-                        *, want_bytes: bool = False) -> ChunkRead:
+                        *, want_bytes: bool = False, loc: Location | None = None) -> ChunkRead:
         """Open a chunk for sending; the caller must :meth:`ChunkRead.close` it.
 
         A chunk not yet checked since this process started is read and checked
@@ -284,8 +284,9 @@ class StorageNode:
         Raises:
             ProtocolError: 404 unknown, 416 bad range, 500 corrupt.
         """
+        hint = loc  # the caller's :meth:`head`, just now: not looked up twice
         for _ in range(3):
-            loc = self.head(chunk_id)
+            loc, hint = hint or self.head(chunk_id), None
             if start < 0 or start > loc.size or (start == loc.size and loc.size):
                 raise ProtocolError("Requested range not satisfiable", 416)
             n = loc.size - start if length is None else min(length, loc.size - start)
