@@ -15,7 +15,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -28,6 +28,7 @@ from protocol.frames import (
     Frame,
     FrameConnection,
     Opcode,
+    crc32c,
     encode_range,
 )
 
@@ -35,7 +36,12 @@ from .connect import open_tcp
 from .errors import map_io_errors
 from .zerocopy import receive_frame_bytes
 
-__all__ = ["FrameClient", "open_frame_client"]
+__all__ = ["JOIN_BELOW", "FrameClient", "Payload", "open_frame_client"]
+
+#: A request's payload: any contiguous buffer of bytes (a shard's view is sent as it is).
+Payload = bytes | bytearray | memoryview
+#: Payloads up to this size leave in one send with their header; larger ones in two, uncopied.
+JOIN_BELOW: Final = 64 * 1024
 
 
 class _Slot:
@@ -115,7 +121,7 @@ class FrameClient:
             if rid and rid not in self._slots:
                 return rid
 
-    async def request(self, opcode: Opcode, key: bytes = b"", payload: bytes = b"", *,
+    async def request(self, opcode: Opcode, key: bytes = b"", payload: Payload = b"", *,
                       request_id: int | None = None) -> Frame:
         """Send one request and wait for its response frame.
 
@@ -128,14 +134,18 @@ class FrameClient:
             raise ConnectionLost(f"connection to {self.peer} closed") from self._closed
         rid = self.next_request_id() if request_id is None else request_id
         slot = self._slots[rid] = _Slot()
-        frame = Frame(opcode=opcode, request_id=rid, key=key, payload=payload)
-        data = self._conn.send(frame)
+        size = memoryview(payload).nbytes
+        head = self._conn.send_header(Frame(opcode=opcode, request_id=rid, key=key), size,
+                                      crc32c(payload))
+        # A large payload goes out from the caller's buffer, not copied behind its header.
+        parts = (head, payload) if size > JOIN_BELOW else (head + payload,)
         sending = False
         try:
             async with self._send_lock:
                 sending = True
                 with map_io_errors(self.peer):
-                    await self._stream.send_all(data)
+                    for part in parts:
+                        await self._stream.send_all(part)
         except BaseException as exc:
             self._slots.pop(rid, None)
             if sending:
@@ -166,7 +176,7 @@ class FrameClient:
         """
         self._check(await self.request(Opcode.AUTH, b"", token))
 
-    async def put(self, chunk_id: str, data: bytes) -> tuple[int, ChunkInfo]:
+    async def put(self, chunk_id: str, data: Payload) -> tuple[int, ChunkInfo]:
         """Store a chunk; returns (201 new | 200 same bytes already there, info)."""
         frame = self._check(await self.request(Opcode.PUT, chunk_id.encode(), data))
         return frame.status, ChunkInfo.decode(frame.payload)

@@ -27,7 +27,7 @@ from protocol.node_api import NodeHealth
 
 from .connect import open_tcp
 from .errors import deadline
-from .frame_client import FrameClient
+from .frame_client import FrameClient, Payload
 from .http_client import HttpClient
 
 __all__ = ["StoragePool", "open_storage_pool"]
@@ -97,7 +97,7 @@ class StoragePool:
             self._clients[node_url] = client
             return client
 
-    async def put(self, node_url: str, chunk_id: str, data: bytes, sha256_hex: str) -> None:
+    async def put(self, node_url: str, chunk_id: str, data: Payload, sha256_hex: str) -> None:
         """Store a chunk on a node (201 or 200 both mean it is there).
 
         Raises:
@@ -110,7 +110,7 @@ class StoragePool:
             if info.sha256.hex() != sha256_hex:
                 raise RemoteProtocolError(f"{node_url} stored different bytes", 502)
             return
-        res = await self.http.request("PUT", f"{node_url}/chunk/{chunk_id}", body=data,
+        res = await self.http.request("PUT", f"{node_url}/chunk/{chunk_id}", body=bytes(data),
                                       headers=[("X-Checksum", sha256_hex)])
         if res.status not in (200, 201):
             raise ProtocolError(f"{node_url} answered {res.status}: {res.error_detail()}",

@@ -17,7 +17,7 @@ import trio
 from protocol.errors import VStackError
 from protocol.frames import FrameConnection
 
-__all__ = ["TruncatedFile", "receive_frame_bytes", "sendfile"]
+__all__ = ["TruncatedFile", "receive_frame_bytes", "send_file_range", "sendfile"]
 
 # Loopback moves a 2 MiB chunk in one or two calls; cap a call so one big send
 # cannot starve the other tasks.
@@ -53,12 +53,21 @@ async def sendfile(
         except OSError as exc:
             raise trio.BrokenResourceError(f"send failed: {exc}") from exc
         view = view[sent:]
-    out = sock.fileno()
+    await send_file_range(sock, fd, offset, count)
+
+
+async def send_file_range(out: trio.socket.SocketType | int, fd: int, offset: int, count: int
+                          ) -> None:
+    """``count`` bytes of ``fd`` from ``offset`` to ``out`` (a non-blocking socket,
+    or the descriptor of a non-blocking pipe) by ``os.sendfile``: the bytes never
+    enter Python. A pipe whose reader has gone raises :class:`trio.BrokenResourceError`.
+    """
+    out_fd = out if isinstance(out, int) else out.fileno()
     while count:
         try:
-            n = os.sendfile(out, fd, offset, min(count, _MAX_PER_CALL))
+            n = os.sendfile(out_fd, fd, offset, min(count, _MAX_PER_CALL))
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
+            await trio.lowlevel.wait_writable(out)
             continue
         except OSError as exc:
             raise trio.BrokenResourceError(f"sendfile failed: {exc}") from exc

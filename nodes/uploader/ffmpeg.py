@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import trio
 
 from nodes.net.errors import deadline
+from nodes.net.zerocopy import TruncatedFile, send_file_range
 from vstack.media import (
     ChunkingReport,
     ProbeError,
@@ -144,20 +146,35 @@ def _widen_pipe(fd: int) -> None:
 
 async def _feed(stdin: trio.abc.SendStream, src: Path, arrival: Arrival) -> str | None:
     """Send ``src`` to ``stdin`` as it grows, to the end of the upload; why it
-    stopped short, if it did."""
+    stopped short, if it did. Into a pipe (FFmpeg's stdin on Linux) the bytes
+    go by ``sendfile``, from the page cache, never through Python."""
     offset = 0
-    async with await trio.open_file(src, "rb") as f:
+    pipe = stdin.fileno() if isinstance(stdin, trio.lowlevel.FdStream) else None
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         while True:
             await arrival.wait_past(offset)
             if arrival.error is not None:
                 return f"the upload was cut off before its end ({arrival.error})"
             if offset >= arrival.written:
                 return None  # ended, and all of it sent
-            data = await f.read(min(FEED_BYTES, arrival.written - offset))
-            if not data:
+            count = arrival.written - offset
+            try:
+                if pipe is not None:
+                    await send_file_range(pipe, fd, offset, count)
+                else:
+                    data = await trio.to_thread.run_sync(os.pread, fd, min(FEED_BYTES, count),
+                                                         offset)
+                    if not data:
+                        raise TruncatedFile("ended early")
+                    await stdin.send_all(data)
+                    count = len(data)
+            except TruncatedFile:
                 return "the upload's file is shorter than what was received"
-            await stdin.send_all(data)
-            offset += len(data)
+            offset += count
+            await trio.lowlevel.checkpoint()
+    finally:
+        os.close(fd)
 
 
 async def cut_streaming(ffmpeg: str, src: Path, out_dir: Path, info: ProbeResult,

@@ -298,7 +298,7 @@ class ShardPlacer(Placer):
             try:
                 with deadline(put_seconds(len(shard.data), self.tracker.load.get(node.url, 1)),
                               f"storing {sid} on {node.node_id}"):
-                    await self.pool.put(node.url, sid, bytes(shard.data), shard.sha256)
+                    await self.pool.put(node.url, sid, shard.data, shard.sha256)
             except VStackError as exc:
                 self.tracker.ban(node.url)
                 state.failed(node.url, str(exc), name=node.node_id)
