@@ -224,8 +224,7 @@ class UploadJob:
     async def _store_segment(self, placer: Placer, seq: int, seg: Segment, origin: float,
                              in_flight: trio.Semaphore) -> None:
         try:
-            data = await trio.to_thread.run_sync(seg.path.read_bytes)
-            sha = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+            data, sha = await trio.to_thread.run_sync(_read_hashed, seg.path)
             chunk = Chunk(video_id=self.video_id, seq=seq, data=data, sha256=sha,
                           duration=seg.duration, start=seg.start - origin)
             await placer.place(chunk, self.stored.setdefault(seq, []))
@@ -343,6 +342,12 @@ class UploadJob:
                 await remove_upload(self.up, s.video_id, uncommitted)
             except Exception:
                 log.exception("upload %s: cleaning up after the failure failed", s.session_id)
+
+
+def _read_hashed(path: Path) -> tuple[bytes, str]:
+    """A segment's bytes and their SHA-256 (hex), in one trip to a worker thread."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
