@@ -22,7 +22,9 @@ the other (their sum: nothing overlapped):
   loopback socket, FFmpeg alone, the SHA-256 of each segment FFmpeg cut,
   zfec encoding each into 5 shards with their SHA-256s (what the metadata
   records), and each shard appended to a file with fdatasync (an
-  acknowledged write is durable), on three files as on three nodes.
+  acknowledged write is durable), to three files at once as to three nodes.
+  The parts run one after another (the sum of the work, not its critical
+  path: on two cores the real pipeline overlaps some of them).
 """
 
 from __future__ import annotations
@@ -128,18 +130,26 @@ def code_and_store_alone(segments: Path, out: Path) -> tuple[float, float, float
     t0 = time.perf_counter()
     coded = [erasure.encode(chunk) for chunk in chunks]
     coding = time.perf_counter() - t0
-    fds = [os.open(out / f"shards-{n}.dat", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-           for n in range(3)]
-    t0 = time.perf_counter()
-    try:
-        for shards in coded:
-            for shard in shards:  # spread over three files, as over three nodes
-                fd = fds[shard.index % 3]
-                os.write(fd, shard.data)
+    per_node: list[list[memoryview]] = [[], [], []]
+    for shards in coded:
+        for shard in shards:  # spread over three files, as over three nodes
+            per_node[shard.index % 3].append(shard.data)
+
+    def append_all(n: int) -> None:
+        fd = os.open(out / f"shards-{n}.dat", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for data in per_node[n]:
+                os.write(fd, data)
                 os.fdatasync(fd)
-    finally:
-        for fd in fds:
+        finally:
             os.close(fd)
+
+    writers = [threading.Thread(target=append_all, args=(n,)) for n in range(3)]
+    t0 = time.perf_counter()
+    for w in writers:  # the three "nodes" write at once
+        w.start()
+    for w in writers:
+        w.join()
     return hashing, coding, time.perf_counter() - t0
 
 
@@ -254,7 +264,7 @@ def main() -> None:
                        extra=extra))
         if state.get("redundancy_mode") == "erasure_coding":
             report.add(Row(name.replace(" (s)", ", all its parts (s)"), elapsed, "s",
-                           "receive+ffmpeg+SHA-256+zfec+shard fsyncs, each alone",
+                           "receive+ffmpeg+SHA-256+zfec+shard fsyncs, each alone, in turn",
                            sum(parts.values()), higher_is_better=False, target=1 / 1.2,
                            extra={**extra, **parts}))
         first, received = state.get("first_chunk_after_sec"), state["upload_received_sec"]

@@ -82,6 +82,25 @@ async def test_scrubber_finds_corruption_under_zero_copy_reads(start_node: Calla
         assert (await request("GET", f"{base}/chunk/{cid}")).body == chunks[cid]
 
 
+async def test_a_read_looked_up_before_a_scrub_quarantined_it_is_refused(
+    start_node: Callable[..., Any],
+) -> None:
+    """A binary GET looks its chunk up once and may wait (for a read budget)
+    before opening it: a chunk quarantined meanwhile is refused, not sent."""
+    node, _ = await start_node()
+    base = f"http://127.0.0.1:{node.ports.http}"
+    blob = os.urandom(200_000)
+    await request("PUT", f"{base}/chunk/racy", body=blob)
+    assert (await request("GET", f"{base}/chunk/racy")).body == blob  # now verified
+    looked_up = node.head("racy")
+    assert looked_up.verified
+    flip_byte(node.settings.data_dir, looked_up.sb, looked_up.data_offset + 7)
+    assert await scrub_pass(node, rate=0) == (1, 1)
+    with pytest.raises(ProtocolError) as info:
+        await node.open_read("racy", loc=looked_up)
+    assert info.value.status == 500
+
+
 async def test_corruption_while_stopped_is_found_after_restart(
     start_node: Callable[..., Any],
 ) -> None:

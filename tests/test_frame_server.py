@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 from collections.abc import Callable
@@ -9,10 +10,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from nodes.net.frame_client import open_frame_client
 from nodes.net.http_client import request
-from protocol.errors import ProtocolError
+from protocol.errors import ConnectionLost, ProtocolError
 from protocol.frames import HEADER, Frame, FrameConnection, Opcode, crc32c
 
 from .test_attacks_net import read_frames
@@ -52,6 +54,52 @@ async def test_put_get_head_delete_over_frames(start_node: Callable[..., Any]) -
         await client.put("shared", b"both protocols")
     res = await request("GET", f"http://127.0.0.1:{node.ports.http}/chunk/shared")
     assert res.body == b"both protocols"
+
+
+async def test_any_buffer_is_sent_as_its_bytes(start_node: Callable[..., Any]) -> None:
+    """A payload is its bytes, whatever the buffer's item size (a large one
+    leaves uncopied, in its own send); a scattered buffer is refused before
+    anything is sent, and the connection goes on."""
+    node, _ = await start_node()
+    words = array.array("I", range(100_000))  # 400,000 bytes of 4-byte items
+    shard = memoryview(os.urandom(300_000))[1000:250_000]  # a view into a larger buffer
+    async with open_frame_client("127.0.0.1", node.ports.binary) as client:
+        for cid, payload in (("words", memoryview(words)), ("view", shard),
+                             ("small", memoryview(array.array("H", [7, 8, 9])))):
+            status, info = await client.put(cid, payload)
+            assert status == 201
+            assert info.size == memoryview(payload).nbytes
+            assert await client.get(cid) == memoryview(payload).tobytes()
+        with pytest.raises(TypeError):
+            await client.put("scattered", memoryview(bytes(1000))[::2])
+        await client.ping()
+        with pytest.raises(ProtocolError) as missing:
+            await client.get("scattered")
+        assert missing.value.status == 404
+
+
+async def test_a_request_cut_off_mid_send_ends_the_connection(
+    clock: trio.testing.MockClock,
+) -> None:
+    """A payload half sent (its send cancelled) cannot be followed by another
+    frame on that connection: the next request fails, it is not sent."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        accepted: list[trio.SocketStream] = []
+
+        async def accept_and_never_read() -> None:
+            accepted.append(await listeners[0].accept())  # type: ignore[arg-type]
+
+        nursery.start_soon(accept_and_never_read)
+        async with open_frame_client("127.0.0.1", port) as client:
+            with trio.move_on_after(5):  # the socket buffers fill, the send waits
+                await client.put("big", os.urandom(16 * 1024 * 1024))
+            with pytest.raises(ConnectionLost), trio.fail_after(10):
+                await client.ping()
+        for stream in accepted:
+            await stream.aclose()
+        await listeners[0].aclose()
 
 
 async def test_many_pipelined_requests_on_one_connection(start_node: Callable[..., Any]) -> None:

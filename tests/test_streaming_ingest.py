@@ -11,6 +11,7 @@ registered until the upload ends. An upload cut off midway leaves nothing.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from nodes.net.http_client import request
+from nodes.uploader.ffmpeg import _feed
+from nodes.uploader.receiver import Arrival
 from protocol.errors import ConnectionLost
 from vstack.media import stream_container, whole_seconds
 
@@ -306,3 +310,74 @@ async def test_a_slow_upload_cut_as_it_arrives_never_holds_up_the_others(
     state = await wait_done(c, other["upload_session_id"], seconds=60)
     assert state["status"] == "completed", state
     await stream.aclose()
+
+
+# -- feeding FFmpeg from the growing file (a real pipe, a real file) ---------------
+
+
+def _pipe() -> tuple[trio.lowlevel.FdStream, trio.lowlevel.FdStream]:
+    r, w = os.pipe()
+    return trio.lowlevel.FdStream(r), trio.lowlevel.FdStream(w)
+
+
+async def test_the_feed_sends_the_file_as_it_grows_and_stops_at_its_end(tmp_path: Path) -> None:
+    src = tmp_path / "upload"
+    src.write_bytes(b"")
+    blob = os.urandom(3 * 1024 * 1024 + 5)
+    arrival = Arrival(len(blob))
+    reader, writer = _pipe()
+    got = bytearray()
+    result: list[str | None] = []
+
+    async def feed() -> None:
+        async with writer:
+            result.append(await _feed(writer, src, arrival))
+
+    async def drain() -> None:
+        async with reader:
+            while piece := await reader.receive_some(1 << 20):
+                got.extend(piece)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed)
+        nursery.start_soon(drain)
+        with src.open("ab") as f:
+            for i in range(0, len(blob), 700_000):  # arrives in pieces, the feed waiting
+                f.write(blob[i:i + 700_000])
+                f.flush()
+                arrival.wrote(len(blob[i:i + 700_000]))
+                await trio.testing.wait_all_tasks_blocked()  # all of it fed, the feed waiting
+        arrival.ended()
+    assert result == [None]
+    assert bytes(got) == blob
+
+
+async def test_the_feed_says_when_the_file_is_shorter_than_what_arrived(tmp_path: Path) -> None:
+    src = tmp_path / "upload"
+    src.write_bytes(b"x" * 1000)
+    arrival = Arrival()
+    arrival.wrote(5000)  # said to be written, not on disk
+    arrival.ended()
+    reader, writer = _pipe()
+    async with reader, writer, trio.open_nursery() as nursery:
+        async def drain() -> None:
+            while await reader.receive_some(65536):
+                pass
+
+        nursery.start_soon(drain)
+        why = await _feed(writer, src, arrival)
+        await writer.aclose()
+    assert why == "the upload's file is shorter than what was received"
+
+
+async def test_the_feed_ends_when_ffmpeg_stops_reading(tmp_path: Path) -> None:
+    src = tmp_path / "upload"
+    src.write_bytes(os.urandom(4 * 1024 * 1024))
+    arrival = Arrival()
+    arrival.wrote(4 * 1024 * 1024)
+    arrival.ended()
+    reader, writer = _pipe()
+    await reader.aclose()  # FFmpeg exited
+    async with writer:
+        with pytest.raises(trio.BrokenResourceError):
+            await _feed(writer, src, arrival)

@@ -61,7 +61,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,13 @@ class SuperblockStore:
         """Blocking: the chunk's bytes if they match their CRC32C, else ``None``."""
         data = cls.read_data(fd, loc)
         return data if crc32c(data) == loc.crc else None
+
+    def refresh(self, loc: Location) -> Location:
+        """``loc`` with its row's flags as they are now (checked or quarantined
+        since it was looked up); the caller knows the row is still ``loc``'s."""
+        flags = self.index.get(loc.row, "flags")
+        return replace(loc, verified=bool(flags & FLAG_VERIFIED),
+                       quarantined=bool(flags & FLAG_QUARANTINED))
 
     def mark_verified(self, loc: Location) -> None:
         if self._same(loc):

@@ -132,13 +132,13 @@ class FrameClient:
         """
         if self._closed is not None:
             raise ConnectionLost(f"connection to {self.peer} closed") from self._closed
+        view = memoryview(payload).cast("B")  # bytes, whatever its items (TypeError if scattered)
         rid = self.next_request_id() if request_id is None else request_id
-        slot = self._slots[rid] = _Slot()
-        size = memoryview(payload).nbytes
-        head = self._conn.send_header(Frame(opcode=opcode, request_id=rid, key=key), size,
-                                      crc32c(payload))
+        head = self._conn.send_header(Frame(opcode=opcode, request_id=rid, key=key), view.nbytes,
+                                      crc32c(view))
         # A large payload goes out from the caller's buffer, not copied behind its header.
-        parts = (head, payload) if size > JOIN_BELOW else (head + payload,)
+        parts = (head, view) if view.nbytes > JOIN_BELOW else (head + view,)
+        slot = self._slots[rid] = _Slot()
         sending = False
         try:
             async with self._send_lock:

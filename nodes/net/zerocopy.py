@@ -10,14 +10,20 @@ error, never a silently short body.
 
 from __future__ import annotations
 
+import errno
 import os
+from typing import Final
 
 import trio
 
 from protocol.errors import VStackError
 from protocol.frames import FrameConnection
 
-__all__ = ["TruncatedFile", "receive_frame_bytes", "send_file_range", "sendfile"]
+__all__ = ["PEER_GONE", "TruncatedFile", "receive_frame_bytes", "send_file_range", "sendfile"]
+
+#: The errors of a send whose receiver has gone (any other is the file's, or ours).
+PEER_GONE: Final = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN,
+                              errno.ESHUTDOWN, errno.ETIMEDOUT})
 
 # Loopback moves a 2 MiB chunk in one or two calls; cap a call so one big send
 # cannot starve the other tasks.
@@ -60,7 +66,9 @@ async def send_file_range(out: trio.socket.SocketType | int, fd: int, offset: in
                           ) -> None:
     """``count`` bytes of ``fd`` from ``offset`` to ``out`` (a non-blocking socket,
     or the descriptor of a non-blocking pipe) by ``os.sendfile``: the bytes never
-    enter Python. A pipe whose reader has gone raises :class:`trio.BrokenResourceError`.
+    enter Python. A peer (or a pipe's reader) that has gone raises
+    :class:`trio.BrokenResourceError`; a file that cannot be read, its ``OSError``;
+    one shorter than ``offset + count``, :class:`TruncatedFile`.
     """
     out_fd = out if isinstance(out, int) else out.fileno()
     while count:
@@ -70,7 +78,9 @@ async def send_file_range(out: trio.socket.SocketType | int, fd: int, offset: in
             await trio.lowlevel.wait_writable(out)
             continue
         except OSError as exc:
-            raise trio.BrokenResourceError(f"sendfile failed: {exc}") from exc
+            if exc.errno in PEER_GONE:
+                raise trio.BrokenResourceError(f"sendfile failed: {exc}") from exc
+            raise  # the file's side (EIO...): an error, not a peer that left
         if n == 0:
             raise TruncatedFile(f"file ended {count} bytes early")
         offset += n

@@ -298,6 +298,11 @@ class StorageNode:
                 raise
             read = ChunkRead(loc=loc, start=start, length=n, _store=self.store)
             try:
+                # The row is still ``loc``'s (acquired), but its flags may have
+                # changed since the lookup: a scrub may have quarantined it.
+                loc = read.loc = self.store.refresh(loc)
+                if loc.quarantined:
+                    raise ProtocolError("Chunk corruption detected", 500)
                 if loc.verified and not want_bytes:
                     read.fd, read.offset = fd, loc.data_offset + start
                     return read

@@ -171,6 +171,8 @@ async def _feed(stdin: trio.abc.SendStream, src: Path, arrival: Arrival) -> str 
                     count = len(data)
             except TruncatedFile:
                 return "the upload's file is shorter than what was received"
+            except OSError as exc:  # the file's (FFmpeg gone is BrokenResourceError)
+                return f"the upload's file could not be read: {exc}"
             offset += count
             await trio.lowlevel.checkpoint()
     finally:
