@@ -89,7 +89,7 @@ async def test_a_request_cut_off_mid_send_ends_the_connection(
         accepted: list[trio.SocketStream] = []
 
         async def accept_and_never_read() -> None:
-            accepted.append(await listeners[0].accept())  # type: ignore[arg-type]
+            accepted.append(await listeners[0].accept())
 
         nursery.start_soon(accept_and_never_read)
         async with open_frame_client("127.0.0.1", port) as client:
