@@ -226,8 +226,10 @@ class SuperblockStore:
         """``loc`` with its row's flags as they are now (checked or quarantined
         since it was looked up); the caller knows the row is still ``loc``'s."""
         flags = self.index.get(loc.row, "flags")
-        return replace(loc, verified=bool(flags & FLAG_VERIFIED),
-                       quarantined=bool(flags & FLAG_QUARANTINED))
+        verified, quarantined = bool(flags & FLAG_VERIFIED), bool(flags & FLAG_QUARANTINED)
+        if (verified, quarantined) == (loc.verified, loc.quarantined):
+            return loc
+        return replace(loc, verified=verified, quarantined=quarantined)
 
     def mark_verified(self, loc: Location) -> None:
         if self._same(loc):

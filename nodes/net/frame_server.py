@@ -149,18 +149,22 @@ class FrameSession:
         async with self.send_lock:
             if self.broken:
                 raise trio.BrokenResourceError("connection broken")
+            # A bare cancel scope, not fail_after: this runs once per response.
+            scope = trio.CancelScope(deadline=trio.current_time() + self.send_timeout)
             try:
-                with trio.fail_after(self.send_timeout):
+                with scope:
                     if file is not None:
                         await sendfile(self.stream, *file, head=data)
                     else:
                         await self.stream.send_all(data)
-            except BaseException as exc:
+            except BaseException:
                 self.broken = True
                 self.cancel_scope.cancel()
-                if isinstance(exc, trio.TooSlowError):
-                    raise trio.BrokenResourceError("the peer does not read its answers") from None
                 raise
+            if scope.cancelled_caught:
+                self.broken = True
+                self.cancel_scope.cancel()
+                raise trio.BrokenResourceError("the peer does not read its answers")
 
 
 #: Answers one request frame on a session (raising ProtocolError for an error frame).
