@@ -53,6 +53,7 @@ from vstack import erasure
 from vstack.media import ProbeResult, parse_probe, plan_segments, probe_command
 
 from .harness import RESULTS, ROOT, Report, Row, wait_port
+from .storage_bench import cpu_seconds
 
 
 def source(seconds: int) -> tuple[Path, Path]:
@@ -242,9 +243,15 @@ def main() -> None:
             for child in children:
                 child.start(timeout=30)
             trio.run(registered, children[0].env["PORT"], 3)
+            names = [f"{c.role}-{i}" for i, c in enumerate(children)]
+            before = [cpu_seconds(c.proc.pid) if c.proc else 0.0 for c in children]
             elapsed, state = trio.run(ingest, sources[0], url)
             if state["status"] != "completed":
                 raise SystemExit(f"ingest failed: {json.dumps(state)}")
+            # Where the time goes: each service's CPU seconds (FFmpeg's count
+            # in the uploader's).
+            state["cpu_sec"] = {n: round((cpu_seconds(c.proc.pid) if c.proc else 0.0) - b, 2)
+                                for n, c, b in zip(names, children, before, strict=True)}
             states.append(("index first, one process per service", elapsed, state))
         finally:
             for child in children:
@@ -257,7 +264,8 @@ def main() -> None:
                  "first_chunk_after_sec": state.get("first_chunk_after_sec"),
                  "streamed": bool(state.get("streamed")),
                  "redundancy_mode": state.get("redundancy_mode"),
-                 "throughput_MBps": size / elapsed / 1e6}
+                 "throughput_MBps": size / elapsed / 1e6,
+                 **({"cpu_sec": state["cpu_sec"]} if "cpu_sec" in state else {})}
         name = f"ingest {seconds // 60} min 720p ({size / 1e6:.0f} MB), {label} (s)"
         report.add(Row(name, elapsed, "s", "floor: ffmpeg -c copy alone + 3x append+fsync",
                        ref_ffmpeg + ref_write, higher_is_better=False, target=1 / 1.2,

@@ -6,7 +6,9 @@ Run: ``.venv/bin/python -m benchmarks.storage_bench`` (``--quick`` for a short r
   the same bytes from plain files (nginx is installed with apt if missing;
   one worker, ``sendfile on``, like our single-process node). The load
   generator is the same lean client for both (blocking sockets, one thread
-  per connection, ``recv_into`` a reused buffer, no checksum work).
+  per connection, ``recv_into`` a reused buffer, no checksum work). Beside
+  each: the server's CPU time per response, node against nginx, read from
+  ``/proc`` (the client shares the cores, so it is where the time goes).
 * PUT over the binary protocol, 1 and 8 connections, against a loop of raw
   append + fsync of the same bytes to a plain file.
 * Index memory per chunk and restart time at 100k and 1M chunks, against a
@@ -17,6 +19,7 @@ Run: ``.venv/bin/python -m benchmarks.storage_bench`` (``--quick`` for a short r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -142,6 +145,31 @@ def run_load(worker: Callable[..., None], port: int, targets: list[bytes], conns
     return res
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of process ``pid`` and of its
+    children, running (nginx's workers) or exited (FFmpeg), from ``/proc``."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, and those of its children that exited and were waited for
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def run_load_cpu(worker: Callable[..., None], port: int, targets: list[bytes], conns: int,
+                 seconds: float, server: int) -> tuple[Result, float]:
+    """:func:`run_load`, and the server's CPU time per request (microseconds)."""
+    before = cpu_seconds(server)
+    res = run_load(worker, port, targets, conns, seconds)
+    return res, (cpu_seconds(server) - before) / max(1, res.requests) * 1e6
+
+
 def gbps(res: Result) -> float:
     elapsed: float = res.elapsed  # type: ignore[attr-defined]
     return res.bytes / elapsed / 1e9
@@ -218,9 +246,16 @@ def bench_get(report: Report, work: Path, seconds: float, chunks: int) -> None:
         run_load(http_get_worker, http, node_paths, 1, 0.5 + chunks * 0.01)
         run_load(http_get_worker, ngx_port, ngx_paths, 1, 0.5)
         for conns in (1, 8):
-            ref = run_load(http_get_worker, ngx_port, ngx_paths, conns, seconds)
-            bin_ = run_load(binary_get_worker, binary, keys, conns, seconds)
-            htt = run_load(http_get_worker, http, node_paths, conns, seconds)
+            ref, ref_cpu = run_load_cpu(http_get_worker, ngx_port, ngx_paths, conns, seconds,
+                                        ngx.pid)
+            bin_, bin_cpu = run_load_cpu(binary_get_worker, binary, keys, conns, seconds, proc.pid)
+            htt, htt_cpu = run_load_cpu(http_get_worker, http, node_paths, conns, seconds,
+                                        proc.pid)
+            # Where the time goes: the server's CPU per response (the load
+            # generator shares the machine's cores, so it is taken from the client).
+            report.add(Row(f"GET server CPU per response, binary, {conns} conn (us)", bin_cpu,
+                           "us", "nginx (1 worker), same client", ref_cpu,
+                           higher_is_better=False, extra={"http_us": htt_cpu}))
             lat = {"p50_ms": percentile(bin_.latencies, 50) * 1e3,
                    "p99_ms": percentile(bin_.latencies, 99) * 1e3}
             report.add(Row(f"GET binary, {conns} conn (GB/s)", gbps(bin_), "GB/s",
