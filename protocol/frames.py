@@ -287,11 +287,13 @@ class FrameConnection:
 
     def _grow(self) -> None:
         """Double the payload buffer (at most to the payload's length): memory
-        follows the bytes received, never the length a header promised. Once a
-        quarter of a payload :meth:`reserve_payload` admitted has arrived, the
-        buffer takes its whole size at once (no more copies)."""
+        follows the bytes received, never the length a header promised. A
+        payload :meth:`reserve_payload` admitted grows fourfold, and takes its
+        whole size once a quarter of it has arrived (no more copies)."""
         assert self._large is not None
-        size = max(LARGE_PAYLOAD, 2 * len(self._large))
+        # Admitted, it may take four times what came (what a quarter allows);
+        # else twice.
+        size = max(LARGE_PAYLOAD, (4 if self._reserved else 2) * len(self._large))
         if self._reserved and self._fill * 4 >= self._payload_length:
             size = self._payload_length
         self._grow_to(min(self._payload_length, size))
@@ -304,10 +306,10 @@ class FrameConnection:
 
     def reserve_payload(self) -> None:
         """Say the payload being received was admitted (its length is charged to
-        a budget): once a quarter of it has arrived, its buffer grows to its
-        whole size in one step rather than doubling on (each doubling copies
-        what arrived and zero-fills as much again). Memory still follows the
-        bytes that came: at most four times them."""
+        a budget): its buffer then grows fourfold, not twofold, and once a
+        quarter of it has arrived, to its whole size in one step (each growth
+        copies what arrived and zero-fills the rest, so fewer is faster).
+        Memory still follows the bytes that came: at most four times them."""
         self._reserved = True
 
     def payload_received(self, n: int) -> None:

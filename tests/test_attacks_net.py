@@ -255,6 +255,35 @@ async def test_a_server_stopped_mid_attack_leaves_its_budget_balanced(
         await stream.aclose()
 
 
+async def test_a_payload_cut_off_by_its_peer_is_never_a_frame(
+        nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    """Bytes queued before the peer's close are taken (a payload whose last
+    byte came with the close is whole and answered); a payload the close cut
+    short is not a frame: nothing is answered, nothing stays reserved."""
+    held = Held()
+    held.release.set()
+    budget = ByteBudget(64 * MiB)
+    port = await start_frames(nursery, held, FrameLimits(max_payload=4 * MiB), budget)
+    codec = FrameConnection(max_payload=4 * MiB)
+    whole = codec.send(Frame(opcode=Opcode.PUT, request_id=1, key=b"w", payload=b"w" * (3 * MiB)))
+    for wire, answered in ((whole, 1), (whole[:-1], 0), (whole[: 2 * MiB], 0)):
+        before = held.calls
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(wire)
+        await stream.send_eof()  # the close right behind the bytes
+        frames = FrameConnection(max_payload=4 * MiB)
+        got = []
+        with trio.move_on_after(30):
+            while data := await stream.receive_some(65536):
+                frames.receive_data(data)
+                while isinstance(event := frames.next_event(), Frame):
+                    got.append(event)
+        await stream.aclose()
+        await eventually(lambda: budget.statistics().in_use == 0)
+        assert held.calls - before == answered
+        assert [(f.request_id, f.status) for f in got if f.request_id] == [(1, 200)] * answered
+
+
 async def test_requests_in_flight_per_connection_are_capped(
         nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
     held = Held()

@@ -99,10 +99,7 @@ async def receive_frame_bytes(stream: trio.abc.ReceiveStream, conn: FrameConnect
     window = conn.payload_window()
     sock = getattr(stream, "socket", None)
     if window is not None and sock is not None:
-        try:
-            n = await sock.recv_into(window)
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+        n = await _receive_into(sock, window)
         if n:
             conn.payload_received(n)
             return True
@@ -111,6 +108,33 @@ async def receive_frame_bytes(stream: trio.abc.ReceiveStream, conn: FrameConnect
     data = await stream.receive_some(max(65536, min(conn.pending_payload, 1 << 20)))
     conn.receive_data(data)
     return bool(data)
+
+
+async def _receive_into(sock: trio.socket.SocketType, window: memoryview) -> int:
+    """Fill ``window`` with what the socket holds, waiting only while it holds
+    nothing; the bytes taken (0: the peer closed).
+
+    One call takes every byte already queued (a few reads, no scheduler round
+    between them), where ``recv_into`` takes one read per round. It checks for
+    cancellation on entry and yields once on return, as trio's own calls do.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    fd, got, size = sock.fileno(), 0, len(window)
+    while got < size:
+        try:
+            n = os.readv(fd, [window[got:]])
+        except BlockingIOError:
+            if got:
+                break
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+        if not n:
+            break  # closed: what came before counts; the next call sees the end
+        got += n
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return got
 
 
 async def _copy(stream: trio.abc.Stream, fd: int, offset: int, count: int) -> None:
