@@ -243,7 +243,8 @@ def main() -> None:
             for child in children:
                 child.start(timeout=30)
             trio.run(registered, children[0].env["PORT"], 3)
-            names = [f"{c.role}-{i}" for i, c in enumerate(children)]
+            names = [c.role + (f"-{n}" if c.role == "storage" else "")
+                     for n, c in enumerate(children, start=-1)]
             before = [cpu_seconds(c.proc.pid) if c.proc else 0.0 for c in children]
             elapsed, state = trio.run(ingest, sources[0], url)
             if state["status"] != "completed":

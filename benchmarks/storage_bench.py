@@ -145,12 +145,26 @@ def run_load(worker: Callable[..., None], port: int, targets: list[bytes], conns
     return res
 
 
+def _children(pid: int) -> list[int]:
+    """The running children of ``pid``, whichever of its threads started them."""
+    kids: list[int] = []
+    tasks = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if tasks:
+        for children in tasks:
+            with contextlib.suppress(OSError):
+                kids += [int(p) for p in children.read_text().split()]
+        return kids
+    for stat in Path("/proc").glob("[0-9]*/stat"):  # no children files: ask each process
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+    return kids
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, all threads) of process ``pid`` and of its
     children, running (nginx's workers) or exited (FFmpeg), from ``/proc``."""
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    pids = [pid, *_children(pid)]
     total = 0.0
     for p in pids:
         try:

@@ -309,7 +309,8 @@ class FrameConnection:
         a budget): its buffer then grows fourfold, not twofold, and once a
         quarter of it has arrived, to its whole size in one step (each growth
         copies what arrived and zero-fills the rest, so fewer is faster).
-        Memory still follows the bytes that came: at most four times them."""
+        Memory still follows the bytes that came: at most four times them
+        (five for the moment a growth copies them)."""
         self._reserved = True
 
     def payload_received(self, n: int) -> None:

@@ -263,3 +263,29 @@ def test_a_payload_buffer_grows_with_what_arrives(sent: int, promised: int) -> N
     assert window is not None
     capacity = sent + len(window)
     assert capacity <= max(LARGE_PAYLOAD, 2 * sent)
+
+
+@settings(max_examples=50, deadline=None)
+@given(first=st.integers(0, 70_000), pieces=st.lists(st.integers(1, 600_000), max_size=12),
+       promised=st.integers(LARGE_PAYLOAD, 8 * 1024 * 1024))
+def test_an_admitted_payload_buffer_holds_at_most_four_times_what_came(
+        first: int, pieces: list[int], promised: int) -> None:
+    """Admitted (charged to a budget), a payload's buffer grows faster, but
+    never past four times the bytes that came, until it is whole."""
+    conn = FrameConnection(max_payload=8 * 1024 * 1024)
+    first = min(first, promised - 1)
+    conn.receive_data(HEADER.pack(b"VS", 1, Opcode.PUT, 0, 0, 1, 1, promised, 0) + b"k"
+                      + b"p" * first)
+    assert conn.next_event() is NEED_DATA
+    conn.reserve_payload()
+    sent = first
+    for n in pieces:
+        window = conn.payload_window()
+        if window is None:
+            break
+        assert sent + len(window) <= max(LARGE_PAYLOAD, 4 * sent) or (
+            sent + len(window) == promised and 4 * sent >= promised)
+        n = min(n, len(window))
+        window[:n] = b"p" * n
+        conn.payload_received(n)
+        sent += n
