@@ -28,7 +28,7 @@ that status and the connection is closed, nothing reserved, no payload read.
 A refusal is final only once the requests before it on the connection have
 been answered (an ``AUTH`` pipelined just before a ``PUT`` counts). The
 payload buffer grows with the bytes that arrive (:mod:`protocol.frames`), and
-each round of the scheduler takes every byte the socket holds into it. A
+each round of the scheduler takes every byte the socket holds (up to 1 MiB). A
 frame's header and key must arrive within ``header_timeout`` of its first
 byte (of the connection's start, for the first frame), its payload within
 ``header_timeout + length / min_payload_rate`` after its reservation, every
