@@ -21,6 +21,7 @@ thread (``trio.to_thread.run_sync``) inside async code.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,11 +41,36 @@ _LOG_TAIL: Final = 4000
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+
+    Taken below the kernel's ephemeral range when there is room, so the
+    ports outgoing connections get meanwhile can never take it first (a
+    port from ``bind(0)`` is one of those, and was once taken between being
+    chosen and being listened on).
+    """
+    low = _ephemeral_low()
+    for _ in range(50):
+        port = _PORTS.randrange(10_000, low) if low > 11_000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            chosen: int = s.getsockname()[1]
+            return chosen
+    raise OSError("no free port found")
+
+
+#: Its own generator: tests that seed the global one (hypothesis) get the same ports.
+_PORTS = random.Random()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), else 65536."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 65_536
 
 
 def _accepting(port: int) -> bool:
