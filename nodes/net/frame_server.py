@@ -158,14 +158,12 @@ class FrameSession:
                         await sendfile(self.stream, *file, head=data)
                     else:
                         await self.stream.send_all(data)
+                if scope.cancelled_caught:
+                    raise trio.BrokenResourceError("the peer does not read its answers")
             except BaseException:
                 self.broken = True
                 self.cancel_scope.cancel()
                 raise
-            if scope.cancelled_caught:
-                self.broken = True
-                self.cancel_scope.cancel()
-                raise trio.BrokenResourceError("the peer does not read its answers")
 
 
 #: Answers one request frame on a session (raising ProtocolError for an error frame).
